@@ -1,0 +1,240 @@
+"""Model bundles on disk: a folder (or a .tar.gz of one) with manifest.json, models and golden I/O.
+
+`load_bundle` validates the manifest, checks every listed file's sha256 and size, and returns a
+`Bundle`; nothing half-loaded escapes: any problem is one `BundleError` naming the file and field.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from .manifest import Manifest
+
+MANIFEST = "manifest.json"
+MAX_UNPACKED_BYTES = 256 * 1024 * 1024
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used: names the bundle, the file or field, and what was expected."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its folder and its manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def file(self, name: str) -> Path:
+        """Path of a file listed in the manifest."""
+        if name not in self.manifest.files:
+            raise BundleError(f"bundle {self.name}: no file {name!r} in manifest")
+        return self.path / name
+
+    @property
+    def has_edgetpu(self) -> bool:
+        return "edgetpu.tflite" in self.manifest.files
+
+    def sha256(self, name: str = "cpu.tflite") -> str:
+        return self.manifest.files[name].sha256
+
+    def golden(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(input uint8 HxWx3, expected output float32) or None when the bundle has no golden pair."""
+        g = self.manifest.golden
+        if g is None:
+            return None
+        try:
+            x = np.load(self.path / g.input, allow_pickle=False)
+            y = np.load(self.path / g.output, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"bundle {self.name}: golden I/O unreadable: {exc}") from None
+        return x, y
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """Parse and validate `folder/manifest.json`."""
+    path = Path(folder) / MANIFEST
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BundleError(f"{folder}: not a bundle (no {MANIFEST})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        raise BundleError(f"{path}: field '{field}': {err['msg']}{more}") from None
+
+
+def verify_files(folder: Path, manifest: Manifest) -> None:
+    """Check that every listed file exists with the listed size and sha256."""
+    for name, entry in manifest.files.items():
+        p = folder / name
+        if Path(name).name != name:
+            raise BundleError(f"bundle {manifest.name}: file name {name!r} must not contain a path")
+        if not p.is_file():
+            raise BundleError(f"bundle {manifest.name}: {name} is missing")
+        size = p.stat().st_size
+        if size != entry.bytes:
+            raise BundleError(
+                f"bundle {manifest.name}: {name} is {size} bytes, manifest says {entry.bytes}"
+            )
+        digest = sha256_file(p)
+        if digest != entry.sha256:
+            raise BundleError(
+                f"bundle {manifest.name}: {name} sha256 {digest[:12]}... does not match "
+                f"manifest {entry.sha256[:12]}..."
+            )
+
+
+def load_bundle(path: str | os.PathLike, unpack_dir: str | os.PathLike | None = None) -> Bundle:
+    """Load and verify a bundle folder or .tar.gz (unpacked safely into `unpack_dir` or a temp dir)."""
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        dest = Path(unpack_dir) if unpack_dir else Path(tempfile.mkdtemp(prefix="lucida-bundle-"))
+        path = unpack_archive(path, dest)
+    if not path.is_dir():
+        raise BundleError(f"{path}: no such bundle folder or .tar.gz")
+    manifest = read_manifest(path)
+    verify_files(path, manifest)
+    if manifest.golden is not None:
+        for name in (manifest.golden.input, manifest.golden.output):
+            if name not in manifest.files:
+                raise BundleError(f"bundle {manifest.name}: golden file {name} not hashed in 'files'")
+    return Bundle(path=path.resolve(), manifest=manifest)
+
+
+def unpack_archive(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+    """Unpack a bundle .tar.gz into dest safely; return the folder holding manifest.json.
+
+    Refuses absolute paths, `..`, links, devices and anything but regular files and folders, and
+    archives that unpack to more than `max_bytes`.
+    """
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            total = 0
+            for m in members:
+                name = m.name
+                parts = Path(name).parts
+                if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
+                    raise BundleError(f"{archive.name}: unsafe path {name!r} in archive")
+                if not (m.isfile() or m.isdir()):
+                    raise BundleError(f"{archive.name}: {name!r} is a link or device, not a file")
+                total += max(m.size, 0)
+                if total > max_bytes:
+                    raise BundleError(f"{archive.name}: unpacks to more than {max_bytes} bytes")
+            dest.mkdir(parents=True, exist_ok=True)
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, members=members, **kwargs)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise BundleError(f"{archive.name}: not a readable .tar.gz ({exc})") from None
+    candidates = [p.parent for p in dest.rglob(MANIFEST)]
+    if len(candidates) != 1:
+        raise BundleError(f"{archive.name}: expected one {MANIFEST}, found {len(candidates)}")
+    return candidates[0]
+
+
+def pack_bundle(folder: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Write folder as out (.tar.gz) with one top-level folder named after the bundle, atomically."""
+    folder, out = Path(folder), Path(out)
+    manifest = read_manifest(folder)
+    tmp = out.with_name(out.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        tar.add(folder / MANIFEST, arcname=f"{manifest.name}/{MANIFEST}")
+        for name in manifest.files:
+            tar.add(folder / name, arcname=f"{manifest.name}/{name}")
+    _fsync_replace(tmp, out)
+    return out
+
+
+def write_bundle(
+    out_dir: str | os.PathLike,
+    manifest: dict,
+    files: dict[str, bytes | np.ndarray | str | os.PathLike],
+) -> Bundle:
+    """Create a bundle folder atomically: files (bytes, arrays saved as .npy, or paths to copy) are
+    written, hashed into manifest["files"], the manifest validated, then the folder swapped in."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        entries = {}
+        for name, content in files.items():
+            p = tmp / name
+            if isinstance(content, np.ndarray):
+                np.save(p, content, allow_pickle=False)
+            elif isinstance(content, (bytes, bytearray)):
+                p.write_bytes(content)
+            else:
+                shutil.copyfile(content, p)
+            entries[name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        manifest = dict(manifest, files=entries)
+        Manifest.model_validate(manifest)
+        _write_json_atomic(tmp / MANIFEST, manifest)
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_bundle(out_dir)
+
+
+def update_manifest(folder: str | os.PathLike, **fields) -> Manifest:
+    """Replace top-level manifest fields (e.g. metrics, latency) atomically, re-validated."""
+    folder = Path(folder)
+    raw = json.loads((folder / MANIFEST).read_text())
+    raw.update(fields)
+    manifest = Manifest.model_validate(raw)
+    _write_json_atomic(folder / MANIFEST, raw)
+    return manifest
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    _fsync_replace(tmp, path)
+
+
+def _fsync_replace(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass

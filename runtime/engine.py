@@ -1,0 +1,302 @@
+"""The inference engine: a bundle's model on an interpreter, run over whole camera frames.
+
+`Engine(bundle).infer(rgb)` resamples the frame to the model's pixel size, covers it with tiles,
+runs each (normalization and quantization fused in a lookup table), dequantizes the outputs and
+stitches one Heatmap with its affine back to frame px. The interpreter is built once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from lucida.models import Bundle
+
+from .backends import Backend, select_backend
+from .edgetpu import DelegateError, load_edgetpu_delegate
+from .frame import Heatmap
+from .quant import dequantize, input_lut, is_identity
+from .tiling import TilePlan, plan_tiles, stitch_into
+
+log = logging.getLogger(__name__)
+TFLITE_MAGIC = b"TFL3"
+
+
+class EngineError(ValueError):
+    """A model that cannot be run as its bundle describes it."""
+
+
+class HealthCheckError(EngineError):
+    """The model's output on its golden input is not the golden output."""
+
+
+@dataclass
+class EngineInfo:
+    """What is actually running, for logs, /status and reports."""
+
+    bundle: str
+    model_file: str
+    model_sha256: str
+    backend: str
+    backend_version: str
+    delegate: str = "cpu"  # "cpu" or "edgetpu:<device>"
+    delegate_library: str = ""
+    fallback_reason: str = ""
+    num_threads: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def _check_tflite_file(path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot read model ({exc.strerror})") from None
+    if len(head) < 8 or head[4:8] != TFLITE_MAGIC:
+        raise EngineError(f"{path}: not a TFLite model (no 'TFL3' identifier)")
+
+
+class Engine:
+    """Runs one bundle. device: "auto" (Edge TPU if the bundle has one and it loads, else CPU),
+    "cpu", or an Edge TPU spec ("usb:0", "pci:0", "edgetpu" for any)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        backend: str | Backend | None = None,
+        num_threads: int | None = None,
+    ):
+        self.bundle = bundle
+        self.manifest = m = bundle.manifest
+        self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
+        self.num_threads = num_threads or os.cpu_count() or 1
+        self.interpreter, self.info = self._open(device)
+        try:
+            self.interpreter.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            raise EngineError(f"bundle {bundle.name}: model does not allocate: {exc}") from None
+        self._in = self.interpreter.get_input_details()[0]
+        self._out = self.interpreter.get_output_details()[0]
+        self._check_against_manifest()
+        q = m.quantization.input
+        lut = input_lut(m.normalization.mean, m.normalization.std, q.scale, q.zero_point, q.dtype)
+        self._lut = None if is_identity(lut) else lut
+        if self._lut is not None and q.dtype != "float32":
+            self._lut_cv = lut.view(np.uint8).reshape(256, 1, 3)  # cv2.LUT wants 8-bit tables
+        self._bgr = m.input.color_order == "BGR"
+        oq = m.quantization.output
+        self._out_q = (oq.scale, oq.zero_point) if oq.dtype != "float32" else None
+        self._plans: dict[tuple, TilePlan] = {}
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _interpreter(self, model_path, delegates=None):
+        _check_tflite_file(model_path)
+        try:
+            return self.backend.Interpreter(
+                model_path=str(model_path),
+                experimental_delegates=delegates or None,
+                num_threads=self.num_threads,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"{model_path}: not a loadable TFLite model: {exc}") from None
+
+    def _open(self, device: str):
+        b = self.bundle
+        info = dict(
+            bundle=b.name,
+            backend=self.backend.name,
+            backend_version=self.backend.version,
+            num_threads=self.num_threads,
+        )
+        want_tpu = device != "cpu" and (b.has_edgetpu or device != "auto")
+        fallback = ""
+        if want_tpu and not b.has_edgetpu:
+            fallback = f"bundle {b.name} has no edgetpu.tflite"
+        elif want_tpu:
+            spec = None if device in ("auto", "edgetpu") else device
+            try:
+                delegate = load_edgetpu_delegate(self.backend, spec)
+            except DelegateError as exc:
+                fallback = str(exc)
+            else:
+                from .edgetpu import library_path
+
+                path = b.file("edgetpu.tflite")
+                interp = self._interpreter(path, [delegate])
+                return interp, EngineInfo(
+                    model_file="edgetpu.tflite",
+                    model_sha256=b.sha256("edgetpu.tflite"),
+                    delegate=f"edgetpu:{spec or 'auto'}",
+                    delegate_library=library_path(),
+                    **info,
+                )
+        if fallback:
+            log.warning("running %s on the CPU (cpu.tflite): %s", b.name, fallback)
+        interp = self._interpreter(b.file("cpu.tflite"))
+        return interp, EngineInfo(
+            model_file="cpu.tflite",
+            model_sha256=b.sha256("cpu.tflite"),
+            fallback_reason=fallback,
+            **info,
+        )
+
+    def _check_against_manifest(self) -> None:
+        m, name = self.manifest, self.bundle.name
+        shape = tuple(int(s) for s in self._in["shape"])
+        want = (1, m.input.height, m.input.width, m.input.channels)
+        if shape != want:
+            raise EngineError(f"bundle {name}: model input shape {shape}, manifest says {want}")
+        dt = np.dtype(self._in["dtype"]).name
+        if dt != m.quantization.input.dtype:
+            raise EngineError(
+                f"bundle {name}: model input dtype {dt}, manifest says {m.quantization.input.dtype}"
+            )
+        for which, det, spec in (
+            ("input", self._in, m.quantization.input),
+            ("output", self._out, m.quantization.output),
+        ):
+            if spec.dtype == "float32":
+                continue
+            scale, zp = det["quantization"]
+            if not np.isclose(scale, spec.scale, rtol=1e-5) or int(zp) != spec.zero_point:
+                raise EngineError(
+                    f"bundle {name}: model {which} quantization (scale {scale:g}, zero point {zp}), "
+                    f"manifest says (scale {spec.scale:g}, zero point {spec.zero_point})"
+                )
+        out_shape = tuple(int(s) for s in self._out["shape"])
+        odt = np.dtype(self._out["dtype"]).name
+        if odt != m.quantization.output.dtype:
+            raise EngineError(f"bundle {name}: model output dtype {odt}, manifest says {m.quantization.output.dtype}")
+        if m.output.kind == "heatmap":
+            ok = len(out_shape) == 4 and out_shape[-1] == m.output.channels
+            ok = ok and m.input.width % out_shape[2] == 0 and m.input.width // out_shape[2] == m.input.height // out_shape[1]
+        else:
+            ok = len(out_shape) == 2 and out_shape[-1] == m.output.channels
+        if not ok:
+            raise EngineError(
+                f"bundle {name}: model output shape {out_shape} does not fit manifest output "
+                f"{m.output.kind} with {m.output.channels} channel(s)"
+            )
+        self.cell = m.input.width // out_shape[2] if m.output.kind == "heatmap" else m.tiling.stride_x
+
+    # -- running ---------------------------------------------------------------------------------
+    def _prepare(self, tile: np.ndarray) -> np.ndarray:
+        """RGB uint8 tile -> the model's input tensor (1xHxWx3), normalized and quantized."""
+        if self._bgr:
+            tile = tile[..., ::-1]
+        if self._lut is None:
+            x = tile
+        elif self._lut.dtype == np.float32:
+            x = self._lut[tile, np.arange(3)]
+        else:
+            x = cv2.LUT(np.ascontiguousarray(tile), self._lut_cv).view(self._lut.dtype)
+        return x[None]
+
+    def _positive(self, raw: np.ndarray) -> np.ndarray:
+        """Output tensor -> float32 probability of the positive class (HxW, or scalar)."""
+        o = self.manifest.output
+        act, k = o.activation, o.positive_index
+        if act == "softmax":
+            x = raw if self._out_q is None else dequantize(raw, *self._out_q)
+            e = np.exp(x - x.max(axis=-1, keepdims=True))
+            return (e[..., k] / e.sum(axis=-1)).astype(np.float32)
+        x = raw[..., k]
+        x = x.astype(np.float32) if self._out_q is None else dequantize(x, *self._out_q)
+        if act == "sigmoid":
+            x = 1.0 / (1.0 + np.exp(-x))
+        return x
+
+    def infer_tile(self, tile: np.ndarray) -> np.ndarray:
+        """One model-sized RGB uint8 tile -> positive-class probabilities (h x w cells, float32)."""
+        it = self.interpreter
+        it.set_tensor(self._in["index"], self._prepare(tile))
+        it.invoke()
+        return self._positive(it.get_tensor(self._out["index"])[0])
+
+    def model_size(self, frame_w: int, frame_h: int, um_per_px: float | None) -> tuple[int, int]:
+        """Frame size after resampling to the model's pixel size (unchanged when either is unknown)."""
+        model_um = self.manifest.input.um_per_px
+        if not um_per_px or not model_um or abs(um_per_px - model_um) / model_um < 1e-3:
+            return frame_w, frame_h
+        f = um_per_px / model_um
+        return max(1, round(frame_w * f)), max(1, round(frame_h * f))
+
+    def plan(self, w: int, h: int) -> TilePlan:
+        key = (w, h)
+        if key not in self._plans:
+            m = self.manifest
+            self._plans[key] = plan_tiles(
+                w, h, m.input.width, m.input.height, m.tiling.stride_x, m.tiling.stride_y, self.cell
+            )
+        return self._plans[key]
+
+    def infer(self, rgb: np.ndarray, um_per_px: float | None = None) -> Heatmap:
+        """Whole-frame inference: RGB uint8 HxWx3 at `um_per_px` -> Heatmap over the frame."""
+        fh, fw = rgb.shape[:2]
+        mw, mh = self.model_size(fw, fh, um_per_px)
+        img = rgb if (mw, mh) == (fw, fh) else cv2.resize(rgb, (mw, mh), interpolation=cv2.INTER_AREA)
+        m = self.manifest
+        tw, th = m.input.width, m.input.height
+        if (mw, mh) == (tw, th) and m.output.kind == "heatmap":
+            probs = self.infer_tile(img)
+        else:
+            probs = self._infer_tiled(img, mw, mh)
+        cell_y = m.tiling.stride_y if m.output.kind == "class_scores" else self.cell
+        sx, sy = self.cell * fw / mw, cell_y * fh / mh
+        if m.output.kind == "class_scores":  # one score per tile, centred on the tile
+            off_x, off_y = (tw / 2) * fw / mw - 0.5, (th / 2) * fh / mh - 0.5
+        else:
+            off_x, off_y = 0.5 * sx - 0.5, 0.5 * sy - 0.5
+        affine = np.array([[sx, 0.0, off_x], [0.0, sy, off_y]])
+        return Heatmap(probs=probs, affine=affine, frame_size=(fw, fh))
+
+    def _infer_tiled(self, img: np.ndarray, w: int, h: int) -> np.ndarray:
+        m = self.manifest
+        if m.output.kind == "class_scores":
+            return self._infer_classes(img, w, h)
+        plan = self.plan(w, h)
+        if (plan.padded_w, plan.padded_h) != (w, h):
+            img = cv2.copyMakeBorder(
+                img, 0, plan.padded_h - h, 0, plan.padded_w - w, cv2.BORDER_REFLECT_101
+            )
+        out = np.empty((plan.padded_h // plan.cell, plan.padded_w // plan.cell), np.float32)
+        for i, (x0, y0, *_rest) in enumerate(plan.tiles):
+            tile = img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w]
+            stitch_into(out, plan, i, self.infer_tile(tile))
+        return out[: plan.out_h, : plan.out_w]
+
+    def _infer_classes(self, img: np.ndarray, w: int, h: int) -> np.ndarray:
+        m = self.manifest
+        tw, th, sx, sy = m.input.width, m.input.height, m.tiling.stride_x, m.tiling.stride_y
+        pw = tw + max(0, -(-(w - tw) // sx)) * sx
+        ph = th + max(0, -(-(h - th) // sy)) * sy
+        if (pw, ph) != (w, h):
+            img = cv2.copyMakeBorder(img, 0, ph - h, 0, pw - w, cv2.BORDER_REFLECT_101)
+        ys, xs = range(0, ph - th + 1, sy), range(0, pw - tw + 1, sx)
+        out = np.empty((len(ys), len(xs)), np.float32)
+        for i, y0 in enumerate(ys):
+            for j, x0 in enumerate(xs):
+                out[i, j] = self.infer_tile(img[y0 : y0 + th, x0 : x0 + tw])
+        return out
+
+    # -- health ----------------------------------------------------------------------------------
+    def health_check(self, raise_on_fail: bool = True) -> dict:
+        """Run the golden input; compare with the golden output (max abs error vs manifest atol)."""
+        pair = self.bundle.golden()
+        if pair is None:
+            return {"ok": True, "skipped": "bundle has no golden I/O"}
+        x, want = pair
+        got = self.infer_tile(x)
+        if got.shape != want.shape:
+            result = {"ok": False, "error": f"output shape {got.shape}, golden {want.shape}"}
+        else:
+            err = float(np.max(np.abs(got - want))) if got.size else 0.0
+            atol = self.manifest.golden.atol
+            result = {"ok": err <= atol, "max_abs_error": err, "atol": atol}
+        if raise_on_fail and not result["ok"]:
+            raise HealthCheckError(f"bundle {self.bundle.name}: golden check failed: {result}")
+        return result

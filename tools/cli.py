@@ -1,0 +1,54 @@
+"""The `lucida` command: one subcommand per module, each imported only when the CLI starts.
+
+A command module defines `register(sub)`, which adds its parser to the argparse
+subparsers and sets `func=run`. Heavy host dependencies (TensorFlow) are imported
+inside `run`, never at module import, so `lucida --help` stays fast on a device.
+
+Bad input is reported as one line, `lucida CMD: error: ...`, never a traceback:
+library code raises ValueError (or OSError) subclasses with a readable message, and
+an optional `exit_code` attribute.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Modules under lucida.tools that add a subcommand. Keep sorted by command name.
+COMMAND_MODULES = [
+    "lucida.tools.bench",
+    "lucida.tools.demo",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lucida", description="Edge runtime for augmented-reality microscopes."
+    )
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as exc:
+        print(f"lucida {args.command}: error: {exc}", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
