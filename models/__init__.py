@@ -1,4 +1,5 @@
 """Model bundles: the manifest format, loading and verification, and the (task, objective) registry."""
+
 from .bundle import Bundle, BundleError, load_bundle, pack_bundle, write_bundle
 from .manifest import Manifest
 from .registry import Registry, Resolved, shipped_bundle

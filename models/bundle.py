@@ -3,6 +3,7 @@
 `load_bundle` validates the manifest, checks every listed file's sha256 and size, and returns a
 `Bundle`; nothing half-loaded escapes: any problem is one `BundleError` naming the file and field.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -124,7 +125,9 @@ def load_bundle(path: str | os.PathLike, unpack_dir: str | os.PathLike | None = 
     if manifest.golden is not None:
         for name in (manifest.golden.input, manifest.golden.output):
             if name not in manifest.files:
-                raise BundleError(f"bundle {manifest.name}: golden file {name} not hashed in 'files'")
+                raise BundleError(
+                    f"bundle {manifest.name}: golden file {name} not hashed in 'files'"
+                )
     return Bundle(path=path.resolve(), manifest=manifest)
 
 

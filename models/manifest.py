@@ -2,6 +2,7 @@
 
 Validated with pydantic on load; unknown keys are rejected so a typo never passes silently.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Literal, Optional, Tuple
@@ -25,7 +26,9 @@ class InputSpec(_Strict):
     color_order: Literal["RGB", "BGR"] = "RGB"
     dtype: Literal["uint8", "int8", "float32"] = "uint8"
     um_per_px: Optional[float] = Field(
-        default=None, gt=0, description="pixel size (um) the model was trained at; frames are resampled to it"
+        default=None,
+        gt=0,
+        description="pixel size (um) the model was trained at; frames are resampled to it",
     )
 
 

@@ -8,6 +8,7 @@ objective; an entry names a bundle and may override its contour parameters, e.g.
 
 Without an entry, the bundles that claim the objective are candidates and the first by name wins.
 """
+
 from __future__ import annotations
 
 import os
@@ -107,13 +108,17 @@ class Registry:
                 )
             bundle = self.get(names[0])
         if bundle.manifest.task != task:
-            raise BundleError(f"bundle {bundle.name} is for task {bundle.manifest.task!r}, not {task!r}")
+            raise BundleError(
+                f"bundle {bundle.name} is for task {bundle.manifest.task!r}, not {task!r}"
+            )
         contours = bundle.manifest.contours
         if entry is not None and entry.contours:
             try:
                 contours = ContourSpec.model_validate({**contours.model_dump(), **entry.contours})
             except ValidationError as exc:
-                raise BundleError(f"model config {task}.{objective}.contours: {exc.errors()[0]['msg']}") from None
+                raise BundleError(
+                    f"model config {task}.{objective}.contours: {exc.errors()[0]['msg']}"
+                ) from None
         return Resolved(bundle=bundle, contours=contours, objective=objective)
 
 

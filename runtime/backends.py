@@ -2,6 +2,7 @@
 
 The first that imports wins unless one is asked for by name (argument or LUCIDA_BACKEND).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 BACKEND_ORDER = (
     ("ai_edge_litert", "ai_edge_litert.interpreter", "ai-edge-litert"),
     ("tflite_runtime", "tflite_runtime.interpreter", "tflite-runtime"),
-    ("tensorflow", "tensorflow.lite", "tensorflow"),
+    ("tensorflow", "tensorflow", "tensorflow"),
 )
 
 
@@ -47,7 +48,8 @@ def _version(dist: str, module: Any) -> str:
 def _import(name: str, module_name: str, dist: str) -> Backend:
     mod = importlib.import_module(module_name)
     if name == "tensorflow":
-        return Backend(name, _version(dist, mod), mod.Interpreter, mod.experimental.load_delegate)
+        lite = mod.lite
+        return Backend(name, _version(dist, mod), lite.Interpreter, lite.experimental.load_delegate)
     return Backend(name, _version(dist, mod), mod.Interpreter, mod.load_delegate)
 
 

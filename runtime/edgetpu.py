@@ -3,6 +3,7 @@
 pycoral (Coral's own package, not the unrelated one on PyPI) is used for discovery when importable;
 otherwise devices are found by probing the delegate with `usb:N` / `pci:N` device specs.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@
 runs each (normalization and quantization fused in a lookup table), dequantizes the outputs and
 stitches one Heatmap with its affine back to frame px. The interpreter is built once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
-
 from lucida.models import Bundle
 
 from .backends import Backend, select_backend
@@ -170,10 +170,16 @@ class Engine:
         out_shape = tuple(int(s) for s in self._out["shape"])
         odt = np.dtype(self._out["dtype"]).name
         if odt != m.quantization.output.dtype:
-            raise EngineError(f"bundle {name}: model output dtype {odt}, manifest says {m.quantization.output.dtype}")
+            raise EngineError(
+                f"bundle {name}: model output dtype {odt}, manifest says {m.quantization.output.dtype}"
+            )
         if m.output.kind == "heatmap":
             ok = len(out_shape) == 4 and out_shape[-1] == m.output.channels
-            ok = ok and m.input.width % out_shape[2] == 0 and m.input.width // out_shape[2] == m.input.height // out_shape[1]
+            ok = (
+                ok
+                and m.input.width % out_shape[2] == 0
+                and m.input.width // out_shape[2] == m.input.height // out_shape[1]
+            )
         else:
             ok = len(out_shape) == 2 and out_shape[-1] == m.output.channels
         if not ok:
@@ -181,7 +187,9 @@ class Engine:
                 f"bundle {name}: model output shape {out_shape} does not fit manifest output "
                 f"{m.output.kind} with {m.output.channels} channel(s)"
             )
-        self.cell = m.input.width // out_shape[2] if m.output.kind == "heatmap" else m.tiling.stride_x
+        self.cell = (
+            m.input.width // out_shape[2] if m.output.kind == "heatmap" else m.tiling.stride_x
+        )
 
     # -- running ---------------------------------------------------------------------------------
     def _prepare(self, tile: np.ndarray) -> np.ndarray:
@@ -238,7 +246,9 @@ class Engine:
         """Whole-frame inference: RGB uint8 HxWx3 at `um_per_px` -> Heatmap over the frame."""
         fh, fw = rgb.shape[:2]
         mw, mh = self.model_size(fw, fh, um_per_px)
-        img = rgb if (mw, mh) == (fw, fh) else cv2.resize(rgb, (mw, mh), interpolation=cv2.INTER_AREA)
+        img = (
+            rgb if (mw, mh) == (fw, fh) else cv2.resize(rgb, (mw, mh), interpolation=cv2.INTER_AREA)
+        )
         m = self.manifest
         tw, th = m.input.width, m.input.height
         if (mw, mh) == (tw, th) and m.output.kind == "heatmap":

@@ -1,4 +1,5 @@
 """The two values that flow through the data path: a camera Frame and a model Heatmap."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

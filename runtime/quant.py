@@ -1,4 +1,5 @@
 """Affine (de)quantization of TFLite tensors: real = scale * (q - zero_point)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,7 +34,9 @@ def input_lut(mean, std, scale: float, zero_point: int, dtype: str) -> np.ndarra
     For float32 inputs the table holds the normalized floats.
     """
     p = np.arange(256, dtype=np.float64)[:, None]
-    real = (p - np.asarray(mean, dtype=np.float64)[None, :]) / np.asarray(std, dtype=np.float64)[None, :]
+    real = (p - np.asarray(mean, dtype=np.float64)[None, :]) / np.asarray(std, dtype=np.float64)[
+        None, :
+    ]
     if dtype == "float32":
         return real.astype(np.float32)
     return quantize(real, scale, zero_point, dtype)

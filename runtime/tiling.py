@@ -6,6 +6,7 @@ the overlap, so each cell comes from the tile where it is furthest from a tile b
 fully-convolutional model whose receptive field fits in half the overlap, the stitched heatmap
 equals a run over the whole frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,7 +51,9 @@ def plan_tiles(
             f"output cell ({cell} px)"
         )
     if stride_x > tile_w or stride_y > tile_h:
-        raise ValueError(f"stride {stride_x}x{stride_y} larger than tile {tile_w}x{tile_h} leaves gaps")
+        raise ValueError(
+            f"stride {stride_x}x{stride_y} larger than tile {tile_w}x{tile_h} leaves gaps"
+        )
     pw, xs, xo = _axis(frame_w, tile_w, stride_x, cell)
     ph, ys, yo = _axis(frame_h, tile_h, stride_y, cell)
     tiles = []

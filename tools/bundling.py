@@ -1,11 +1,11 @@
 """Assemble a bundle from TFLite bytes: manifest from the model's own tensors, golden I/O from a run."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import numpy as np
-
 from lucida.models import Bundle, load_bundle, write_bundle
 
 from .quantize import tensor_quant
@@ -46,7 +46,8 @@ def build_bundle(
         "objectives": list(objectives),
         "input": {"width": w, "height": h, "dtype": q["input"]["dtype"], "um_per_px": um_per_px},
         "quantization": {
-            k: {kk: q[k][kk] for kk in ("dtype", "scale", "zero_point")} for k in ("input", "output")
+            k: {kk: q[k][kk] for kk in ("dtype", "scale", "zero_point")}
+            for k in ("input", "output")
         },
         "output": output,
         "tiling": {"stride_x": int(stride[0]), "stride_y": int(stride[1])},

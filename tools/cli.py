@@ -8,6 +8,7 @@ Bad input is reported as one line, `lucida CMD: error: ...`, never a traceback:
 library code raises ValueError (or OSError) subclasses with a readable message, and
 an optional `exit_code` attribute.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -5,10 +5,11 @@ uint8 (or int8) input and output, per-channel weights, batch 1, static shapes. T
 dataset is the calibration images after exactly the bundle's preprocessing (here: raw RGB pixels
 as float32, the model normalizes inside its graph unless the manifest says otherwise).
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -75,7 +76,10 @@ def tensor_quant(tflite: bytes) -> dict:
 
     it = select_backend().Interpreter(model_content=tflite)
     out = {}
-    for which, det in (("input", it.get_input_details()[0]), ("output", it.get_output_details()[0])):
+    for which, det in (
+        ("input", it.get_input_details()[0]),
+        ("output", it.get_output_details()[0]),
+    ):
         scale, zp = det["quantization"]
         out[which] = {
             "dtype": np.dtype(det["dtype"]).name,
@@ -84,3 +88,11 @@ def tensor_quant(tflite: bytes) -> dict:
             "shape": [int(s) for s in det["shape"]],
         }
     return out
+
+
+def convert_float(model, input_shape: tuple[int, int, int]) -> bytes:
+    """Keras model -> float32 TFLite bytes at a fixed input shape (HxWxC), batch 1."""
+    import tensorflow as tf
+
+    concrete, trackable = _fixed_batch_function(model, tuple(input_shape))
+    return tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable).convert()

@@ -1,4 +1,5 @@
 """Tiny Keras models for tests and benchmarks (host side): fully-convolutional, Edge TPU-friendly ops."""
+
 from __future__ import annotations
 
 

@@ -1,0 +1,74 @@
+"""Shared fixtures: real int8 TFLite bundles built with TensorFlow, and the fake Edge TPU library."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+TESTS = Path(__file__).resolve().parent
+
+
+def _calib(n=24, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3)).astype(np.float32) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """An int8 (uint8 I/O) 64x64 fully-convolutional bundle with golden I/O, objectives 10x/20x."""
+    from lucida.tools.bundling import build_bundle
+    from lucida.tools.quantize import quantize_keras
+    from lucida.tools.tiny_models import tiny_fcn
+
+    samples = _calib()
+    tfl = quantize_keras(tiny_fcn((64, 64)), samples)
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    return build_bundle(
+        out,
+        name="tiny",
+        task="test",
+        objectives=["10x", "20x"],
+        cpu_tflite=tfl,
+        golden_input=samples[0].astype(np.uint8),
+        um_per_px=1.0,
+        stride=(48, 48),
+    )
+
+
+@pytest.fixture()
+def bundle_copy(tiny_bundle, tmp_path):
+    """A writable copy of the tiny bundle folder (for tests that break it)."""
+    dst = tmp_path / "copy"
+    shutil.copytree(tiny_bundle.path, dst)
+    return dst
+
+
+def rewrite_manifest(folder: Path, **changes) -> None:
+    """Edit manifest.json in place (tests only: no re-hash)."""
+    p = folder / "manifest.json"
+    m = json.loads(p.read_text())
+    for dotted, value in changes.items():
+        node = m
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    p.write_text(json.dumps(m))
+
+
+@pytest.fixture(scope="session")
+def fake_edgetpu_lib(tmp_path_factory):
+    """tests/fake_edgetpu.c compiled to a shared library with gcc."""
+    out = tmp_path_factory.mktemp("fake_edgetpu") / "libfake_edgetpu.so"
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O1", "-o", str(out), str(TESTS / "fake_edgetpu.c")],
+        check=True,
+    )
+    return out

@@ -1,0 +1,80 @@
+"""Packaging: a non-editable install gives every `lucida.*` subpackage; the rooms keep their borders."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROOMS = ["runtime", "models", "overlay", "calibration", "tools"]
+FORBIDDEN = {
+    "runtime": {"lucida.tools", "tensorflow", "keras"},
+    "overlay": {"lucida.runtime", "lucida.tools", "tensorflow", "keras"},
+    "calibration": {"lucida.runtime", "lucida.tools", "tensorflow", "keras"},
+    "models": {"lucida.runtime", "lucida.tools", "tensorflow", "keras"},
+}
+
+
+@pytest.mark.timeout(600)
+def test_non_editable_install_imports_every_subpackage(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--no-deps", str(ROOT)],
+        check=True,
+        env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+    )
+    # Dependencies come from the project's own venv, after the fresh install on the path.
+    site = subprocess.check_output(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+    ).strip()
+    Path(site, "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    code = (
+        "import importlib, lucida.runtime as r\n"
+        f"mods = {['lucida.' + r for r in ROOMS]}\n"
+        "paths = [importlib.import_module(m).__file__ for m in mods]\n"
+        "import lucida.tools.cli\n"
+        "from lucida.models import Registry\n"
+        "print('\\n'.join(paths)); print(sorted(Registry().manifests()))\n"
+    )
+    out = subprocess.check_output([str(py), "-c", code], text=True, cwd=tmp_path)
+    lines = out.strip().splitlines()
+    assert all(line.startswith(site) for line in lines[:-1]), out
+    shipped = sorted(p.name for p in (ROOT / "models").iterdir() if (p / "manifest.json").is_file())
+    assert lines[-1] == str(shipped)  # shipped bundles travel as package data
+
+
+def _imports(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+        elif isinstance(node, ast.ImportFrom) and node.level >= 2:
+            yield "lucida." + (node.module or "").split(".")[0]
+
+
+@pytest.mark.parametrize("room", sorted(FORBIDDEN))
+def test_rooms_do_not_import_what_they_must_not(room):
+    bad = []
+    for path in (ROOT / room).rglob("*.py"):
+        for name in _imports(path):
+            if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[room]):
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, bad
+
+
+def test_pycoral_from_pypi_is_never_a_dependency():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    text = cfg["options"]["install_requires"] + "".join(cfg["options.extras_require"].values())
+    assert "pycoral" not in text.lower()
