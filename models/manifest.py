@@ -86,19 +86,22 @@ class Tiling(_Strict):
 
 
 class ContourSpec(_Strict):
-    """Defaults for heatmap -> contours; a registry override or the daemon may change them."""
+    """Defaults for heatmap -> contours (lengths in frame px, areas in um2); the registry or the
+    daemon may override them. Same fields as lucida.overlay.contours.ContourParams."""
 
-    threshold: float = Field(default=0.5, ge=0, le=1)
-    threshold_low: float = Field(default=0.4, ge=0, le=1)
-    blur_sigma_px: float = Field(default=1.0, ge=0)
-    open_px: int = Field(default=0, ge=0)
-    min_area_um2: float = Field(default=0.0, ge=0)
-    simplify_px: float = Field(default=1.0, ge=0)
-    flicker_margin: float = Field(default=0.1, ge=0, le=0.5)
+    threshold: float = Field(default=0.5, gt=0, le=1)
+    threshold_low: Optional[float] = Field(default=0.4, gt=0, le=1)
+    upscale: int = Field(default=4, ge=1, le=16)
+    blur_sigma_px: float = Field(default=20.0, ge=0)
+    open_px: float = Field(default=0.0, ge=0)
+    min_area_um2: float = Field(default=2000.0, ge=0)
+    min_area_px2: float = Field(default=0.0, ge=0)
+    simplify_px: float = Field(default=1.5, ge=0)
+    flicker_margin: float = Field(default=96 / 255, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _low_below_high(self):
-        if self.threshold_low > self.threshold:
+        if self.threshold_low is not None and self.threshold_low > self.threshold:
             raise ValueError(f"threshold_low {self.threshold_low} > threshold {self.threshold}")
         return self
 

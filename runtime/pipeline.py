@@ -1,0 +1,456 @@
+"""The real-time loop: capture -> infer -> render, three threads with latest-frame hand-off.
+
+A slow stage never queues work: each stage takes the newest item from the one before, and an
+item replaced before it was taken is counted as a drop. Safety rule (DESIGN.md): the display
+never shows an overlay for a field of view it was not computed on. It is blanked at once when
+the stage or turret moves or the model changes, and when no frame has arrived for
+`stall_timeout_ms` (a stalled or unplugged camera).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+from lucida.overlay.compose import ARComposer, PreviewComposer
+from lucida.overlay.contours import ContourExtractor, ContourParams
+from lucida.overlay.regions import Regions
+
+from .frame import Frame, Heatmap
+from .models import ActiveModel, ModelSelector
+from .slots import LatestSlot
+from .sources import FrameSource, SourceError
+from .stats import percentiles_ms
+
+log = logging.getLogger(__name__)
+
+
+def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | None:
+    """Camera pixel size from the nominal magnification ("10x" -> 1.0 um/px): a fallback only."""
+    try:
+        return um_at_1x / float(objective[:-1]) if objective else None
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Optics:
+    """What calibration says for one objective.
+
+    um_per_px: camera pixel size (um); homography: 3x3 camera px -> display px (None: identity
+    scaled to the display); correct: flat-field / white balance on the RGB frame before inference.
+    """
+
+    um_per_px: float | None = None
+    homography: np.ndarray | None = None
+    correct: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the render stage gets: an overlay to draw, or an order to blank the display."""
+
+    frame: Frame | None
+    heatmap: Heatmap | None = None
+    regions: Regions | None = None
+    model: str | None = None
+    generation: int = 0
+    clear_reason: str | None = None
+    timings_ns: dict = field(default_factory=dict)
+
+
+class Stats:
+    """Counters and recent timings (ns) of the loop; `snapshot()` is what /status and bench show."""
+
+    STAGES = ("capture_wait", "preprocess", "infer", "contours", "render", "sinks", "latency")
+
+    def __init__(self, window: int = 2000):
+        self.t0_ns = time.monotonic_ns()
+        self.counts = dict.fromkeys(
+            ("frames_in", "processed", "displayed", "cleared", "reopens", "source_errors"), 0
+        )
+        self.timings = {k: deque(maxlen=window) for k in self.STAGES}
+        self.events = {k: deque(maxlen=window) for k in ("in", "processed", "displayed")}
+        self.lock = threading.Lock()
+
+    def count(self, key: str, t_ns: int | None = None) -> None:
+        with self.lock:
+            self.counts[key] += 1
+            ev = {"frames_in": "in", "processed": "processed", "displayed": "displayed"}.get(key)
+            if ev:
+                self.events[ev].append(t_ns or time.monotonic_ns())
+
+    def time(self, stage: str, ns: int) -> None:
+        with self.lock:
+            self.timings[stage].append(ns)
+
+    def fps(self, ev: str, window_s: float = 5.0) -> float:
+        now = time.monotonic_ns()
+        with self.lock:
+            ts = [t for t in self.events[ev] if now - t <= window_s * 1e9]
+        if len(ts) < 2:
+            return 0.0
+        return (len(ts) - 1) / ((ts[-1] - ts[0]) / 1e9)
+
+    def snapshot(self, drops: dict | None = None) -> dict:
+        with self.lock:
+            timings = {k: np.array(v) for k, v in self.timings.items()}
+            counts = dict(self.counts)
+        out = {
+            **counts,
+            "fps_in": round(self.fps("in"), 2),
+            "fps_processed": round(self.fps("processed"), 2),
+            "fps_displayed": round(self.fps("displayed"), 2),
+            **(drops or {}),
+        }
+        for stage, arr in timings.items():
+            out.update(percentiles_ms(arr, f"{stage}_ms"))
+        return out
+
+
+class Pipeline:
+    """Source -> (correct) -> engine -> contours -> AR display and preview sinks.
+
+    models: which engine runs at which objective. optics_for: calibration per objective.
+    ar_sinks get the black AR canvas (display resolution); preview_sinks the camera frame
+    with the overlay blended in. stall_timeout_ms: no frame for this long blanks the display.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        models: ModelSelector,
+        ar: ARComposer | None = None,
+        ar_sinks: Sequence = (),
+        preview: PreviewComposer | None = None,
+        preview_sinks: Sequence = (),
+        optics_for: Callable[[str | None], Optics] | None = None,
+        stall_timeout_ms: float = 200.0,
+        display_interval_ms: float = 1000 / 30,
+        on_event: Callable[..., None] | None = None,
+    ):
+        self.source, self.models = source, models
+        self.ar, self.ar_sinks = ar, list(ar_sinks)
+        self.preview, self.preview_sinks = preview, list(preview_sinks)
+        self.optics_for = optics_for or (lambda obj: Optics(um_per_px=nominal_um_per_px(obj)))
+        self.stall_timeout_ns = int(stall_timeout_ms * 1e6)
+        self.display_interval_s = display_interval_ms / 1000
+        self.on_event = on_event or (lambda kind, **kw: None)
+        self.stats = Stats()
+        self.captured: LatestSlot[Frame] = LatestSlot()
+        self.results: LatestSlot[Result] = LatestSlot()
+        self.overlay_enabled = True
+        self.objective_override: str | None = None  # from the serial nosepiece, when there is one
+        self.turret_moving = False
+        self._generation = 0
+        self._objective: str | None = "unset"
+        self._active: ActiveModel | None = None
+        self._optics = Optics()
+        self._extractor: ContourExtractor | None = None
+        self._last_capture_ns = 0
+        self._source_ok = False
+        self._showing_overlay = False
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.RLock()
+        self.last_result: Result | None = None
+
+    # -- control (any thread) --------------------------------------------------------------------
+    def start(self) -> Pipeline:
+        for s in self.ar_sinks + self.preview_sinks:
+            s.open()
+        for name, fn in (
+            ("capture", self._capture_loop),
+            ("infer", self._infer_loop),
+            ("render", self._render_loop),
+        ):
+            t = threading.Thread(target=fn, name=f"lucida-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        self.on_event("start", source=self.source.name)
+        return self
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.source.close()
+        except Exception as exc:  # a dying camera must not block shutdown
+            log.warning("closing %s: %s", self.source.name, exc)
+        for s in self.ar_sinks + self.preview_sinks:
+            s.close()
+        self.on_event("stop")
+
+    @property
+    def running(self) -> bool:
+        return any(t.is_alive() for t in self._threads) and not self._stop.is_set()
+
+    def clear(self, reason: str) -> None:
+        """Blank the display now and drop anything computed before this call."""
+        with self._lock:
+            self._generation += 1
+            if self._extractor is not None:
+                self._extractor.reset()
+            gen = self._generation
+        self.results.put(Result(frame=None, generation=gen, clear_reason=reason))
+
+    def set_objective(self, objective: str | None) -> None:
+        """The nosepiece reports an objective ("20x"), or None while between positions."""
+        if objective is None:
+            self.set_turret_moving(True)
+            return
+        self.turret_moving = False
+        if objective != self.objective_override:
+            self.objective_override = objective
+            self.clear(f"objective {objective}")
+
+    def set_turret_moving(self, moving: bool) -> None:
+        self.turret_moving = moving
+        if moving:
+            self.clear("turret moving")
+
+    def set_overlay(self, enabled: bool) -> None:
+        self.overlay_enabled = enabled
+        self.on_event("overlay", enabled=enabled)
+        if not enabled:
+            self.clear("overlay off")
+
+    def swap_model(self, active: ActiveModel) -> None:
+        """Use a new engine from the next frame; the display is blanked in between."""
+        with self._lock:
+            self._active = active
+            self._extractor = ContourExtractor(
+                ContourParams.from_mapping(active.contours.model_dump())
+            )
+        self.clear(f"model {active.name}")
+        self.on_event("model_switch", model=active.name, objective=self._objective)
+
+    def status(self) -> dict:
+        with self._lock:
+            active, objective = self._active, self._objective
+        info = active.engine.info if active else None
+        return {
+            "model": active.name if active else None,
+            "objective": objective if objective != "unset" else None,
+            "overlay": self.overlay_enabled,
+            "source": self.source.name,
+            "source_ok": self._source_ok,
+            "backend": f"{info.backend} {info.backend_version}" if info else None,
+            "delegate": info.delegate if info else None,
+            "fallback_reason": info.fallback_reason if info else None,
+            **self.stats.snapshot(
+                {"drops_capture": self.captured.drops, "drops_result": self.results.drops}
+            ),
+        }
+
+    # -- stages (their own threads) --------------------------------------------------------------
+    def _capture_loop(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            if not self._source_ok:
+                try:
+                    self.source.open()
+                    self._source_ok, backoff = True, 0.1
+                    self.on_event("source_open", source=self.source.name)
+                except (SourceError, OSError) as exc:
+                    self.stats.count("source_errors")
+                    self.on_event("error", where="source", message=str(exc))
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+            t0 = time.monotonic_ns()
+            try:
+                frame = self.source.read(timeout_s=0.1)
+            except SourceError as exc:
+                self._source_ok = False
+                self.stats.count("reopens")
+                self.on_event("error", where="source", message=str(exc))
+                self.clear("camera lost")
+                try:
+                    self.source.close()
+                except Exception:
+                    pass
+                continue
+            if frame is None:
+                continue
+            self.stats.time("capture_wait", time.monotonic_ns() - t0)
+            self._last_capture_ns = frame.t_capture_ns
+            self.stats.count("frames_in", frame.t_capture_ns)
+            self.captured.put(frame)
+
+    def _switch(self, objective: str | None) -> None:
+        active = self.models.for_objective(objective)
+        with self._lock:
+            self._objective = objective
+            self._active = active
+            self._optics = self.optics_for(objective)
+            if self.ar is not None and self._optics.homography is not None:
+                self.ar.set_homography(self._optics.homography)
+            self._extractor = (
+                ContourExtractor(ContourParams.from_mapping(active.contours.model_dump()))
+                if active
+                else None
+            )
+        self.clear(f"objective {objective}")
+        self.on_event("objective", objective=objective, model=active.name if active else None)
+
+    def _infer_loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self.captured.take(timeout_s=0.1)
+            if frame is None:
+                continue
+            try:
+                self._process(frame)
+            except Exception as exc:  # one bad frame must not stop the loop
+                log.exception("inference failed")
+                self.on_event("error", where="inference", message=str(exc))
+                self.clear("inference error")
+
+    def _process(self, frame: Frame) -> None:
+        objective = self.objective_override or frame.objective
+        if objective != self._objective:
+            self._switch(objective)
+        with self._lock:
+            gen, active, optics, extractor = (
+                self._generation,
+                self._active,
+                self._optics,
+                self._extractor,
+            )
+        if frame.moving or self.turret_moving:
+            self.clear("stage moving")
+            return
+        if active is None or not self.overlay_enabled:
+            self.results.put(Result(frame=frame, generation=gen, clear_reason="no overlay"))
+            return
+        t0 = time.monotonic_ns()
+        image = optics.correct(frame.image) if optics.correct else frame.image
+        t1 = time.monotonic_ns()
+        um = optics.um_per_px or frame.meta.get("um_per_px")
+        heatmap = active.engine.infer(image, um_per_px=um)
+        t2 = time.monotonic_ns()
+        regions = extractor.extract(heatmap.probs, heatmap.affine, um)
+        t3 = time.monotonic_ns()
+        timings = {"preprocess": t1 - t0, "infer": t2 - t1, "contours": t3 - t2}
+        for k, v in timings.items():
+            self.stats.time(k, v)
+        self.stats.count("processed")
+        self.results.put(Result(frame, heatmap, regions, active.name, gen, timings_ns=timings))
+
+    def _render_loop(self) -> None:
+        while not self._stop.is_set():
+            res = self.results.take(timeout_s=self.display_interval_s)
+            now = time.monotonic_ns()
+            stalled = not self._source_ok or (
+                self._last_capture_ns and now - self._last_capture_ns > self.stall_timeout_ns
+            )
+            if res is None:
+                if stalled and self._showing_overlay:
+                    self._blank("camera stalled")
+                continue
+            with self._lock:
+                current = self._generation
+            if res.clear_reason or res.generation != current or stalled:
+                self._blank(
+                    res.clear_reason or ("camera stalled" if stalled else "stale result"), res.frame
+                )
+                continue
+            self._show(res)
+
+    def _blank(self, reason: str, frame: Frame | None = None) -> None:
+        t0 = time.monotonic_ns()
+        if self.ar is not None:
+            blank = self.ar.blank()
+            for s in self.ar_sinks:
+                s.show(blank, None)
+        if frame is not None:
+            for s in self.preview_sinks:
+                s.show(frame.image, frame.t_capture_ns)
+        if self._showing_overlay:
+            self.stats.count("cleared")
+            self.on_event("overlay_cleared", reason=reason)
+        self._showing_overlay = False
+        self.stats.time("render", time.monotonic_ns() - t0)
+
+    def _show(self, res: Result) -> None:
+        t0 = time.monotonic_ns()
+        frame, hm = res.frame, res.heatmap
+        with self._lock:
+            optics, objective = self._optics, self._objective
+        um = optics.um_per_px or frame.meta.get("um_per_px")
+        fps = self.stats.fps("processed")
+        canvases = []
+        if self.ar is not None:
+            canvases.append(
+                (
+                    self.ar_sinks,
+                    self.ar.compose(
+                        res.regions,
+                        heatmap=hm.probs,
+                        heatmap_affine=hm.affine,
+                        objective=objective,
+                        um_per_px=um,
+                        model=res.model,
+                        fps=fps,
+                    ),
+                )
+            )
+        if self.preview is not None and self.preview_sinks:
+            canvases.append(
+                (
+                    self.preview_sinks,
+                    self.preview.compose(
+                        frame.image,
+                        res.regions,
+                        hm.probs,
+                        heatmap_affine=hm.affine,
+                        objective=objective,
+                        um_per_px=um,
+                        model=res.model,
+                        fps=fps,
+                    ),
+                )
+            )
+        t1 = time.monotonic_ns()
+        for sinks, canvas in canvases:
+            for s in sinks:
+                s.show(canvas, frame.t_capture_ns)
+        t2 = time.monotonic_ns()
+        self.stats.time("render", t1 - t0)
+        self.stats.time("sinks", t2 - t1)
+        self.stats.time("latency", t2 - frame.t_capture_ns)
+        self.stats.count("displayed", t2)
+        self._showing_overlay = True
+        self.last_result = res
+
+    # -- blocking run with signals (the demo and the daemon's main thread) --------------------
+    def run(self, frames: int | None = None, seconds: float | None = None) -> dict:
+        """Start, run until `frames` processed, `seconds` elapsed or SIGINT/SIGTERM; stop; stats."""
+        stop = threading.Event()
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+        self.start()
+        t_end = time.monotonic() + seconds if seconds else None
+        try:
+            while not stop.is_set():
+                if frames and self.stats.counts["processed"] >= frames:
+                    break
+                if t_end and time.monotonic() >= t_end:
+                    break
+                stop.wait(0.05)
+        finally:
+            status = self.status()
+            self.stop()
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+        return status
