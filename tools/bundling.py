@@ -1,14 +1,35 @@
-"""Assemble a bundle from TFLite bytes: manifest from the model's own tensors, golden I/O from a run."""
+"""Assemble and verify bundles: manifest from the model's own tensors, golden I/O from a real run.
+
+`build_bundle` writes a bundle from TFLite bytes; `assemble_bundle` builds one from files
+(cpu.tflite, an optional edgetpu.tflite, a quantization report, a golden input image), optionally
+starting from an existing bundle's manifest; `verify_bundle` re-checks one end to end (hashes,
+models readable and matching the manifest, the compiled model's I/O, the golden run).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
-from lucida.models import Bundle, load_bundle, write_bundle
+from lucida.models import Bundle, BundleError, load_bundle, write_bundle
 
 from .quantize import tensor_quant
+
+REPORT_FILE = "quant_report.json"
+# Manifest fields carried over from a --from bundle (files, quantization and golden are rebuilt).
+_CARRIED = (
+    "version",
+    "description",
+    "normalization",
+    "output",
+    "tiling",
+    "contours",
+    "color_norm",
+    "metrics",
+    "latency",
+)
 
 
 def build_bundle(
@@ -73,3 +94,158 @@ def build_bundle(
     tmp_copy = {n: (p.read_bytes() if isinstance(p, Path) else p) for n, p in staged.items()}
     write_bundle(out_dir, manifest, tmp_copy)
     return load_bundle(out_dir)
+
+
+def _read_model(path: str | os.PathLike) -> bytes:
+    from .tflite_reader import read_tflite
+
+    read_tflite(path)  # readable TFLite, or TFLiteReadError naming the file
+    return Path(path).read_bytes()
+
+
+def check_edgetpu_model(cpu: bytes | str, edgetpu: bytes | str) -> None:
+    """The compiled model must hold an edgetpu-custom-op and have cpu.tflite's input and output."""
+    from .edgetpu_ops import EDGETPU_CUSTOM_OP
+    from .tflite_reader import read_tflite
+
+    c, e = read_tflite(cpu), read_tflite(edgetpu)
+    if not any(op.custom and op.opcode == EDGETPU_CUSTOM_OP for op in e.ops):
+        raise BundleError(
+            f"{e.path}: not compiled for the Edge TPU (no {EDGETPU_CUSTOM_OP}); run `lucida compile`"
+        )
+    for which, a, b in (("input", c.inputs, e.inputs), ("output", c.outputs, e.outputs)):
+        sig_a = [(t.dtype, t.shape, t.scale, t.zero_point) for t in a]
+        sig_b = [(t.dtype, t.shape, t.scale, t.zero_point) for t in b]
+        if sig_a != sig_b:
+            raise BundleError(
+                f"{e.path}: {which} {sig_b} differs from cpu.tflite's {sig_a}: compiled from "
+                "another model?"
+            )
+
+
+def load_golden_input(path: str | os.PathLike, width: int, height: int) -> np.ndarray:
+    """A golden input tile: an .npy (uint8 HxWx3) or an image file, fitted to the input size."""
+    from .calib_data import fit_to_input, load_rgb
+
+    path = Path(path)
+    if path.suffix == ".npy":
+        x = np.load(path, allow_pickle=False)
+    else:
+        x = fit_to_input(load_rgb(path), width, height)
+    if x.shape != (height, width, 3):
+        raise BundleError(
+            f"{path}: golden input is {x.shape}, the model takes {(height, width, 3)}"
+        )
+    return np.ascontiguousarray(x, dtype=np.uint8)
+
+
+def assemble_bundle(
+    out_dir: str | os.PathLike,
+    *,
+    cpu_tflite: str | os.PathLike | None = None,
+    edgetpu_tflite: str | os.PathLike | None = None,
+    from_bundle: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    golden_input: str | os.PathLike | None = None,
+    name: str | None = None,
+    task: str | None = None,
+    objectives: list[str] | None = None,
+    um_per_px: float | None = None,
+    **manifest_fields,
+) -> Bundle:
+    """Build a bundle folder from files; fields not given come from `from_bundle` when there is one.
+
+    cpu_tflite: the full-integer model (default: from_bundle's); edgetpu_tflite: its compiled twin;
+    report: a quantization report JSON (default: from_bundle's); golden_input: .npy or image
+    (default: from_bundle's, else a seeded noise tile).
+    """
+    base = load_bundle(from_bundle) if from_bundle else None
+    bm = base.manifest if base else None
+    if cpu_tflite is None and base is None:
+        raise BundleError("give the int8 model (--cpu MODEL.tflite) or a bundle to start from")
+    cpu_path = Path(cpu_tflite) if cpu_tflite else base.file("cpu.tflite")
+    cpu = _read_model(cpu_path)
+    q = tensor_quant(cpu)
+    _, h, w, _ = q["input"]["shape"]
+    extra: dict = {}
+    edgetpu = None
+    if edgetpu_tflite is not None:
+        check_edgetpu_model(cpu, str(edgetpu_tflite))
+        edgetpu = Path(edgetpu_tflite).read_bytes()
+    elif base is not None and base.has_edgetpu and cpu_tflite is None:
+        edgetpu = base.file("edgetpu.tflite").read_bytes()
+    report_path = Path(report) if report else None
+    if report_path is None and base is not None and REPORT_FILE in bm.files:
+        report_path = base.file(REPORT_FILE)
+    if report_path is not None:
+        try:
+            json.loads(report_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{report_path}: not a readable JSON report ({exc})") from None
+        extra[REPORT_FILE] = report_path.read_bytes()
+    if golden_input is not None:
+        gin = load_golden_input(golden_input, w, h)
+    elif base is not None and base.golden() is not None and base.golden()[0].shape == (h, w, 3):
+        gin = base.golden()[0]
+    else:
+        gin = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    carried = bm.model_dump(mode="json") if bm else {}
+    fields = {k: v for k, v in carried.items() if k in _CARRIED}
+    if bm is not None and cpu_tflite is not None and "tiling" in fields:
+        fields.pop("tiling")  # a new model may have another input size; recompute the stride
+    fields.update({k: v for k, v in manifest_fields.items() if v is not None})
+    name = name or (bm.name if bm else None)
+    task = task or (bm.task if bm else None)
+    objectives = objectives or (list(bm.objectives) if bm else None)
+    if not (name and task and objectives):
+        raise BundleError("a new bundle needs --name, --task and --objectives (or --from BUNDLE)")
+    if um_per_px is None and bm is not None:
+        um_per_px = bm.input.um_per_px
+    tiling = fields.pop("tiling", None)
+    stride = (tiling["stride_x"], tiling["stride_y"]) if tiling else None
+    return build_bundle(
+        out_dir,
+        name=name,
+        task=task,
+        objectives=objectives,
+        cpu_tflite=cpu,
+        edgetpu_tflite=edgetpu,
+        golden_input=gin,
+        um_per_px=um_per_px,
+        stride=stride,
+        extra_files=extra,
+        **fields,
+    )
+
+
+def verify_bundle(path: str | os.PathLike) -> dict:
+    """Check a bundle folder or .tar.gz end to end; BundleError / EngineError on the first failure.
+
+    Returns what was checked: name, version, files with sizes, the golden error against atol.
+    """
+    from lucida.runtime.engine import Engine
+
+    from .tflite_reader import read_tflite
+
+    bundle = load_bundle(path)  # manifest valid, every file's size and sha256
+    for name in bundle.manifest.files:
+        if name.endswith(".tflite"):
+            read_tflite(bundle.file(name))
+    if bundle.has_edgetpu:
+        check_edgetpu_model(str(bundle.file("cpu.tflite")), str(bundle.file("edgetpu.tflite")))
+    if REPORT_FILE in bundle.manifest.files:
+        try:
+            json.loads(bundle.file(REPORT_FILE).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BundleError(f"bundle {bundle.name}: {REPORT_FILE} is not valid JSON") from None
+    engine = Engine(bundle, device="cpu", num_threads=1)  # model matches the manifest
+    health = engine.health_check(raise_on_fail=True)
+    return {
+        "ok": True,
+        "bundle": bundle.name,
+        "version": bundle.manifest.version,
+        "path": str(bundle.path),
+        "files": {n: e.bytes for n, e in bundle.manifest.files.items()},
+        "edgetpu": bundle.has_edgetpu,
+        "golden": health,
+    }

@@ -19,7 +19,11 @@ import sys
 # Modules under lucida.tools that add a subcommand. Keep sorted by command name.
 COMMAND_MODULES = [
     "lucida.tools.bench",
+    "lucida.tools.bundle_cmd",
+    "lucida.tools.check",
+    "lucida.tools.compile_edgetpu",
     "lucida.tools.demo",
+    "lucida.tools.quantize_cmd",
 ]
 
 

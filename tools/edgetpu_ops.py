@@ -1,0 +1,68 @@
+"""What the Edge TPU can run, as data: supported ops, the runtime version each needs, limits.
+
+Source: Coral, "TensorFlow models on the Edge TPU", section "Supported operations"
+(https://coral.ai/docs/edgetpu/models-intro/#supported-operations), and its "Model requirements":
+tensors 8-bit quantized, static sizes, at most 3 non-trivial (innermost) dimensions, one subgraph.
+Names are TFLite builtin op names (as `lucida.tools.tflite_reader` reports them); the number is
+the lowest Edge TPU runtime version that maps the op (1 = every version). Ops not listed run on
+the CPU, and so does everything after the first of them in the graph.
+"""
+
+from __future__ import annotations
+
+# op -> (lowest runtime version, known limitation from the Coral table)
+SUPPORTED_OPS: dict[str, tuple[int, str]] = {
+    "ADD": (1, ""),
+    "AVERAGE_POOL_2D": (1, "no fused activation function"),
+    "CONCATENATION": (1, "no fused activation; a constant input must be all zeros"),
+    "CONV_2D": (1, "same dilation in x and y"),
+    "DEPTHWISE_CONV_2D": (1, "same dilation in x and y (runtime >= 13)"),
+    "EXPAND_DIMS": (13, ""),
+    "FULLY_CONNECTED": (1, "default weights format only; one-dimensional output"),
+    "L2_NORMALIZATION": (1, ""),
+    "LOGISTIC": (1, ""),
+    "UNIDIRECTIONAL_SEQUENCE_LSTM": (14, "unidirectional LSTM only"),
+    "MAXIMUM": (1, ""),
+    "MAX_POOL_2D": (1, "no fused activation function"),
+    "MEAN": (1, "no reduction in the batch dimension; z-reduction needs z a multiple of 4"),
+    "MINIMUM": (1, ""),
+    "MUL": (1, ""),
+    "PACK": (13, "no packing in the batch dimension"),
+    "PAD": (1, "no padding in the batch dimension"),
+    "PRELU": (13, "alpha must be one-dimensional"),
+    "QUANTIZE": (13, ""),
+    "REDUCE_MAX": (14, "not on the batch dimension"),
+    "REDUCE_MIN": (14, "not on the batch dimension"),
+    "RELU": (1, ""),
+    "RELU6": (1, ""),
+    "RELU_N1_TO_1": (1, ""),
+    "RESHAPE": (1, "large reshapes may not be mapped"),
+    "RESIZE_BILINEAR": (1, "3-D input/output; may stay on the CPU for precision"),
+    "RESIZE_NEAREST_NEIGHBOR": (1, "3-D input/output; may stay on the CPU for precision"),
+    "RSQRT": (14, ""),
+    "SLICE": (1, ""),
+    "SOFTMAX": (1, "1-D input, at most 16,000 elements"),
+    "SPACE_TO_DEPTH": (1, ""),
+    "SPLIT": (1, "no split in the batch dimension"),
+    "SQUARED_DIFFERENCE": (14, ""),
+    "SQUEEZE": (1, ""),
+    "STRIDED_SLICE": (1, "all strides 1; no shrink or ellipsis masks"),
+    "SUB": (1, ""),
+    "SUM": (13, "no reduction in the batch dimension"),
+    "TANH": (1, ""),
+    "TRANSPOSE": (14, "no transpose of the batch dimension"),
+    "TRANSPOSE_CONV": (13, ""),
+}
+
+# The custom op that edgetpu_compiler writes into a compiled model (the mapped part of the graph).
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+
+# On-chip SRAM that caches parameters (Coral: "roughly 8 MB"); beyond it weights stream from host.
+ON_CHIP_BYTES = 8 * 1024 * 1024
+
+# Default runtime version we target (libedgetpu 16.0 / compiler 16 implement runtime 14).
+DEFAULT_RUNTIME_VERSION = 14
+
+# Input tensors above this size are known to make edgetpu_compiler fail or split the graph.
+LARGE_INPUT_ELEMENTS = 1024 * 1024 * 3
+LARGE_INPUT_SIDE = 1024
