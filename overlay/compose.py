@@ -1,0 +1,195 @@
+"""The two outputs: AR mode (for the eyepiece micro-display) and preview mode (for a monitor).
+
+Both return a new HxWx3 uint8 RGB canvas on every call (sinks may keep a reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from .errors import OverlayError
+from .regions import Regions
+from .render import ContourRenderer, RenderContext, Renderer, check_canvas
+
+
+def _homography(h: np.ndarray | None) -> np.ndarray:
+    m = np.eye(3) if h is None else np.asarray(h, np.float64)
+    if m.shape != (3, 3) or not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-12:
+        raise OverlayError(
+            f"homography of shape {np.shape(h)}: expected an invertible finite 3x3 matrix"
+        )
+    return m
+
+
+def _affine3(affine: np.ndarray | None, heatmap: np.ndarray | None) -> np.ndarray | None:
+    if heatmap is not None and affine is None:
+        raise OverlayError("heatmap given without heatmap_affine: expected its 2x3 cell -> px map")
+    if affine is None:
+        return None
+    a = np.asarray(affine, np.float64)
+    if a.shape == (2, 3):
+        a = np.vstack([a, [0.0, 0.0, 1.0]])
+    if a.shape != (3, 3):
+        raise OverlayError(f"heatmap affine of shape {np.shape(affine)}: expected 2x3")
+    return a
+
+
+class ARComposer:
+    """Black canvas at the display's resolution with the overlay warped onto it.
+
+    display_size: (width, height) of the micro-display in px.
+    homography: 3x3 map from camera px to display px (from calibration); None = identity.
+    eyepiece_circle: (cx, cy, r) in display px; everything outside it is blanked. None = off.
+    renderers: drawn in order on display-coordinate regions; default: a ContourRenderer.
+    Only the region points are warped (cv2.perspectiveTransform), never the canvas.
+    """
+
+    def __init__(
+        self,
+        display_size: tuple[int, int],
+        homography: np.ndarray | None = None,
+        eyepiece_circle: tuple[float, float, float] | None = None,
+        renderers: Sequence[Renderer] | None = None,
+    ) -> None:
+        w, h = (int(v) for v in display_size)
+        if w < 1 or h < 1:
+            raise OverlayError(f"display size {display_size!r}: expected (width, height) > 0")
+        self.display_size = (w, h)
+        self.renderers = list(renderers) if renderers is not None else [ContourRenderer()]
+        self.set_homography(homography)
+        self.set_eyepiece(eyepiece_circle)
+
+    def set_homography(self, homography: np.ndarray | None) -> None:
+        """Replace the camera px -> display px homography (e.g. after recalibration)."""
+        self.homography = _homography(homography)
+        self._inverse = np.linalg.inv(self.homography)
+
+    def set_eyepiece(self, circle: tuple[float, float, float] | None) -> None:
+        """Set (cx, cy, r) in display px, or None to show the whole display."""
+        w, h = self.display_size
+        if circle is None:
+            self.eyepiece_circle = None
+            self._mask = None
+            self.viewport = (0, 0, w, h)
+            return
+        cx, cy, r = (float(v) for v in circle)
+        if not r > 0:
+            raise OverlayError(f"eyepiece circle {circle!r}: expected (cx, cy, r) with r > 0")
+        self.eyepiece_circle = (cx, cy, r)
+        mask = np.zeros((h, w, 3), np.uint8)
+        cv2.circle(
+            mask,
+            (int(round(cx * 16)), int(round(cy * 16))),
+            int(round(r * 16)),
+            (255, 255, 255),
+            -1,
+            cv2.LINE_8,
+            4,
+        )
+        self._mask = mask
+        half = r / np.sqrt(2.0)
+        x0, y0 = max(0, int(np.ceil(cx - half))), max(0, int(np.ceil(cy - half)))
+        x1, y1 = min(w, int(cx + half)), min(h, int(cy + half))
+        self.viewport = (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+
+    def camera_px_per_display_px(self) -> float:
+        """Local scale of the display -> camera map at the viewport centre."""
+        x, y, w, h = self.viewport
+        c = np.array(
+            [[[x + w / 2, y + h / 2]], [[x + w / 2 + 1, y + h / 2]], [[x + w / 2, y + h / 2 + 1]]],
+            np.float64,
+        )
+        p = cv2.perspectiveTransform(c, self._inverse).reshape(3, 2)
+        return float(np.sqrt(abs(np.linalg.det(np.stack([p[1] - p[0], p[2] - p[0]])))))
+
+    def blank(self) -> np.ndarray:
+        """An all-black canvas (nothing visible in the eyepiece)."""
+        w, h = self.display_size
+        return np.zeros((h, w, 3), np.uint8)
+
+    def compose(
+        self,
+        regions: Regions,
+        *,
+        heatmap: np.ndarray | None = None,
+        heatmap_affine: np.ndarray | None = None,
+        objective: str | None = None,
+        um_per_px: float | None = None,
+        model: str | None = None,
+        fps: float | None = None,
+        text: str | None = None,
+    ) -> np.ndarray:
+        """Draw camera-frame regions onto a new black display canvas (RGB uint8).
+
+        heatmap / heatmap_affine: probabilities and their 2x3 cell -> camera px map, for a
+        HeatmapRenderer. um_per_px: camera pixel size in um (converted to display px here).
+        """
+        canvas = self.blank()
+        shown = regions.warped(self.homography)
+        a3 = _affine3(heatmap_affine, heatmap)
+        ctx = RenderContext(
+            objective=objective,
+            um_per_px=None if not um_per_px else um_per_px * self.camera_px_per_display_px(),
+            model=model,
+            fps=fps,
+            text=text,
+            heatmap=heatmap,
+            heatmap_to_canvas=None if a3 is None else self.homography @ a3,
+            viewport=self.viewport,
+        )
+        for r in self.renderers:
+            canvas = r.annotate(canvas, shown, ctx)
+        if self._mask is not None:
+            cv2.bitwise_and(canvas, self._mask, dst=canvas)
+        return canvas
+
+
+class PreviewComposer:
+    """The overlay drawn over the camera frame, for a monitor or a recording.
+
+    renderers: drawn in order on a copy of the frame (camera px); default: a ContourRenderer.
+    alpha: opacity of what the renderers drew, 0..1 (translucent renderers such as
+    FilledRenderer and HeatmapRenderer apply their own alpha on top).
+    """
+
+    def __init__(self, renderers: Sequence[Renderer] | None = None, alpha: float = 0.85):
+        if not 0.0 <= alpha <= 1.0:
+            raise OverlayError(f"preview alpha {alpha!r}: expected 0 <= alpha <= 1")
+        self.renderers = list(renderers) if renderers is not None else [ContourRenderer()]
+        self.alpha = float(alpha)
+
+    def compose(
+        self,
+        frame_rgb: np.ndarray,
+        regions: Regions,
+        heatmap: np.ndarray | None = None,
+        *,
+        heatmap_affine: np.ndarray | None = None,
+        objective: str | None = None,
+        um_per_px: float | None = None,
+        model: str | None = None,
+        fps: float | None = None,
+        text: str | None = None,
+    ) -> np.ndarray:
+        """A new RGB image: frame_rgb (HxWx3 uint8) with the overlay blended on it."""
+        frame = check_canvas(frame_rgb)
+        a3 = _affine3(heatmap_affine, heatmap)
+        ctx = RenderContext(
+            objective=objective,
+            um_per_px=um_per_px,
+            model=model,
+            fps=fps,
+            text=text,
+            heatmap=heatmap,
+            heatmap_to_canvas=a3,
+            viewport=(0, 0, frame.shape[1], frame.shape[0]),
+        )
+        drawn = np.ascontiguousarray(frame).copy()
+        for r in self.renderers:
+            drawn = r.annotate(drawn, regions, ctx)
+        if self.alpha >= 1.0:
+            return drawn
+        return cv2.addWeighted(frame, 1.0 - self.alpha, drawn, self.alpha, 0.0)
