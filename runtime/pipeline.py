@@ -134,6 +134,7 @@ class Pipeline:
         stall_timeout_ms: float = 200.0,
         display_interval_ms: float = 1000 / 30,
         on_event: Callable[..., None] | None = None,
+        on_result: Callable[[Result], None] | None = None,
     ):
         self.source, self.models = source, models
         self.ar, self.ar_sinks = ar, list(ar_sinks)
@@ -142,6 +143,7 @@ class Pipeline:
         self.stall_timeout_ns = int(stall_timeout_ms * 1e6)
         self.display_interval_s = display_interval_ms / 1000
         self.on_event = on_event or (lambda kind, **kw: None)
+        self.on_result = on_result
         self.stats = Stats()
         self.captured: LatestSlot[Frame] = LatestSlot()
         self.results: LatestSlot[Result] = LatestSlot()
@@ -343,7 +345,10 @@ class Pipeline:
         for k, v in timings.items():
             self.stats.time(k, v)
         self.stats.count("processed")
-        self.results.put(Result(frame, heatmap, regions, active.name, gen, timings_ns=timings))
+        result = Result(frame, heatmap, regions, active.name, gen, timings_ns=timings)
+        if self.on_result is not None:
+            self.on_result(result)
+        self.results.put(result)
 
     def _render_loop(self) -> None:
         while not self._stop.is_set():

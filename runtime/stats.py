@@ -16,3 +16,15 @@ def percentiles_ms(samples_ns: Iterable[int] | np.ndarray, prefix: str = "ms") -
         return {f"{prefix}_p50": 0.0, f"{prefix}_p90": 0.0, f"{prefix}_p99": 0.0}
     p50, p90, p99 = np.percentile(a / 1e6, [50, 90, 99])
     return {f"{prefix}_p{q}": round(float(v), 3) for q, v in ((50, p50), (90, p90), (99, p99))}
+
+
+def roc_auc(labels, scores) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with tied ranks); None with one class only."""
+    y = np.asarray(labels, bool).ravel()
+    s = np.asarray(scores, float).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average rank of each tie group
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

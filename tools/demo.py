@@ -1,0 +1,148 @@
+"""`lucida demo`: the embedded default behind `make run`.
+
+The virtual microscope (a held-out synthetic slide, 1920x1080 camera) -> the shipped model ->
+contours in AR mode and preview mode -> a video file, PNG snapshots and optionally MJPEG.
+Bounded by --frames / --seconds; prints a summary (fps, latency, drops, the FoV AUC it saw).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+FOV_TUMOUR_FRACTION = 0.01  # a FoV "has tumour" when >= 1% of it is tumour in the ground truth
+FOV_SCORE_PERCENTILE = 99  # a FoV's score: this percentile of its heatmap
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="virtual microscope -> model -> overlay, headless and bounded")
+    p.add_argument("--bundle", default="lymph-m", help="bundle folder or shipped name")
+    p.add_argument("--objective", default="10x", help="objective of the virtual microscope")
+    p.add_argument("--seed", type=int, default=1001, help="virtual slide seed (held out)")
+    p.add_argument("--frames", type=int, default=120, help="stop after this many processed frames")
+    p.add_argument("--seconds", type=float, default=60.0, help="stop after this long")
+    p.add_argument("--fps", type=float, default=15.0, help="virtual camera frame rate")
+    p.add_argument("--out", default="out/demo", help="folder for the video and snapshots")
+    p.add_argument("--mjpeg", type=int, default=None, metavar="PORT", help="also serve MJPEG")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+class FovScores:
+    """Collects (tumour in FoV?, heatmap score) per processed frame, for the FoV AUC."""
+
+    def __init__(self):
+        self.labels: list[bool] = []
+        self.scores: list[float] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, result) -> None:
+        mask = result.frame.meta.get("truth_mask")
+        if mask is None:
+            return
+        with self.lock:
+            self.labels.append(bool(mask.mean() >= FOV_TUMOUR_FRACTION))
+            self.scores.append(float(np.percentile(result.heatmap.probs, FOV_SCORE_PERCENTILE)))
+
+    def auc(self) -> float | None:
+        from lucida.runtime.stats import roc_auc
+
+        with self.lock:
+            return roc_auc(self.labels, self.scores)
+
+
+def run(args) -> int:
+    from lucida.overlay.compose import ARComposer, PreviewComposer
+    from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
+    from lucida.overlay.sinks import MjpegSink, PngSink, VideoSink
+    from lucida.runtime.models import ModelSelector
+    from lucida.runtime.pipeline import Pipeline
+    from lucida.runtime.virtual.scope import VirtualMicroscope
+
+    from .bench import resolve_bundle
+
+    bundle = resolve_bundle(args.bundle)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    scope = VirtualMicroscope(seed=args.seed, fps=args.fps, objective=args.objective)
+    size = (1920, 1080)
+    ar = ARComposer(
+        size,
+        eyepiece_circle=(size[0] / 2, size[1] / 2, size[1] / 2),
+        renderers=[ContourRenderer(), ScaleBarRenderer(), HudRenderer()],
+    )
+    preview = PreviewComposer([ContourRenderer(), ScaleBarRenderer(), HudRenderer()])
+    ar_png, preview_png = PngSink(out, prefix="ar"), PngSink(out, prefix="preview")
+    preview_sinks = [VideoSink(out / "preview.mp4", fps=args.fps), preview_png]
+    if args.mjpeg is not None:
+        mjpeg = MjpegSink("127.0.0.1", args.mjpeg)
+        preview_sinks.append(mjpeg)
+    fov = FovScores()
+    pipe = Pipeline(
+        scope,
+        ModelSelector(bundle=bundle),
+        ar=ar,
+        ar_sinks=[ar_png],
+        preview=preview,
+        preview_sinks=preview_sinks,
+        on_result=fov,
+        display_interval_ms=1000 / args.fps,
+    )
+    if args.mjpeg is not None:
+        print(f"live MJPEG: {mjpeg.url}", flush=True)
+    st = pipe.run(frames=args.frames, seconds=args.seconds)
+    snaps = []
+    for sink, name in ((ar_png, "ar.png"), (preview_png, "preview.png")):
+        try:
+            snaps.append(str(sink.snapshot(out / name)))
+        except ValueError:
+            pass
+    auc = fov.auc()
+    summary = {
+        "bundle": bundle.name,
+        "objective": args.objective,
+        "backend": st["backend"],
+        "delegate": st["delegate"],
+        "frames_in": st["frames_in"],
+        "processed": st["processed"],
+        "displayed": st["displayed"],
+        "fps_in": st["fps_in"],
+        "fps_processed": st["fps_processed"],
+        "fps_displayed": st["fps_displayed"],
+        "latency_ms_p50": st["latency_ms_p50"],
+        "latency_ms_p90": st["latency_ms_p90"],
+        "latency_ms_p99": st["latency_ms_p99"],
+        "infer_ms_p50": st["infer_ms_p50"],
+        "infer_ms_p99": st["infer_ms_p99"],
+        "contours_ms_p50": st["contours_ms_p50"],
+        "render_ms_p50": st["render_ms_p50"],
+        "drops_capture": st["drops_capture"],
+        "drops_result": st["drops_result"],
+        "fov_auc": None if auc is None else round(auc, 4),
+        "fovs": len(fov.labels),
+        "fovs_with_tumour": int(sum(fov.labels)),
+        "outputs": [str(out / "preview.mp4"), *snaps],
+    }
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    auc_text = "n/a (one class only)" if auc is None else f"{auc:.3f}"
+    print(
+        f"camera-lucida demo: {bundle.name} at {args.objective} on {st['backend']} "
+        f"({st['delegate']})\n"
+        f"  frames in {st['frames_in']}, processed {st['processed']}, displayed {st['displayed']}"
+        f" (dropped stale: {st['drops_capture']})\n"
+        f"  fps in {st['fps_in']:.1f}, processed {st['fps_processed']:.1f}, "
+        f"displayed {st['fps_displayed']:.1f}\n"
+        f"  frame-to-display latency p50 {st['latency_ms_p50']:.1f} ms, "
+        f"p90 {st['latency_ms_p90']:.1f} ms, p99 {st['latency_ms_p99']:.1f} ms\n"
+        f"  inference p50 {st['infer_ms_p50']:.1f} ms, contours p50 "
+        f"{st['contours_ms_p50']:.1f} ms, render p50 {st['render_ms_p50']:.1f} ms\n"
+        f"  FoV AUC {auc_text} over {len(fov.labels)} fields of view "
+        f"({int(sum(fov.labels))} with tumour)\n"
+        f"  wrote {', '.join(summary['outputs'])}"
+    )
+    return 0
