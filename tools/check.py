@@ -91,42 +91,46 @@ def _op_dict(op: OpInfo) -> dict:
     }
 
 
-def _op_support(op: OpInfo, runtime: int) -> str | None:
-    """Why the Edge TPU cannot map this op (None when it can, as far as the file tells)."""
+def _op_support(op: OpInfo, runtime: int) -> tuple[str, str] | None:
+    """(kind, why) the Edge TPU cannot map this op; None when it can, as far as the file tells."""
     if op.custom:
         if op.opcode == E.EDGETPU_CUSTOM_OP:
             return None
-        return f"custom op '{op.opcode}' is not an Edge TPU op"
+        return "custom_op", "is a custom op, not an Edge TPU op"
     if op.opcode not in E.SUPPORTED_OPS:
-        return f"{op.opcode} is not supported by the Edge TPU"
+        return "unsupported_op", "is not supported by the Edge TPU"
     need = E.SUPPORTED_OPS[op.opcode][0]
     if need > runtime:
-        return f"{op.opcode} needs Edge TPU runtime >= {need} (targeting {runtime})"
+        return "runtime_version", f"needs Edge TPU runtime >= {need} (targeting {runtime})"
     return None
 
 
-def _op_dtype(op: OpInfo) -> str | None:
-    """Why this op is not 8-bit (None when all its tensors are)."""
+def _op_dtype(op: OpInfo) -> tuple[str, str] | None:
+    """(kind, why) this op is not 8-bit; None when all its tensors are."""
     if op.custom and op.opcode == E.EDGETPU_CUSTOM_OP:
         return None
     for t in (*op.inputs, *op.outputs):
         if t.dtype in EIGHT_BIT or (t.constant and t.dtype in CONST_OK):
             continue
         what = "constant" if t.constant else "tensor"
-        kind = "is a float op" if t.dtype.startswith(("float", "bfloat")) else "is not 8-bit"
-        return f"{kind}: {what} '{t.name}' is {_t(t)}; the Edge TPU needs int8/uint8"
+        tail = f"{what} '{t.name}' is {_t(t)}; the Edge TPU needs int8/uint8"
+        if t.dtype.startswith(("float", "bfloat")):
+            return "float_op", f"is a float op: {tail}"
+        return "dtype", f"is not 8-bit: {tail}"
     return None
 
 
-def _op_rank(op: OpInfo) -> str | None:
+def _op_rank(op: OpInfo, skip_batch: bool) -> tuple[str, str] | None:
+    """(kind, why) a tensor of this op has more than 3 non-trivial dimensions."""
     for t in (*op.inputs, *op.outputs):
         if t.constant or len(t.shape) <= 3:
             continue
-        if any(d > 1 for d in t.shape[:-3]):
-            big = sum(1 for d in t.shape if d > 1)
-            return (
-                f"tensor '{t.name}' {_t(t)} has {big} dimensions > 1; the Edge TPU maps at most "
-                "3 (the innermost)"
+        shape = (1, *t.shape[1:]) if skip_batch else t.shape
+        if any(d > 1 for d in shape[:-3]):
+            big = sum(1 for d in shape if d > 1)
+            return "rank", (
+                f"has tensor '{t.name}' {_t(t)} with {big} dimensions > 1; the Edge TPU maps at "
+                "most 3 (the innermost)"
             )
     return None
 
@@ -178,33 +182,25 @@ def check_model(
             )
         )
 
+    batch_problem = any(p.kind in ("batch", "dynamic_batch") for p in problems)
     for op in model.ops:
-        head = f"op {op.index} {op.opcode}"
         support = _op_support(op, runtime_version)
-        dtype = _op_dtype(op)
-        rank = _op_rank(op) if support is None else None
-        if support:
-            kind = (
-                "custom_op"
-                if op.custom
-                else ("runtime_version" if op.opcode in E.SUPPORTED_OPS else "unsupported_op")
-            )
-            problems.append(Problem(kind, f"{head}: {support}", op.index))
-        if dtype:
-            kind = "float_op" if dtype.startswith("is a float op") else "dtype"
-            problems.append(Problem(kind, f"{head} {dtype}", op.index))
-        if rank:
-            problems.append(Problem("rank", f"{head}: {rank}", op.index))
-        reason = support or dtype or rank
-        if reason and first_cpu is None:
-            first_cpu = {"index": op.index, "opcode": op.opcode, "reason": reason}
+        found = [
+            f
+            for f in (support, _op_dtype(op), None if support else _op_rank(op, batch_problem))
+            if f
+        ]
+        if found:
+            why = " and ".join(text for _, text in found)
+            problems.append(Problem(found[0][0], f"op {op.index} {op.opcode} {why}", op.index))
+            if first_cpu is None:
+                first_cpu = {"index": op.index, "opcode": op.opcode, "reason": why}
 
-    # Put the op that hands over to the CPU first when no whole-model problem came before it.
+    # The compiler maps ops up to the first one it cannot: say so on that op's problem.
     if first_cpu is not None:
-        for p in problems:
-            if p.op == first_cpu["index"]:
-                p.message += f" (op {p.op} and the {len(model.ops) - p.op - 1} op(s) after it run on the CPU)"
-                break
+        p = next(p for p in problems if p.op == first_cpu["index"])
+        rest = len(model.ops) - p.op - 1
+        p.message += f" (op {p.op} and the {rest} op(s) after it run on the CPU)"
 
     compiled = any(op.custom and op.opcode == E.EDGETPU_CUSTOM_OP for op in model.ops)
     if model.param_bytes > E.ON_CHIP_BYTES:
@@ -247,8 +243,9 @@ def _kib(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.2f} MiB"
 
 
-def format_report(r: CheckReport, out=sys.stdout) -> None:
-    """The human-readable op table and verdict."""
+def format_report(r: CheckReport, out=None) -> None:
+    """The human-readable op table and verdict (to `out`, default stdout)."""
+    out = out or sys.stdout
     p = lambda s="": print(s, file=out)  # noqa: E731
     p(
         f"{r.path}: {r.ops_total} ops, parameters {_kib(r.param_bytes)}, activations "

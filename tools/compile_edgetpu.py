@@ -143,9 +143,10 @@ def compile_model(
     Adds "edgetpu_model" (path of the compiled file), "command" and "returncode".
     Raises CompilerNotFound (exit 3) or CompileError (exit 1, with the compiler's error line).
     """
+    from .tflite_reader import read_tflite
+
     model = Path(model)
-    if not model.is_file():
-        raise CompileError(f"{model}: no such file")
+    read_tflite(model)  # a clear exit-2 message for a missing or broken file, before compiling
     exe = find_compiler(compiler)
     out_dir = Path(out_dir) if out_dir else model.resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)

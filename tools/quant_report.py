@@ -196,7 +196,7 @@ def verdict(report: dict, max_metric_drop: float = 0.01, min_agreement: float = 
     agree_key = "threshold_agreement" if "threshold_agreement" in out else "top1_agreement"
     agree = out[agree_key]
     agree_txt = (
-        f"{'threshold' if agree_key.startswith('threshold') else 'top-1'} agreement {agree:.1%}"
+        f"{'threshold' if agree_key.startswith('threshold') else 'top-1'} agreement {agree:.2%}"
     )
     if m and m.get("delta") is not None:
         txt = f"{m['name']} float {m['float']:.4f}, int8 {m['int8']:.4f}"
