@@ -75,7 +75,7 @@ def parse_compiler_log(text: str) -> dict:
     for key, pat in _FIELDS.items():
         m = re.search(pat, text)
         if m:
-            out[key] = round(float(m.group(1)) * _UNITS[m.group(2)], 4)
+            out[key] = round(float(m.group(1)) * _UNITS[m.group(2)], 6)
     for key, pat in _INTS.items():
         m = re.search(pat, text)
         if m:
