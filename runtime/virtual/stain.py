@@ -1,0 +1,81 @@
+"""H&E colour of a synthetic slide: stain vectors, per-slide stain variation, colour cast.
+
+Colour follows Beer-Lambert in optical density (OD = -log10(I / I0)): a pixel holding
+hematoxylin concentration cH and eosin concentration cE has OD = cH * h_od + cE * e_od + glass_od
+per RGB channel. Each slide draws its own stain vectors (hue shift), stain strengths and a
+scanner/camera colour cast, so the same tissue looks different from slide to slide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+# Reference OD vectors (R, G, B) per unit concentration, close to measured H&E vectors:
+# hematoxylin absorbs red and green (purple-blue), eosin mostly green (pink).
+H_OD = (0.55, 0.75, 0.32)
+E_OD = (0.10, 0.86, 0.36)
+
+# The colour look-up image has LUT_LEVELS x LUT_LEVELS entries, LUT_SCALE entries per unit of
+# concentration, so concentrations up to LUT_LEVELS / LUT_SCALE are represented.
+LUT_SCALE = 100.0
+LUT_LEVELS = 300
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+@dataclass(frozen=True)
+class Stain:
+    """One slide's staining and scanning.
+
+    h_od, e_od: unit OD vectors (R, G, B) of hematoxylin and eosin.
+    h_scale, e_scale: stain strength multipliers (over/under-staining).
+    glass_od: OD of bare glass + mounting medium (R, G, B).
+    cast: per-channel gains (R, G, B) of the scanner or camera white balance.
+    blur_um: Gaussian sigma of the optical blur, um.
+    """
+
+    h_od: tuple[float, float, float]
+    e_od: tuple[float, float, float]
+    h_scale: float
+    e_scale: float
+    glass_od: tuple[float, float, float]
+    cast: tuple[float, float, float]
+    blur_um: float
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Stain:
+        """A plausible random stain: hue shifts of the vectors, +-35 % strengths, a colour cast."""
+        h = _unit(np.asarray(H_OD) + rng.normal(0.0, 0.06, 3)).clip(0.05, None)
+        e = _unit(np.asarray(E_OD) + rng.normal(0.0, 0.07, 3)).clip(0.03, None)
+        cast = 1.0 + rng.uniform(-0.06, 0.03, 3)
+        return cls(
+            h_od=tuple(float(v) for v in _unit(h)),
+            e_od=tuple(float(v) for v in _unit(e)),
+            h_scale=float(rng.uniform(0.65, 1.35)),
+            e_scale=float(rng.uniform(0.6, 1.45)),
+            glass_od=tuple(float(v) for v in rng.uniform(0.005, 0.03, 3)),
+            cast=tuple(float(v) for v in cast / max(1.0, cast.max())),
+            blur_um=float(rng.uniform(0.25, 0.6)),
+        )
+
+    def lut_image(self) -> np.ndarray:
+        """RGB uint8 image of LUT_LEVELS x LUT_LEVELS: row = cH * LUT_SCALE, column = cE * LUT_SCALE."""
+        c = np.arange(LUT_LEVELS, dtype=np.float64) / LUT_SCALE
+        h = np.asarray(self.h_od) * self.h_scale
+        e = np.asarray(self.e_od) * self.e_scale
+        od = c[:, None, None] * h + c[None, :, None] * e + np.asarray(self.glass_od)
+        rgb = 255.0 * np.power(10.0, -od) * np.asarray(self.cast)
+        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+
+
+def to_rgb(lut: np.ndarray, h_units: np.ndarray, e_units: np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 RGB from HxW float32 concentrations in LUT units (concentration * LUT_SCALE),
+    interpolating the stain LUT; out-of-range values clamp to its edges."""
+    return cv2.remap(
+        lut, e_units, h_units, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
