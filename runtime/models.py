@@ -47,6 +47,7 @@ class ModelSelector:
         self.device, self.num_threads = device, num_threads
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
+        self.pinned: Bundle | None = None  # a deployed bundle, used at the objectives it claims
 
     def engine(self, bundle: Bundle) -> Engine:
         with self._lock:
@@ -58,6 +59,9 @@ class ModelSelector:
             return e
 
     def for_objective(self, objective: str | None) -> ActiveModel | None:
+        pinned = self.pinned
+        if pinned is not None and (objective is None or objective in pinned.manifest.objectives):
+            return ActiveModel(self.engine(pinned), pinned.manifest.contours)
         if self.bundle is not None:
             m = self.bundle.manifest
             if objective is not None and objective not in m.objectives:
@@ -73,6 +77,13 @@ class ModelSelector:
         if objective not in resolved.bundle.manifest.objectives:
             return None
         return ActiveModel(self.engine(resolved.bundle), resolved.contours)
+
+    def pin(self, bundle: Bundle, engine: Engine | None = None) -> None:
+        """Run `bundle` (already loaded and checked as `engine`, if given) wherever it applies."""
+        with self._lock:
+            if engine is not None:
+                self._engines[bundle.name] = engine
+            self.pinned = bundle
 
     def replace(self, bundle: Bundle) -> ActiveModel:
         """Use `bundle` from now on (a deploy or an activate): built before it is swapped in."""

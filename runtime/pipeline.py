@@ -150,6 +150,7 @@ class Pipeline:
         self.overlay_enabled = True
         self.objective_override: str | None = None  # from the serial nosepiece, when there is one
         self.turret_moving = False
+        self.threshold_override: float | None = None
         self._generation = 0
         self._objective: str | None = "unset"
         self._active: ActiveModel | None = None
@@ -229,11 +230,48 @@ class Pipeline:
         """Use a new engine from the next frame; the display is blanked in between."""
         with self._lock:
             self._active = active
-            self._extractor = ContourExtractor(
-                ContourParams.from_mapping(active.contours.model_dump())
-            )
+            self._extractor = self._extractor_for(active)
         self.clear(f"model {active.name}")
         self.on_event("model_switch", model=active.name, objective=self._objective)
+
+    def reload_model(self) -> ActiveModel | None:
+        """Re-resolve the model for the current objective (after a deploy or rollback); blanks."""
+        with self._lock:
+            objective = self._objective if self._objective != "unset" else None
+        active = self.models.for_objective(objective)
+        with self._lock:
+            self._active = active
+            self._extractor = self._extractor_for(active)
+        self.clear(f"model {active.name if active else 'none'}")
+        self.on_event("model_switch", model=active.name if active else None, objective=objective)
+        return active
+
+    def _extractor_for(self, active: ActiveModel | None) -> ContourExtractor | None:
+        """Contour extraction with the model's parameters and the operator's threshold, if set."""
+        if active is None:
+            return None
+        params = active.contours.model_dump()
+        if self.threshold_override is not None:
+            t = self.threshold_override
+            params["threshold"] = t
+            if params.get("threshold_low") is not None:
+                params["threshold_low"] = min(params["threshold_low"], t)
+        return ContourExtractor(ContourParams.from_mapping(params))
+
+    @property
+    def threshold(self) -> float | None:
+        """The contour threshold in use (probability units)."""
+        ex = self._extractor
+        return ex.params.threshold if ex is not None else self.threshold_override
+
+    def set_threshold(self, threshold: float) -> None:
+        """Operator's contour threshold (0 < t <= 1), kept across model switches."""
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold {threshold!r}: expected 0 < threshold <= 1")
+        with self._lock:
+            self.threshold_override = float(threshold)
+            self._extractor = self._extractor_for(self._active)
+        self.on_event("threshold", threshold=threshold)
 
     def status(self) -> dict:
         with self._lock:
@@ -296,11 +334,7 @@ class Pipeline:
             self._optics = self.optics_for(objective)
             if self.ar is not None and self._optics.homography is not None:
                 self.ar.set_homography(self._optics.homography)
-            self._extractor = (
-                ContourExtractor(ContourParams.from_mapping(active.contours.model_dump()))
-                if active
-                else None
-            )
+            self._extractor = self._extractor_for(active)
         self.clear(f"objective {objective}")
         self.on_event("objective", objective=objective, model=active.name if active else None)
 

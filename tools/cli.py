@@ -23,7 +23,9 @@ COMMAND_MODULES = [
     "lucida.tools.check",
     "lucida.tools.compile_edgetpu",
     "lucida.tools.demo",
+    "lucida.tools.deploy_cmd",
     "lucida.tools.quantize_cmd",
+    "lucida.tools.run_cmd",
 ]
 
 

@@ -1,0 +1,280 @@
+"""The daemon's HTTP API (aiohttp), on its own thread and event loop.
+
+GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events.
+POST (bearer token required, compared in constant time): /snapshot, /overlay, /objective,
+/models (upload a bundle .tar.gz), /models/{name}/activate, /models/rollback, /benchmark.
+Every error is JSON {"error": "..."} with a 4xx status; the pipeline keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+import cv2
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+LIVE_WIDTH = 960  # px, the live view is downscaled to keep JPEG encoding cheap
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class StatusCollector:
+    """Prometheus metrics read from the daemon's status at scrape time."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+
+    def collect(self):
+        st = self.daemon.pipeline.status()
+        for key in (
+            "frames_in",
+            "processed",
+            "displayed",
+            "cleared",
+            "reopens",
+            "drops_capture",
+            "drops_result",
+        ):
+            c = CounterMetricFamily(f"lucida_{key}", f"pipeline {key.replace('_', ' ')}")
+            c.add_metric([], st.get(key, 0))
+            yield c
+        for key in ("fps_in", "fps_processed", "fps_displayed"):
+            g = GaugeMetricFamily(f"lucida_{key}", f"frames per second ({key[4:]})")
+            g.add_metric([], st[key])
+            yield g
+        lat = GaugeMetricFamily(
+            "lucida_stage_ms", "stage time percentiles (ms)", labels=["stage", "quantile"]
+        )
+        for stage in ("latency", "infer", "contours", "render", "preprocess"):
+            for q in ("50", "90", "99"):
+                lat.add_metric([stage, f"0.{q}"], st.get(f"{stage}_ms_p{q}", 0.0))
+        yield lat
+        up = GaugeMetricFamily(
+            "lucida_model_info", "model running now", labels=["model", "delegate"]
+        )
+        up.add_metric([str(st["model"]), str(st["delegate"])], 1.0)
+        yield up
+
+
+def make_app(daemon) -> web.Application:
+    token = daemon.token
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(daemon))
+    max_upload = int(daemon.config.http.max_upload_mb * 1024 * 1024)
+
+    @web.middleware
+    async def auth(request, handler):
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            header = request.headers.get("Authorization", "")
+            given = header[7:] if header.startswith("Bearer ") else ""
+            if not given:
+                return _error(401, "missing bearer token (Authorization: Bearer TOKEN)")
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return _error(403, "wrong token")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except (ValueError, OSError) as exc:  # bad input: one readable message
+            daemon.events("error", where=request.path, message=str(exc))
+            status = 422 if type(exc).__name__ == "HealthCheckError" else 400
+            return _error(status, str(exc))
+
+    async def in_thread(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def index(_request):
+        return web.FileResponse(STATIC / "index.html")
+
+    async def status(_request):
+        return web.json_response(await in_thread(daemon.status))
+
+    async def metrics(_request):
+        body = await in_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def events(request):
+        n = int(request.query.get("n", "50"))
+        return web.json_response(daemon.events.recent[-n:])
+
+    async def live(request):
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "multipart/x-mixed-replace; boundary=frame",
+                "Cache-Control": "no-cache",
+            }
+        )
+        await resp.prepare(request)
+        seq, interval = -1, 1 / max(1.0, daemon.config.source.fps)
+        try:
+            while True:
+                if daemon.live.seq == seq or daemon.live.canvas is None:
+                    await asyncio.sleep(interval / 2)
+                    continue
+                seq, canvas = daemon.live.seq, daemon.live.canvas
+                jpeg = await in_thread(_encode_jpeg, canvas)
+                await resp.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                    + str(len(jpeg)).encode()
+                    + b"\r\n\r\n"
+                    + jpeg
+                    + b"\r\n"
+                )
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
+    async def json_body(request) -> dict:
+        if not request.can_read_body:
+            return {}
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ValueError("request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ValueError("request body must be a JSON object")
+        return body
+
+    async def snapshot(_request):
+        return web.json_response(await in_thread(daemon.snapshot))
+
+    async def overlay(request):
+        body = await json_body(request)
+        if "enabled" in body:
+            if not isinstance(body["enabled"], bool):
+                raise ValueError("'enabled' must be true or false")
+            daemon.pipeline.set_overlay(body["enabled"])
+        if "threshold" in body:
+            daemon.pipeline.set_threshold(float(body["threshold"]))
+        return web.json_response(
+            {"overlay": daemon.pipeline.overlay_enabled, "threshold": daemon.pipeline.threshold}
+        )
+
+    async def objective(request):
+        body = await json_body(request)
+        daemon.pipeline.set_objective(body.get("objective"))
+        return web.json_response({"objective": body.get("objective")})
+
+    async def upload(request):
+        if request.content_length is not None and request.content_length > max_upload:
+            return _error(
+                413,
+                f"bundle upload of {request.content_length} bytes exceeds the "
+                f"{max_upload} byte limit",
+            )
+        incoming = Path(daemon.config.state_dir, "incoming")
+        incoming.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=incoming, suffix=".tar.gz", delete=False) as tmp:
+            path = Path(tmp.name)
+            size = 0
+            try:
+                async for chunk in request.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > max_upload:
+                        return _error(413, f"bundle upload exceeds the {max_upload} byte limit")
+                    tmp.write(chunk)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
+        try:
+            if size == 0:
+                raise ValueError("empty upload: send a bundle .tar.gz as the request body")
+            return web.json_response(await in_thread(daemon.deploy, path))
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def activate(request):
+        return web.json_response(await in_thread(daemon.activate, request.match_info["name"]))
+
+    async def rollback(_request):
+        return web.json_response(await in_thread(daemon.rollback))
+
+    async def benchmark(request):
+        body = await json_body(request)
+        runs = int(body.get("runs", 50))
+        if not 1 <= runs <= 10000:
+            raise ValueError("'runs' must be 1..10000")
+        return web.json_response(await in_thread(daemon.benchmark, body.get("bundle"), runs))
+
+    app = web.Application(middlewares=[auth], client_max_size=max_upload)
+    app.add_routes(
+        [
+            web.get("/", index),
+            web.get("/status", status),
+            web.get("/metrics", metrics),
+            web.get("/events", events),
+            web.get("/live", live),
+            web.post("/snapshot", snapshot),
+            web.post("/overlay", overlay),
+            web.post("/objective", objective),
+            web.post("/models", upload),
+            web.post("/models/rollback", rollback),
+            web.post("/models/{name}/activate", activate),
+            web.post("/benchmark", benchmark),
+        ]
+    )
+    return app
+
+
+def _encode_jpeg(canvas_rgb) -> bytes:
+    h, w = canvas_rgb.shape[:2]
+    if w > LIVE_WIDTH:
+        canvas_rgb = cv2.resize(
+            canvas_rgb, (LIVE_WIDTH, round(h * LIVE_WIDTH / w)), interpolation=cv2.INTER_AREA
+        )
+    ok, buf = cv2.imencode(
+        ".jpg", cv2.cvtColor(canvas_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80]
+    )
+    return buf.tobytes()
+
+
+class HttpServer:
+    """Runs the aiohttp app on a background thread; `url` once started (port 0: any free port)."""
+
+    def __init__(self, daemon, host: str, port: int):
+        self.daemon, self.host, self.port = daemon, host, port
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> HttpServer:
+        self._thread = threading.Thread(target=self._serve, name="lucida-http", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise OSError(f"HTTP API cannot listen on {self.host}:{self.port}: {self._error}")
+        return self
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(make_app(self.daemon), access_log=None)
+        try:
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port)
+            self._loop.run_until_complete(site.start())
+            port = site._server.sockets[0].getsockname()[1]
+            self.url = f"http://{self.host}:{port}"
+        except BaseException as exc:  # port in use, bad address
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+
+    def stop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(2)

@@ -1,0 +1,403 @@
+"""`lucida run`: the pipeline as a long-running service with a serial nosepiece and an HTTP API.
+
+Signals: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the config (a bad new config is reported
+and the running one kept). Under systemd (Type=notify) it reports READY, WATCHDOG and STOPPING.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import platform
+import secrets
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from lucida.models import Bundle, Registry, load_bundle
+from lucida.models.registry import SHIPPED_DIR
+from lucida.overlay.compose import ARComposer, PreviewComposer
+from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
+from lucida.overlay.sinks import make_sink
+
+from .config import ConfigError, DaemonConfig, load_config
+from .engine import Engine
+from .events import EventLog
+from .models import ActiveModel, ModelSelector
+from .pipeline import Optics, Pipeline, nominal_um_per_px
+from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource
+from .stats import percentiles_ms
+from .store import BundleStore
+from .systemd import sd_notify, watchdog_interval_s
+
+log = logging.getLogger(__name__)
+
+
+class LatestCanvas:
+    """A sink that keeps the newest canvas (for the HTTP live view); `seq` counts frames shown."""
+
+    name = "latest"
+
+    def __init__(self):
+        self.canvas: np.ndarray | None = None
+        self.seq = 0
+
+    def open(self):
+        pass
+
+    def show(self, canvas, t_capture_ns=None):
+        self.canvas, self.seq = canvas, self.seq + 1
+
+    def close(self):
+        pass
+
+
+def build_source(cfg) -> FrameSource:
+    if cfg.type == "virtual":
+        from .virtual.scope import VirtualMicroscope
+
+        return VirtualMicroscope(
+            seed=cfg.seed, fps=cfg.fps, objective=cfg.objective, resolution=(cfg.width, cfg.height)
+        )
+    if cfg.type == "replay":
+        return ReplaySource(cfg.path, fps=cfg.fps)
+    if cfg.type == "opencv":
+        return OpenCVSource(cfg.device, size=(cfg.width, cfg.height))
+    return PiCameraSource(size=(cfg.width, cfg.height))
+
+
+def temperatures_c() -> dict:
+    """Readable thermal zones (CPU, SoC; the Edge TPU's own where the driver exposes it), in C."""
+    out = {}
+    for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")) + sorted(
+        glob.glob("/sys/class/apex/apex_*")
+    ):
+        try:
+            name = (
+                Path(zone, "type").read_text().strip()
+                if Path(zone, "type").exists()
+                else Path(zone).name
+            )
+            out[name] = int(Path(zone, "temp").read_text()) / 1000
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, config_path: str | Path | None = None):
+        self.config, self.config_path = config, config_path
+        self.events = EventLog(config.log.events)
+        self.store = BundleStore(config.state_dir)
+        self.token = config.token() or self._generated_token()
+        self.live = LatestCanvas()
+        self.started_ns = time.monotonic_ns()
+        self._swap_lock = threading.Lock()
+        self._stop = threading.Event()
+        self.http = None
+        self.serial = None
+        self._build()
+
+    # -- assembly ---------------------------------------------------------------------------------
+    def _generated_token(self) -> str:
+        path = Path(self.config.state_dir, "token")
+        if not path.exists():
+            from lucida.calibration.atomic import atomic_write_text
+
+            atomic_write_text(path, secrets.token_urlsafe(24) + "\n")
+            path.chmod(0o600)
+        self.events("token", generated=str(path))
+        return path.read_text().strip()
+
+    def _build(self) -> None:
+        cfg = self.config
+        registry = Registry(
+            search_dirs=[*cfg.models.dirs, SHIPPED_DIR], config=cfg.models.overrides
+        )
+        self.models = ModelSelector(
+            registry=registry,
+            task=cfg.models.task,
+            device=cfg.models.device,
+            num_threads=cfg.models.num_threads,
+        )
+        active = self.store.active()
+        if active is not None:
+            self.models.pin(active)
+        self.profile = self._load_profile()
+        w, h = cfg.display.width, cfg.display.height
+        circle = cfg.display.eyepiece
+        if circle is True:
+            circle = (w / 2, h / 2, min(w, h) / 2)
+        elif circle is False:
+            circle = None
+        ar = ARComposer(
+            (w, h),
+            homography=self._default_homography(),
+            eyepiece_circle=circle,
+            renderers=[ContourRenderer(), ScaleBarRenderer(), HudRenderer()],
+        )
+        preview = PreviewComposer([ContourRenderer(), ScaleBarRenderer(), HudRenderer()])
+        self.pipeline = Pipeline(
+            build_source(cfg.source),
+            self.models,
+            ar=ar,
+            ar_sinks=[make_sink(s) for s in cfg.sinks.ar],
+            preview=preview,
+            preview_sinks=[*(make_sink(s) for s in cfg.sinks.preview), self.live],
+            optics_for=self._optics_for,
+            display_interval_ms=1000 / cfg.source.fps,
+            stall_timeout_ms=max(200.0, 3000 / cfg.source.fps),
+            on_event=self.events,
+            on_result=self._sample_timings,
+        )
+        self._frames_seen = 0
+        if cfg.serial.port:
+            from .serial_link import SerialLink
+
+            self.serial = SerialLink(
+                cfg.serial.port,
+                protocol=cfg.serial.protocol,
+                positions=cfg.serial.positions,
+                on_objective=self.pipeline.set_objective,
+                on_command=self._serial_command,
+                poll_interval_s=cfg.serial.poll_interval_s,
+            )
+        else:
+            self.serial = None
+
+    def _default_homography(self):
+        """Camera px -> display px when uncalibrated: scale the camera frame onto the display."""
+        src, d = self.config.source, self.config.display
+        s = min(d.width / src.width, d.height / src.height)
+        return np.array(
+            [
+                [s, 0, (d.width - s * src.width) / 2],
+                [0, s, (d.height - s * src.height) / 2],
+                [0, 0, 1],
+            ]
+        )
+
+    def _load_profile(self):
+        path = self.config.calibration.profile
+        if not path:
+            return None
+        from lucida.calibration.profile import Profile
+
+        profile = Profile.load(path)
+        self.events("calibration", profile=str(path), objectives=sorted(profile.objectives))
+        return profile
+
+    def _optics_for(self, objective: str | None) -> Optics:
+        nominal = nominal_um_per_px(objective)
+        if self.profile is None or objective is None or objective not in self.profile.objectives:
+            return Optics(um_per_px=nominal, homography=self._default_homography())
+        section = self.profile.section(objective)
+        return Optics(
+            um_per_px=section.um_per_px or nominal,
+            homography=np.asarray(section.homography)
+            if section.homography is not None
+            else self._default_homography(),
+            correct=self.profile.corrector(objective),
+        )
+
+    def _sample_timings(self, result) -> None:
+        n = self.config.log.timings_every
+        self._frames_seen += 1
+        if n and self._frames_seen % n == 0:
+            self.events(
+                "timings",
+                seq=result.frame.seq,
+                model=result.model,
+                **{f"{k}_ms": round(v / 1e6, 3) for k, v in result.timings_ns.items()},
+            )
+
+    def _serial_command(self, event) -> None:
+        kind = type(event).__name__
+        if kind == "Overlay":
+            self.pipeline.set_overlay(event.on)
+        elif kind == "Snap":
+            self.snapshot()
+        elif kind == "ObjectiveName":
+            self.pipeline.set_objective(event.name)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.pipeline.start()
+        if self.serial is not None:
+            self.serial.start()
+        if self.http is None:
+            from .api import HttpServer
+
+            self.http = HttpServer(self, self.config.http.bind, self.config.http.port).start()
+        sd_notify("READY=1\nSTATUS=running")
+        self.events("daemon_ready", url=self.http.url, pid=os.getpid())
+
+    def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        if self.serial is not None:
+            self.serial.stop()
+        self.pipeline.stop()
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        self.events("daemon_stop")
+        self.events.close()
+
+    def reload(self) -> bool:
+        """Re-read the config file; keep running on the old one when the new one is bad."""
+        sd_notify("RELOADING=1")
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.events("error", where="reload", message=str(exc))
+            sd_notify("READY=1")
+            return False
+        if self.serial is not None:
+            self.serial.stop()
+        self.pipeline.stop()
+        self.config = new
+        self._build()
+        self.pipeline.start()
+        if self.serial is not None:
+            self.serial.start()
+        self.events("reload", config=str(self.config_path))
+        sd_notify("READY=1")
+        return True
+
+    def run_forever(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        reload_requested = threading.Event()
+        signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
+        self.start()
+        watchdog = watchdog_interval_s()
+        last_processed, last_progress = -1, time.monotonic()
+        try:
+            while not self._stop.wait(min(0.5, watchdog or 0.5)):
+                if reload_requested.is_set():
+                    reload_requested.clear()
+                    self.reload()
+                if watchdog:
+                    n = self.pipeline.stats.counts["processed"]
+                    if n != last_processed or not self.pipeline.status()["source_ok"]:
+                        last_processed, last_progress = n, time.monotonic()
+                    if self.pipeline.running and time.monotonic() - last_progress < 4 * watchdog:
+                        sd_notify("WATCHDOG=1")
+        finally:
+            self.stop()
+        return 0
+
+    # -- what the API calls -----------------------------------------------------------------------
+    def status(self) -> dict:
+        st = self.pipeline.status()
+        active = self.pipeline._active
+        st.update(
+            uptime_s=round((time.monotonic_ns() - self.started_ns) / 1e9, 1),
+            host=platform.node(),
+            machine=platform.machine(),
+            model_sha256=active.engine.info.model_sha256 if active else None,
+            deployed=self.store.state(),
+            serial=self.serial.status() if self.serial is not None else None,
+            temperatures_c=temperatures_c(),
+        )
+        return st
+
+    def snapshot(self) -> dict:
+        from lucida.overlay.sinks import write_png
+
+        folder = Path(self.config.state_dir, "snapshots")
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = {}
+        if self.live.canvas is not None:
+            out["preview"] = str(write_png(folder / f"preview-{stamp}.png", self.live.canvas))
+        self.events("snapshot", **out)
+        return out
+
+    def _activate(self, bundle: Bundle) -> dict:
+        """Load, health-check, then swap in between two frames; on failure nothing changes."""
+        with self._swap_lock:
+            engine = Engine(
+                bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
+            )
+            health = engine.health_check()  # raises HealthCheckError: the running model stays
+            self.models.pin(bundle, engine)
+            self.store.set_active(bundle)
+            self.pipeline.reload_model()
+        self.events("model_activated", model=bundle.name, sha256=bundle.sha256())
+        return {
+            "ok": True,
+            "model": bundle.name,
+            "sha256": bundle.sha256(),
+            "health": health,
+            "delegate": engine.info.delegate,
+            "deployed": self.store.state(),
+        }
+
+    def deploy(self, archive: Path) -> dict:
+        max_bytes = int(self.config.http.max_upload_mb * 1024 * 1024) * 4
+        bundle = self.store.install(archive, max_bytes=max_bytes)
+        try:
+            return self._activate(bundle)
+        except BaseException:
+            self.store.discard(bundle)
+            raise
+
+    def activate(self, key: str) -> dict:
+        try:
+            bundle = self.store.get(key)
+        except ValueError:
+            bundle = self.models.registry.get(key)
+        return self._activate(bundle)
+
+    def rollback(self) -> dict:
+        prev = self.store.previous()
+        if prev is None:
+            raise ValueError("nothing to roll back to: no previous bundle on this device")
+        return self._activate(prev)
+
+    def benchmark(self, key: str | None, runs: int = 50, min_seconds: float = 1.0) -> dict:
+        """Latency of one invoke of a bundle on this device (first inference discarded)."""
+        if key:
+            try:
+                bundle = self.store.get(key)
+            except ValueError:
+                bundle = (
+                    self.models.registry.get(key) if not Path(key).exists() else load_bundle(key)
+                )
+        else:
+            active: ActiveModel | None = self.pipeline._active
+            if active is None:
+                raise ValueError("no model is running; name a bundle to benchmark")
+            bundle = active.engine.bundle
+        engine = Engine(
+            bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
+        )
+        m = bundle.manifest
+        tile = np.random.default_rng(0).integers(
+            0, 256, (m.input.height, m.input.width, 3), np.uint8
+        )
+        engine.infer_tile(tile)
+        t_warm = time.monotonic() + 0.5
+        while time.monotonic() < t_warm:
+            engine.infer_tile(tile)
+        times, t_end = [], time.monotonic() + min_seconds
+        while len(times) < runs or time.monotonic() < t_end:
+            t0 = time.perf_counter_ns()
+            engine.infer_tile(tile)
+            times.append(time.perf_counter_ns() - t0)
+        info = engine.info
+        return {
+            "bundle": bundle.name,
+            "sha256": info.model_sha256,
+            "runs": len(times),
+            **percentiles_ms(times, "ms"),
+            "backend": info.backend,
+            "backend_version": info.backend_version,
+            "delegate": info.delegate,
+            "host": platform.node(),
+            "machine": platform.machine(),
+        }

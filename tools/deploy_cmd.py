@@ -1,0 +1,118 @@
+"""`lucida deploy BUNDLE --to URL --token T`: upload a bundle to a device's daemon, print its verdict.
+
+The device unpacks it safely, verifies hashes, loads it in the background, runs the golden
+health check and only then swaps it in; on any failure it keeps the running model.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+def register(sub) -> None:
+    p = sub.add_parser("deploy", help="upload a bundle to a device's daemon (health-checked swap)")
+    p.add_argument("bundle", nargs="?", help="bundle folder or .tar.gz")
+    p.add_argument("--to", required=True, help="daemon URL, e.g. http://127.0.0.1:8080")
+    p.add_argument(
+        "--token", default=os.environ.get("LUCIDA_TOKEN"), help="bearer token ($LUCIDA_TOKEN)"
+    )
+    p.add_argument("--rollback", action="store_true", help="go back to the previous bundle instead")
+    p.add_argument("--json", action="store_true", help="print the device's JSON answer only")
+    p.set_defaults(func=run)
+
+
+class DeployError(ValueError):
+    exit_code = 1
+
+
+def request(
+    url: str,
+    path: str,
+    token: str | None,
+    body=None,
+    length: int | None = None,
+    timeout: float = 120.0,
+) -> dict:
+    """POST to the daemon; returns its JSON answer or raises DeployError with its message."""
+    u = urlsplit(url)
+    if u.scheme != "http" or not u.hostname:
+        raise DeployError(f"--to {url!r}: expected http://HOST:PORT")
+    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token or ''}"}
+    if length is not None:
+        headers["Content-Length"] = str(length)
+        headers["Content-Type"] = "application/gzip"
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    except OSError as exc:
+        raise DeployError(f"{url}: cannot reach the daemon ({exc})") from None
+    finally:
+        conn.close()
+    try:
+        answer = json.loads(raw or b"{}")
+    except ValueError:
+        answer = {"error": raw[:200].decode(errors="replace")}
+    if resp.status >= 400:
+        raise DeployError(f"device refused ({resp.status}): {answer.get('error', answer)}")
+    return answer
+
+
+class _Progress:
+    """A file wrapper that moves a tqdm bar as http.client reads it."""
+
+    def __init__(self, fh, bar):
+        self.fh, self.bar = fh, bar
+
+    def read(self, n=-1):
+        chunk = self.fh.read(n if n and n > 0 else 1 << 16)
+        self.bar.update(len(chunk))
+        return chunk
+
+
+def run(args) -> int:
+    from lucida.models import load_bundle, pack_bundle
+    from tqdm import tqdm
+
+    if args.rollback:
+        answer = request(args.to, "/models/rollback", args.token)
+    else:
+        if not args.bundle:
+            raise DeployError("name a bundle folder or .tar.gz to deploy (or --rollback)")
+        src = Path(args.bundle)
+        with tempfile.TemporaryDirectory() as tmp:
+            if src.is_dir():
+                load_bundle(src)  # verify before sending
+                src = pack_bundle(src, Path(tmp) / f"{src.name}.tar.gz")
+            elif not src.is_file():
+                raise DeployError(f"{src}: no such bundle folder or .tar.gz")
+            size = src.stat().st_size
+            with (
+                open(src, "rb") as fh,
+                tqdm(
+                    total=size,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"upload {src.name}",
+                    disable=args.json,
+                ) as bar,
+            ):
+                answer = request(
+                    args.to, "/models", args.token, body=_Progress(fh, bar), length=size
+                )
+    if args.json:
+        print(json.dumps(answer))
+    else:
+        h = answer.get("health", {})
+        print(
+            f"device runs {answer['model']} ({answer['sha256'][:12]}) on {answer.get('delegate')}; "
+            f"golden check {'ok' if h.get('ok') else 'FAILED'} "
+            f"(max error {h.get('max_abs_error', 'n/a')})"
+        )
+    return 0
