@@ -157,6 +157,7 @@ def make_app(daemon) -> web.Application:
             daemon.pipeline.set_overlay(body["enabled"])
         if "threshold" in body:
             daemon.pipeline.set_threshold(float(body["threshold"]))
+        await in_thread(daemon.save_settings)
         return web.json_response(
             {"overlay": daemon.pipeline.overlay_enabled, "threshold": daemon.pipeline.threshold}
         )

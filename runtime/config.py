@@ -34,7 +34,7 @@ class _Strict(BaseModel):
 class SourceConfig(_Strict):
     type: Literal["virtual", "opencv", "replay", "picamera"] = "virtual"
     seed: int = 1001  # virtual: slide seed
-    objective: str = "10x"  # virtual: starting objective
+    objective: str = "10x"  # the objective until a nosepiece reports one (virtual: starting one)
     device: Union[int, str] = 0  # opencv: index, file, URL or GStreamer pipeline
     path: Optional[str] = None  # replay: folder of images
     fps: float = Field(default=15.0, gt=0, le=240)

@@ -7,6 +7,7 @@ and the running one kept). Under systemd (Type=notify) it reports READY, WATCHDO
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import platform
@@ -56,6 +57,7 @@ class LatestCanvas:
 
 
 def build_source(cfg) -> FrameSource:
+    """The configured camera; frames carry `objective` until a nosepiece says otherwise."""
     if cfg.type == "virtual":
         from .virtual.scope import VirtualMicroscope
 
@@ -63,10 +65,13 @@ def build_source(cfg) -> FrameSource:
             seed=cfg.seed, fps=cfg.fps, objective=cfg.objective, resolution=(cfg.width, cfg.height)
         )
     if cfg.type == "replay":
-        return ReplaySource(cfg.path, fps=cfg.fps)
-    if cfg.type == "opencv":
-        return OpenCVSource(cfg.device, size=(cfg.width, cfg.height))
-    return PiCameraSource(size=(cfg.width, cfg.height))
+        source = ReplaySource(cfg.path, fps=cfg.fps)
+    elif cfg.type == "opencv":
+        source = OpenCVSource(cfg.device, size=(cfg.width, cfg.height))
+    else:
+        source = PiCameraSource(size=(cfg.width, cfg.height))
+    source.objective = cfg.objective
+    return source
 
 
 def temperatures_c() -> dict:
@@ -223,8 +228,35 @@ class Daemon:
         elif kind == "ObjectiveName":
             self.pipeline.set_objective(event.name)
 
+    # -- operator settings that survive a restart ----------------------------------------------
+    @property
+    def settings_file(self) -> Path:
+        return Path(self.config.state_dir, "settings.json")
+
+    def save_settings(self) -> None:
+        """Overlay on/off and threshold, written atomically (a crash keeps the previous file)."""
+        from lucida.calibration.atomic import atomic_write_text
+
+        p = self.pipeline
+        data = {"overlay": p.overlay_enabled, "threshold": p.threshold_override}
+        atomic_write_text(self.settings_file, json.dumps(data, indent=2) + "\n")
+
+    def _restore_settings(self) -> None:
+        try:
+            data = json.loads(self.settings_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.events("error", where="settings", message=f"{self.settings_file}: {exc}")
+            return
+        if data.get("threshold") is not None:
+            self.pipeline.set_threshold(float(data["threshold"]))
+        if data.get("overlay") is False:
+            self.pipeline.set_overlay(False)
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
+        self._restore_settings()
         self.pipeline.start()
         if self.serial is not None:
             self.serial.start()
@@ -232,8 +264,8 @@ class Daemon:
             from .api import HttpServer
 
             self.http = HttpServer(self, self.config.http.bind, self.config.http.port).start()
-        sd_notify("READY=1\nSTATUS=running")
         self.events("daemon_ready", url=self.http.url, pid=os.getpid())
+        sd_notify("READY=1\nSTATUS=running")
 
     def stop(self) -> None:
         sd_notify("STOPPING=1")
@@ -260,6 +292,7 @@ class Daemon:
         self.pipeline.stop()
         self.config = new
         self._build()
+        self._restore_settings()
         self.pipeline.start()
         if self.serial is not None:
             self.serial.start()

@@ -23,6 +23,11 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 import serial
 import serial.tools.list_ports
 
+try:
+    import termios
+except ImportError:  # not POSIX
+    termios = None
+
 from .serial_protocol import (
     PARSERS,
     Ack,
@@ -142,6 +147,10 @@ def parse_positions(positions: Optional[Mapping]) -> Dict[int, str]:
 
 
 _UNSET = object()
+# pyserial lets termios.error (not an OSError) through when a driver refuses the line settings.
+_OPEN_ERRORS = (serial.SerialException, OSError, ValueError) + (
+    (termios.error,) if termios is not None else ()
+)
 _COMMANDS = (Overlay, OverlayToggle, Snap, Threshold)
 
 
@@ -239,6 +248,7 @@ class SerialLink:
         self._garbage_parsed = 0
         self._last_error: Optional[str] = None
         self._last_ok = 0.0
+        self._down = False  # a loss was logged; stay quiet until a valid line comes
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -337,23 +347,21 @@ class SerialLink:
                 write_timeout=min(0.25, max(self.poll_interval_s, 0.05)),
                 exclusive=self.exclusive or None,
             )
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except _OPEN_ERRORS as exc:
             self._open_failed(f"open {device}: {exc}")
             return False
         self._framer.reset()
         with self._lock:
             self._ser, self._device = ser, device
-        log.info("serial link: opened %s (%s %d %d%s%g)", device, self.protocol, s.baudrate,
-                 s.bytesize, s.parity, s.stopbits)  # fmt: skip
+        log.log(logging.DEBUG if self._down else logging.INFO,
+                "serial link: opened %s (%s %d %d%s%g)", device, self.protocol, s.baudrate,
+                s.bytesize, s.parity, s.stopbits)  # fmt: skip
         return True
 
     def _open_failed(self, message: str) -> None:
         with self._lock:
             self._counts["open_failures"] += 1
-            first = self._counts["open_failures"] == 1 or message != self._last_error
-        if first:
-            log.warning("serial link: %s", message)
-        self._error(message)
+        self._warn_down(message)
         self._lost()
 
     def _session(self) -> bool:
@@ -392,6 +400,9 @@ class SerialLink:
                         self._garbage_parsed += 1
                     continue
                 answered, got_any, failed = True, True, 0
+                if self._down:
+                    self._down = False
+                    log.info("serial link: %s answers again", self._device)
                 with self._lock:
                     self._counts["lines_ok"] += 1
                     self._last_ok = time.monotonic()
@@ -407,8 +418,14 @@ class SerialLink:
         self._error(message)
         failed += 1
         if failed == self.max_failed_reads:
-            log.warning("serial link: %s (%d in a row); reopening", message, failed)
+            self._warn_down(f"{message} ({failed} in a row); reopening")
         return failed
+
+    def _warn_down(self, message: str) -> None:
+        """Log the first loss as a warning, the retries that follow as debug."""
+        log.log(logging.DEBUG if self._down else logging.WARNING, "serial link: %s", message)
+        self._down = True
+        self._error(message)
 
     def _error(self, message: str) -> None:
         with self._lock:

@@ -150,7 +150,8 @@ class OpenCVSource(FrameSource):
                     self._error = f"{self.name}: stream ended or device disconnected"
                     self._cond.notify_all()
                     return
-                self._latest = Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), t, next(self._seq))
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                self._latest = Frame(rgb, t, next(self._seq), objective=self.objective)
                 self._cond.notify_all()
             self._pacer.wait()
 
@@ -209,7 +210,7 @@ class PiCameraSource(FrameSource):
             bgr = self._cam.capture_array("main")
         except Exception as exc:
             raise SourceError(f"picamera2: capture failed: {exc}") from None
-        return Frame(bgr[..., ::-1].copy(), time.monotonic_ns(), next(self._seq))
+        return Frame(bgr[..., ::-1].copy(), time.monotonic_ns(), next(self._seq), self.objective)
 
     def flush(self) -> None:
         """Wait for a frame that started exposing after now, so none older than the request is used."""
