@@ -381,3 +381,34 @@ def test_fuzz_valid_line_in_noise_is_found(before, after, eol, pos, cuts):
     framer = LineFramer()
     events = [parse_simple(x) for c in _chunks(simple, cuts) for x in framer.feed(c)]
     assert Overlay(False) in events
+
+
+class FakeScope:
+    """The turret part of a VirtualMicroscope: positions 1..3; None while turning."""
+
+    turret = ("4x", "10x", "20x")
+
+    def __init__(self):
+        self.position, self.moves = 1, []
+
+    def turret_position(self):
+        return self.position
+
+    def set_turret_position(self, position):
+        self.moves.append(position)
+        self.position = None  # the test finishes the move
+
+
+def test_nosepiece_follows_a_scope_turret():
+    scope, rec = FakeScope(), Recorder()
+    with EmulatedNosepiece.for_scope(scope) as emu:
+        link = SerialLink(emu.port, "olympus", emu.positions, rec.on_objective, **STEADY).start()
+        try:
+            rec.wait(lambda r: r.objectives == ["4x"])
+            emu.move_to(3)  # goes to the scope, which starts turning
+            rec.wait(lambda r: r.objectives == ["4x", None])
+            scope.position = 3
+            rec.wait(lambda r: r.objectives == ["4x", None, "20x"])
+            assert scope.moves == [3]
+        finally:
+            link.stop()

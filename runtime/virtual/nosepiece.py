@@ -38,7 +38,9 @@ class EmulatedNosepiece:
     positions: position -> objective name (used by the simple protocol's `OBJ` lines).
     protocol: "olympus" (answers polls, pushes `1OBM` on moves) or "simple" (pushes lines).
     position_source: optional callable giving the turret position (int) or None while moving,
-    e.g. a VirtualMicroscope's turret; it then overrides `move_to`.
+    e.g. a VirtualMicroscope's `turret_position`; it then overrides `move_to`.
+    on_move: called with the position when the host asks for a move (`1OB n`) or `move_to` is
+    called while following a `position_source` (e.g. the scope's `set_turret_position`).
     split_writes: send each reply in two pieces a few ms apart (partial reads on the far end).
     """
 
@@ -50,12 +52,14 @@ class EmulatedNosepiece:
         position_source: Optional[Callable[[], Optional[int]]] = None,
         split_writes: bool = False,
         tick_s: float = 0.01,
+        on_move: Optional[Callable[[int], None]] = None,
     ):
         if protocol not in ("olympus", "simple"):
             raise NosepieceError(f"nosepiece protocol {protocol!r}: expected olympus or simple")
         self.positions: Dict[int, str] = dict(positions or DEFAULT_POSITIONS)
         self.protocol = protocol
         self.position_source = position_source
+        self.on_move = on_move
         self.split_writes = split_writes
         self.tick_s = tick_s
         self.silent = False  # read everything, send nothing (a controller that hangs)
@@ -74,6 +78,19 @@ class EmulatedNosepiece:
         self.tty: Optional[str] = None  # the current pty slave path
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+
+    @classmethod
+    def for_scope(cls, scope, protocol: str = "olympus", **kw) -> EmulatedNosepiece:
+        """The controller of a VirtualMicroscope's turret (anything with `turret`, a tuple of
+        objective names by 1-based position, `turret_position()` and `set_turret_position(n)`)."""
+        positions = {i + 1: name for i, name in enumerate(scope.turret)}
+        return cls(
+            positions,
+            protocol,
+            position_source=scope.turret_position,
+            on_move=getattr(scope, "set_turret_position", None),
+            **kw,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -150,6 +167,10 @@ class EmulatedNosepiece:
         position = int(position)
         if position < 1:
             raise NosepieceError(f"nosepiece position {position}: expected >= 1")
+        if self.position_source is not None:
+            if self.on_move is not None:
+                self.on_move(position)
+            return
         with self._lock:
             if duration_s <= 0:
                 self._position, self._target = position, None
@@ -180,7 +201,11 @@ class EmulatedNosepiece:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._tick()
+            try:
+                self._tick()
+            except Exception:  # a broken position_source must not stop the controller
+                log.exception("nosepiece: position source failed")
+                self._stop.wait(0.1)
             with self._lock:
                 master = self._master
             if master is None:
@@ -241,9 +266,12 @@ class EmulatedNosepiece:
             if cmd == "1OB?":
                 pos = self.position
                 self.send_line("1OBM X" if pos is None else f"1OB {pos}")
-            elif cmd.startswith("1OB") and cmd[3:].isdigit():
+            elif cmd.startswith("1OB") and cmd[3:].isdigit() and 0 < int(cmd[3:]) < 100:
                 self.send_line("1OB +")
-                self.move_to(int(cmd[3:]), 0.1)
+                try:
+                    self.move_to(int(cmd[3:]), 0.1)
+                except Exception as exc:  # e.g. the scope has no such position
+                    log.warning("nosepiece: move to %s refused: %s", cmd[3:], exc)
             elif cmd.startswith("1LOG"):
                 self.send_line("1LOG +")
             elif cmd.startswith("1") and len(cmd) > 1:
