@@ -1,17 +1,25 @@
 """The live-view page in a real browser (Debian's headless Chromium) against a loopback daemon."""
+
 from __future__ import annotations
 
 import shutil
 import subprocess
 
 import pytest
-
 from test_daemon import daemon, wait_for  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium(tmp_path, *args, timeout=60):
@@ -37,8 +45,13 @@ def test_page_screenshot_shows_the_stream(daemon, tmp_path):  # noqa: F811
 
     assert wait_for(lambda: daemon.pipeline.stats.counts["displayed"] > 3)
     shot = tmp_path / "page.png"
-    chromium(tmp_path, "--virtual-time-budget=4000", "--window-size=1280,720",
-             f"--screenshot={shot}", daemon.http.url + "/")
+    chromium(
+        tmp_path,
+        "--virtual-time-budget=4000",
+        "--window-size=1280,720",
+        f"--screenshot={shot}",
+        daemon.http.url + "/",
+    )
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (720, 1280)
     # the live image area (top-left, inside <main>) is not the page's flat background
