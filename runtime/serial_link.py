@@ -194,7 +194,7 @@ class SerialLink:
             )
         if not poll_interval_s > 0:
             raise SerialLinkError(f"poll_interval_s {poll_interval_s!r}: expected > 0 s")
-        if int(max_failed_reads) < 1:
+        if not isinstance(max_failed_reads, int) or max_failed_reads < 1:
             raise SerialLinkError(f"max_failed_reads {max_failed_reads!r}: expected >= 1")
         if not (0 < backoff_s[0] <= backoff_s[1]):
             raise SerialLinkError(
@@ -212,6 +212,12 @@ class SerialLink:
             stopbits=float(stopbits or base.stopbits),
             poll=poll if poll and poll.strip() else None,
         )
+        s = self.settings
+        if s.baudrate <= 0 or s.bytesize not in (5, 6, 7, 8) or s.stopbits not in (1, 1.5, 2):
+            raise SerialLinkError(
+                f"serial settings {s.baudrate} {s.bytesize}{s.parity}{s.stopbits:g}: expected "
+                "baud > 0, 5..8 data bits, 1, 1.5 or 2 stop bits"
+            )
         self.port = None if port in (None, "", "auto") else str(port)
         self.protocol = protocol
         self.positions = parse_positions(positions)
@@ -441,12 +447,11 @@ class SerialLink:
                 pass
 
     def _lost(self) -> None:
-        """The link is down: blank (olympus) and report the objective afresh once it is back."""
+        """The link is down: report None if blank_on_disconnect (the objective is reported
+        again once a position comes); else keep the last objective (a pedal that re-plugs)."""
         if self.blank_on_disconnect:
             self._position = None
             self._report(None)
-        if self._reported is not None:
-            self._reported = _UNSET
 
     # -- events ------------------------------------------------------------------------------
 

@@ -412,3 +412,24 @@ def test_nosepiece_follows_a_scope_turret():
             assert scope.moves == [3]
         finally:
             link.stop()
+
+
+def test_simple_protocol_keeps_objective_over_an_unplug():
+    rec = Recorder()
+    with EmulatedNosepiece(POSITIONS, protocol="simple") as pedal:
+        link = SerialLink(
+            pedal.port, "simple", POSITIONS, rec.on_objective, rec.on_command, **FAST
+        ).start()
+        try:
+            wait_for(lambda: link.status()["connected"])
+            pedal.send_line("OBJ 10x")
+            rec.wait(lambda r: r.objectives == ["10x"])
+            pedal.unplug()
+            wait_for(lambda: link.status()["reconnects"] >= 1)
+            pedal.replug()
+            wait_for(lambda: link.status()["connected"])
+            pedal.send_line("SNAP")
+            rec.wait(lambda r: r.commands == [Snap()])
+            assert rec.objectives == ["10x"] and link.status()["objective"] == "10x"
+        finally:
+            link.stop()
