@@ -159,8 +159,9 @@ class SyntheticSlide:
         return np.where(reg["tumour"], 2, np.where(reg["tissue"], 1, 0)).astype(np.int8)
 
     def random_point(self, rng: np.random.Generator, where: str = "tissue") -> tuple[float, float]:
-        """A uniformly random slide point (um) in 'tissue', 'tumour', 'normal' or 'any'."""
-        want = {"any": None, "tissue": (1, 2), "tumour": (2,), "normal": (1,)}
+        """A random slide point (um): uniform in 'tissue', 'tumour', 'normal' or 'any', or
+        'boundary': on the edge between tumour and normal tissue (both in one view)."""
+        want = {"any": None, "tissue": (1, 2), "tumour": (2,), "normal": (1,), "boundary": (2,)}
         if where not in want:
             raise TissueError(f"random_point where must be one of {sorted(want)}, got {where!r}")
         for _ in range(50):
@@ -169,7 +170,15 @@ class SyntheticSlide:
             if want[where] is None:
                 return float(x[0]), float(y[0])
             ok = np.flatnonzero(np.isin(self.region_at(x, y), want[where]))
-            if len(ok):
+            if where == "boundary":
+                for k in ok[:20]:  # walk from a tumour point until normal tissue starts
+                    ang = rng.uniform(0, 2 * np.pi)
+                    d = np.arange(0, 1500, 10.0)
+                    px, py = x[k] + d * np.cos(ang), y[k] + d * np.sin(ang)
+                    out = np.flatnonzero(self.region_at(px, py) == 1)
+                    if len(out):
+                        return float(px[out[0]]), float(py[out[0]])
+            elif len(ok):
                 return float(x[ok[0]]), float(y[ok[0]])
         raise TissueError(f"slide {self.seed} has no {where} region to sample")
 
@@ -376,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     s = a.um_per_px if a.um_per_px else OBJECTIVE_UM_PER_PX[a.objective]
     slide = SyntheticSlide(a.seed)
     if a.x is None or a.y is None:
-        a.x, a.y = _tumour_edge(slide, np.random.default_rng(a.seed))
+        a.x, a.y = slide.random_point(np.random.default_rng(a.seed), "boundary")
     x0, y0 = a.x - a.width * s / 2, a.y - a.height * s / 2
     rgb, mask = slide.render(x0, y0, a.width, a.height, s)
     if a.outline:
@@ -387,20 +396,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.out}: seed {a.seed}, centre ({a.x:.0f}, {a.y:.0f}) um, {s} um/px, tumour {mask.mean():.1%}"
     )
     return 0
-
-
-def _tumour_edge(slide: SyntheticSlide, rng: np.random.Generator) -> tuple[float, float]:
-    """A point near a tumour boundary, to show both compartments in one view."""
-    for _ in range(200):
-        x, y = slide.random_point(rng, "tumour")
-        ang = rng.uniform(0, 2 * np.pi)
-        d = np.arange(0, 1500, 25.0)
-        r = slide.region_at(x + d * np.cos(ang), y + d * np.sin(ang))
-        out = np.flatnonzero(r == 1)
-        if len(out):
-            k = out[0]
-            return float(x + d[k] * np.cos(ang)), float(y + d[k] * np.sin(ang))
-    return slide.random_point(rng, "tumour")
 
 
 if __name__ == "__main__":
