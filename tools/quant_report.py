@@ -259,6 +259,8 @@ def format_report(r: dict) -> str:
             )
     elif r.get("layers_error"):
         lines.append(f"  per-layer error: not available ({r['layers_error']})")
+    for note in r.get("notes", []):
+        lines.append(f"  note: {note}")
     v = r["verdict"]
     lines.append(f"  verdict: {'OK' if v['ok'] else 'BAD'}: {v['message']}")
     return "\n".join(lines)

@@ -182,16 +182,20 @@ def _first_line(exc: BaseException) -> str:
 
 
 def float_ops(tflite: bytes) -> list[str]:
-    """Ops of a converted model that still compute in float: 'op 3 FLOOR_MOD (float32 ...)'."""
+    """Ops of a converted model that still compute in float, e.g. 'op 1 FLOOR_MOD (float32 ...)'.
+
+    The culprits come first; the (DE)QUANTIZE ops that the converter wraps around them follow.
+    """
     from .tflite_reader import read_tflite
 
-    found = []
+    found, wrappers = [], []
     for op in read_tflite(tflite).ops:
         for t in (*op.inputs, *op.outputs):
             if not t.constant and t.dtype.startswith(("float", "bfloat")):
-                found.append(f"op {op.index} {op.opcode} ({t.dtype} tensor '{t.name}')")
+                text = f"op {op.index} {op.opcode} ({t.dtype} tensor '{t.name}')"
+                (wrappers if op.opcode in ("QUANTIZE", "DEQUANTIZE") else found).append(text)
                 break
-    return found
+    return found + wrappers
 
 
 def run_converter(converter, source: str = "model") -> bytes:
@@ -220,8 +224,9 @@ def convert_int8(
     left = float_ops(tflite)
     if left:
         raise QuantizeError(
-            f"{model.source}: {len(left)} float op(s) left in the int8 graph, first {left[0]}: "
-            "TFLite has no int8 kernel for it; replace it in the model (no silent float fallback)"
+            f"{model.source}: float op(s) left in the int8 graph: {'; '.join(left[:3])}"
+            f"{' ...' if len(left) > 3 else ''}: TFLite has no int8 kernel for it; replace it "
+            "in the model (no silent float fallback)"
         )
     return tflite
 

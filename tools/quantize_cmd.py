@@ -36,9 +36,9 @@ def _size(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _bundle_name(model: Path) -> str:
-    stem = model.name[: -len(model.suffix)] if model.suffix else model.name
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._") or "model"
+def _bundle_name(text: str) -> str:
+    """A valid bundle name from a folder name (letters, digits, '.', '_', '-')."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "model"
     return name if name[0].isalnum() else "m" + name
 
 
@@ -78,6 +78,8 @@ def quantize_to_bundle(
     from .quantize import QuantizeError, convert_int8, load_float_model
 
     model = Path(model)
+    available = cd.list_images(calib_dir)  # fail fast, before TensorFlow loads the model
+    chosen = cd.pick_subset(available, samples, seed)
     fm = load_float_model(model, input_size)
     h, w, _ = fm.input_shape
     out_shape = fm.output_shape
@@ -93,8 +95,6 @@ def quantize_to_bundle(
             f"--positive-index {positive_index} but the model has {channels} channel(s)"
         )
 
-    available = cd.list_images(calib_dir)
-    chosen = cd.pick_subset(available, samples, seed)
     calib = cd.load_samples(chosen, w, h)
     calib_inputs = [cd.normalize(s.rgb, mean, std) for s in calib]
     notes = []
@@ -176,7 +176,7 @@ def quantize_to_bundle(
         norm = {"mean": list(mean), "std": list(std)}
     bundle = build_bundle(
         out_dir,
-        name=name or _bundle_name(model),
+        name=name or _bundle_name(Path(out_dir).name),
         task=task,
         objectives=list(objectives),
         cpu_tflite=tflite,
@@ -212,7 +212,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="bundle folder to write")
     p.add_argument("--pack", help="also write the bundle as this .tar.gz")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--name", help="bundle name (default: the model file's name)")
+    p.add_argument("--name", help="bundle name (default: the --out folder's name)")
     p.add_argument("--task", default="custom", help="task key, e.g. tumor (default custom)")
     p.add_argument("--objectives", default="10x", help="comma-separated, e.g. 10x,20x")
     p.add_argument("--um-per-px", type=float, help="pixel size (um) the model was trained at")
