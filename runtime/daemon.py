@@ -59,11 +59,11 @@ class LatestCanvas:
 def build_source(cfg) -> FrameSource:
     """The configured camera; frames carry `objective` until a nosepiece says otherwise."""
     if cfg.type == "virtual":
+        from .virtual.camera import CameraConfig
         from .virtual.scope import VirtualMicroscope
 
-        return VirtualMicroscope(
-            seed=cfg.seed, fps=cfg.fps, objective=cfg.objective, resolution=(cfg.width, cfg.height)
-        )
+        camera = CameraConfig(resolution=(cfg.width, cfg.height), fps=cfg.fps)
+        return VirtualMicroscope(seed=cfg.seed, camera=camera, objective=cfg.objective)
     if cfg.type == "replay":
         source = ReplaySource(cfg.path, fps=cfg.fps)
     elif cfg.type == "opencv":
@@ -220,13 +220,19 @@ class Daemon:
             )
 
     def _serial_command(self, event) -> None:
-        kind = type(event).__name__
-        if kind == "Overlay":
+        """A foot pedal or simple-protocol line: overlay on/off/toggle, snapshot, threshold."""
+        from .serial_link import Overlay, OverlayToggle, Snap, Threshold
+
+        if isinstance(event, Overlay):
             self.pipeline.set_overlay(event.on)
-        elif kind == "Snap":
+        elif isinstance(event, OverlayToggle):
+            self.pipeline.set_overlay(not self.pipeline.overlay_enabled)
+        elif isinstance(event, Snap):
             self.snapshot()
-        elif kind == "ObjectiveName":
-            self.pipeline.set_objective(event.name)
+        elif isinstance(event, Threshold):
+            self.pipeline.set_threshold(event.value)
+        if isinstance(event, (Overlay, OverlayToggle, Threshold)):
+            self.save_settings()
 
     # -- operator settings that survive a restart ----------------------------------------------
     @property
@@ -256,6 +262,9 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
+        objectives = set(self.config.serial.positions.values()) if self.serial else set()
+        loaded = self.models.preload(objectives | {self.config.source.objective})
+        self.events("models_loaded", models=loaded)
         self._restore_settings()
         self.pipeline.start()
         if self.serial is not None:

@@ -60,6 +60,7 @@ def run(args) -> int:
     from lucida.overlay.sinks import MjpegSink, PngSink, VideoSink
     from lucida.runtime.models import ModelSelector
     from lucida.runtime.pipeline import Pipeline
+    from lucida.runtime.virtual.camera import CameraConfig
     from lucida.runtime.virtual.scope import VirtualMicroscope
 
     from .bench import resolve_bundle
@@ -67,7 +68,8 @@ def run(args) -> int:
     bundle = resolve_bundle(args.bundle)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scope = VirtualMicroscope(seed=args.seed, fps=args.fps, objective=args.objective)
+    camera = CameraConfig(resolution=(1920, 1080), fps=args.fps)
+    scope = VirtualMicroscope(seed=args.seed, camera=camera, objective=args.objective)
     size = (1920, 1080)
     ar = ARComposer(
         size,

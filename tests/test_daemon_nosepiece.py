@@ -1,0 +1,89 @@
+"""The daemon with the virtual microscope and an emulated nosepiece on a real pty: turning the
+nosepiece switches the model (and calibration) within 2 frame intervals, blank in between."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from lucida.models import write_bundle
+from lucida.runtime.config import parse_config
+from lucida.runtime.daemon import Daemon
+from lucida.runtime.virtual.nosepiece import EmulatedNosepiece
+from lucida.runtime.virtual.scope import TURRET
+from test_daemon import wait_for
+from test_pipeline import MemorySink
+
+FPS = 15.0
+POLL_S = 0.02
+
+
+@pytest.fixture()
+def per_objective_bundles(tiny_bundle, tmp_path):
+    m = tiny_bundle.manifest.model_dump(mode="json")
+    files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
+    folder = tmp_path / "bundles"
+    for obj in ("10x", "20x", "40x"):
+        write_bundle(folder / f"tiny-{obj}", dict(m, name=f"tiny-{obj}", objectives=[obj]), files)
+    return folder
+
+
+@pytest.mark.timeout(120)
+def test_nosepiece_turns_switch_model_and_blank_between(per_objective_bundles, tmp_path):
+    holder = {}
+    nosepiece = EmulatedNosepiece(
+        positions={i + 1: o for i, o in enumerate(TURRET)},
+        position_source=lambda: holder["scope"].turret_position() if "scope" in holder else 3,
+    )
+    nosepiece.start()
+    cfg = parse_config(
+        {
+            "source": {
+                "type": "virtual",
+                "seed": 1001,
+                "fps": FPS,
+                "width": 320,
+                "height": 180,
+                "objective": "10x",
+            },
+            "models": {"task": "test", "dirs": [str(per_objective_bundles)], "num_threads": 1},
+            "display": {"width": 320, "height": 180},
+            "serial": {
+                "port": nosepiece.port,
+                "protocol": "olympus",
+                "poll_interval_s": POLL_S,
+                "positions": {i + 1: o for i, o in enumerate(TURRET)},
+            },
+            "http": {"port": 0, "token": "t"},
+            "state_dir": str(tmp_path / "state"),
+            "log": {"events": str(tmp_path / "events.jsonl")},
+        }
+    )
+    d = Daemon(cfg)
+    scope = holder["scope"] = d.pipeline.source
+    sink = MemorySink()
+    d.pipeline.ar_sinks.append(sink)
+    d.start()
+    try:
+        assert wait_for(lambda: d.status()["model"] == "tiny-10x", timeout=20)
+        for obj in ("20x", "40x", "10x"):
+            t_turn = time.monotonic_ns()
+            scope.set_objective(obj)
+            assert wait_for(lambda: scope.turret_position() is not None, timeout=5)
+            t_arrived = time.monotonic()
+            frames_at_arrival = d.pipeline.stats.counts["frames_in"]
+            assert wait_for(lambda o=obj: d.status()["model"] == f"tiny-{o}", timeout=5)
+            # Counted in camera frames, not ms: a loaded CI machine slows the virtual camera too.
+            frames_taken = d.pipeline.stats.counts["frames_in"] - frames_at_arrival
+            assert frames_taken <= 2 + 1, (obj, frames_taken)  # 2 intervals + one serial poll
+            assert d.status()["objective"] == obj
+            # the display went blank, and no frame captured between positions was ever drawn
+            shown = sink.after(t_turn)
+            assert any(not s[1] for s in shown)
+            between = (t_turn + 2 * POLL_S * 1e9, t_arrived * 1e9)
+            assert not [s for s in shown if s[1] and between[0] <= s[2] <= between[1]]
+        events = [e["event"] for e in d.events.recent]
+        assert events.count("objective") >= 4
+    finally:
+        d.stop()
+        nosepiece.close()
