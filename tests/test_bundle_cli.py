@@ -13,6 +13,8 @@ from lucida.models import load_bundle, write_bundle
 from lucida.runtime.engine import Engine
 from lucida.tools.cli import main
 
+pytestmark = pytest.mark.tf
+
 
 @pytest.fixture()
 def parts(tiny_bundle, tmp_path):

@@ -11,6 +11,7 @@ from lucida.tools.cli import main
 from lucida.tools.tflite_reader import TFLiteReadError, read_tflite
 
 SIZE = 16
+pytestmark = pytest.mark.tf
 
 
 def _convert(py_fn, shape, int8=True, int16=False) -> bytes:

@@ -174,11 +174,13 @@ exit {rc}
 
 @pytest.fixture()
 def model(tiny_bundle, tmp_path):
+    """A real int8 .tflite (built with TensorFlow by the session's tiny_bundle)."""
     dst = tmp_path / "tumor_int8.tflite"
     dst.write_bytes(tiny_bundle.file("cpu.tflite").read_bytes())
     return dst
 
 
+@pytest.mark.tf
 def test_compile_without_compiler_exits_3_with_install_steps(model, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LUCIDA_EDGETPU_COMPILER", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
@@ -189,6 +191,7 @@ def test_compile_without_compiler_exits_3_with_install_steps(model, tmp_path, mo
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.tf
 def test_compile_with_fake_compiler_on_path(model, tmp_path, monkeypatch, capsys):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -205,6 +208,7 @@ def test_compile_with_fake_compiler_on_path(model, tmp_path, monkeypatch, capsys
     assert (bin_dir / "runtime_arg").read_text().strip() == "13"
 
 
+@pytest.mark.tf
 def test_compile_json_via_env_compiler(model, tmp_path, monkeypatch, capsys):
     script = _fake_compiler(tmp_path, LOG_ALL_MAPPED)
     monkeypatch.setenv("LUCIDA_EDGETPU_COMPILER", str(script))
@@ -215,6 +219,7 @@ def test_compile_json_via_env_compiler(model, tmp_path, monkeypatch, capsys):
     assert os.path.isfile(r["edgetpu_model"])
 
 
+@pytest.mark.tf
 def test_compile_failure_exits_1_with_compiler_error(model, tmp_path, capsys):
     script = _fake_compiler(tmp_path, LOG_FAILED, rc=1)
     assert main(["compile", str(model), "--compiler", str(script)]) == 1

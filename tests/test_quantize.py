@@ -18,6 +18,7 @@ from lucida.runtime.engine import Engine
 from lucida.tools.cli import main
 
 SIZE = 64
+pytestmark = pytest.mark.tf
 
 
 def _tile(rng):
