@@ -116,7 +116,7 @@ def test_mean_colour_alone_does_not_separate_tumour_across_slides():
     """Stain and scanner variation between slides exceeds the tumour/normal colour difference
     within a slide, so a colour rule learnt on one slide fails on another."""
     tumour, normal = [], []
-    for seed in range(6):
+    for seed in range(8):
         slide = SyntheticSlide(seed, SIZE)
         x, y = _boundary_view(slide, 0, 256, 256, 2.0)
         rgb, mask = slide.render(x, y, 256, 256, 2.0)
@@ -134,7 +134,7 @@ def test_mean_colour_alone_does_not_separate_tumour_across_slides():
     t0, n0 = tumour.mean(0), normal.mean(0)
     wrong = sum(np.linalg.norm(t - t0) > np.linalg.norm(t - n0) for t in tumour)
     wrong += sum(np.linalg.norm(n - n0) > np.linalg.norm(n - t0) for n in normal)
-    assert wrong >= 1
+    assert wrong >= 2
 
 
 @pytest.mark.parametrize(

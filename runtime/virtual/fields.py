@@ -1,7 +1,7 @@
 """Slide-scale geometry of a synthetic lymph node, in slide micrometres (um).
 
 Everything larger than a cell lives on two regular lattices over the slide, built once per
-slide from smooth seeded noise (a few MB, never the slide at full resolution):
+slide from smooth seeded noise (a few tens of MB, never the slide at full resolution):
 
 - fine lattice, one node every FINE_UM: signed distances (um, positive inside) to the node
   outline, to the tumour boundary and to holes, and the gland exclusion zone (0..1);
@@ -94,18 +94,22 @@ class SlideFields:
         self.anatomy = anatomy
         w, h = size_um
         nx, ny = int(np.ceil(w / FINE_UM)) + 1, int(np.ceil(h / FINE_UM)) + 1
-        xs = (np.arange(nx, dtype=np.float32) * FINE_UM)[None, :]
-        ys = (np.arange(ny, dtype=np.float32) * FINE_UM)[:, None]
+        cnx, cny = int(np.ceil(w / COARSE_UM)) + 1, int(np.ceil(h / COARSE_UM)) + 1
+        shape = (cny, cnx)
+        # Smooth fields are built on the coarse lattice; the boundary-defining ones are then
+        # upsampled bicubically to the fine lattice so outlines stay smooth at 40x.
+        xs = (np.arange(cnx, dtype=np.float32) * COARSE_UM)[None, :]
+        ys = (np.arange(cny, dtype=np.float32) * COARSE_UM)[:, None]
 
         # Node outline: a rotated ellipse, wobbly, with a hilum notch, clear of the slide edge.
         cx, cy = w * rng.uniform(0.45, 0.55), h * rng.uniform(0.45, 0.55)
         ax, ay = w * rng.uniform(0.34, 0.42), h * rng.uniform(0.33, 0.41)
         phi = rng.uniform(-0.3, 0.3)
-        c, s = np.cos(phi), np.sin(phi)
-        u = ((xs - cx) * c + (ys - cy) * s) / ax
-        v = (-(xs - cx) * s + (ys - cy) * c) / ay
+        c, s = np.float32(np.cos(phi)), np.float32(np.sin(phi))
+        u = ((xs - np.float32(cx)) * c + (ys - np.float32(cy)) * s) / np.float32(ax)
+        v = (-(xs - np.float32(cx)) * s + (ys - np.float32(cy)) * c) / np.float32(ay)
         f = 1.0 - np.sqrt(u * u + v * v)
-        f += 0.13 * _fbm(rng, (ny, nx), size_um, [(2500, 1.0), (1200, 0.5), (600, 0.2)])
+        f += 0.13 * _fbm(rng, shape, size_um, [(2500, 1.0), (1200, 0.5), (600, 0.2)])
         ha = rng.uniform(0, 2 * np.pi)
         hx, hy = (
             cx + ax * np.cos(ha) * c - ay * np.sin(ha) * s,
@@ -114,24 +118,32 @@ class SlideFields:
         f -= 0.35 * np.exp(-((xs - hx) ** 2 + (ys - hy) ** 2) / (2 * (0.15 * ax) ** 2))
         edge = np.minimum(np.minimum(xs, w - xs), np.minimum(ys, h - ys))
         f = np.minimum(f, (edge - 150.0) / ax)
-        tissue = _distance(f, FINE_UM)
+        tissue = _distance(f, COARSE_UM)
 
         # Tumour: thresholded low-frequency noise, slightly favouring the subcapsular region.
-        ft = _fbm(rng, (ny, nx), size_um, [(1800, 1.0), (900, 0.6), (450, 0.35), (220, 0.12)])
+        ft = _fbm(rng, shape, size_um, [(1800, 1.0), (900, 0.6), (450, 0.35), (220, 0.12)])
         ft += 0.8 * np.exp(-np.clip(tissue, 0, None) / 700.0)
         inside = tissue > anatomy.capsule_um
         thr = np.quantile(ft[inside], 1.0 - anatomy.tumour_fraction) if inside.any() else 9.0
-        tumour = _distance(ft - np.float32(thr), FINE_UM)
+        tumour = _distance(ft - np.float32(thr), COARSE_UM)
 
         # Holes: small tears, the top ~1.5 % of a medium-frequency noise inside the tissue.
-        fh = _fbm(rng, (ny, nx), size_um, [(350, 1.0), (170, 0.5), (80, 0.2)])
+        fh = _fbm(rng, shape, size_um, [(350, 1.0), (170, 0.5), (80, 0.2)])
         thr_h = np.quantile(fh[inside], 0.985) if inside.any() else 9.0
-        hole = _distance(fh - np.float32(thr_h), FINE_UM)
+        hole = _distance(fh - np.float32(thr_h), COARSE_UM)
 
-        self.fine: dict[str, np.ndarray] = {"tissue": tissue, "tumour": tumour, "hole": hole}
-
-        cnx, cny = int(np.ceil(w / COARSE_UM)) + 1, int(np.ceil(h / COARSE_UM)) + 1
-        shape = (cny, cnx)
+        k = FINE_UM / COARSE_UM
+        up = np.array([[k, 0.0, 0.0], [0.0, k, 0.0]])
+        self.fine: dict[str, np.ndarray] = {
+            name: cv2.warpAffine(
+                lat,
+                up,
+                (nx, ny),
+                flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_REPLICATE,
+            )
+            for name, lat in (("tissue", tissue), ("tumour", tumour), ("hole", hole))
+        }
         self.coarse: dict[str, np.ndarray] = {
             "follicle": np.full(shape, 9.0, np.float32),
             "band": _fbm(rng, shape, size_um, [(500, 1.0), (250, 0.6), (120, 0.3)]),

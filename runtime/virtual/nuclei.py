@@ -38,7 +38,7 @@ _C3, _S3 = np.cos(3 * _PHI).astype(np.float32), np.sin(3 * _PHI).astype(np.float
 
 # Size/ink ranges per kind (um, concentration), shared by generation and the coarse-scale
 # statistics: r (radius), aspect (minor/major), ink (outer), inner (vesicular interior).
-LYMPH_R, LYMPH_ASPECT, LYMPH_INK = (3.1, 4.0), (0.85, 1.0), (1.05, 1.35)
+LYMPH_R, LYMPH_ASPECT, LYMPH_INK = (3.2, 4.1), (0.85, 1.0), (1.05, 1.35)
 CB_R, CB_ASPECT, CB_INK, CB_INNER = (4.2, 5.4), (0.75, 1.0), (0.75, 0.95), (0.3, 0.42)
 HISTIO_R, HISTIO_ASPECT, HISTIO_INK, HISTIO_INNER = (4.5, 6.0), (0.55, 0.8), (0.6, 0.8), (0.3, 0.4)
 TUMOUR_RF, TUMOUR_ASPECT = (0.75, 1.3), (0.6, 0.95)

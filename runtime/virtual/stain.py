@@ -50,14 +50,14 @@ class Stain:
     @classmethod
     def random(cls, rng: np.random.Generator) -> Stain:
         """A plausible random stain: hue shifts of the vectors, +-35 % strengths, a colour cast."""
-        h = _unit(np.asarray(H_OD) + rng.normal(0.0, 0.06, 3)).clip(0.05, None)
+        h = _unit(np.asarray(H_OD) + rng.normal(0.0, 0.07, 3)).clip(0.05, None)
         e = _unit(np.asarray(E_OD) + rng.normal(0.0, 0.07, 3)).clip(0.03, None)
         cast = 1.0 + rng.uniform(-0.06, 0.03, 3)
         return cls(
             h_od=tuple(float(v) for v in _unit(h)),
             e_od=tuple(float(v) for v in _unit(e)),
-            h_scale=float(rng.uniform(0.65, 1.35)),
-            e_scale=float(rng.uniform(0.6, 1.45)),
+            h_scale=float(rng.uniform(0.6, 1.4)),
+            e_scale=float(rng.uniform(0.55, 1.5)),
             glass_od=tuple(float(v) for v in rng.uniform(0.005, 0.03, 3)),
             cast=tuple(float(v) for v in cast / max(1.0, cast.max())),
             blur_um=float(rng.uniform(0.25, 0.6)),
