@@ -101,6 +101,23 @@ def test_camera_noise_and_colour_cast(slide):
     assert 0.5 < centre[..., 0].std() < 15  # noisy, but not snow
 
 
+def test_exposure_and_gain_brighten_the_image(slide, spot):
+    scope = _scope(slide, StagePath.still(*spot))
+    base = scope.read().image.mean()
+    brighter_cam = CameraConfig(
+        resolution=RES,
+        exposure_ms=15.0,
+        gain=1.2,
+        read_noise_dn=0,
+        shot_noise=0,
+        vignetting=0,
+        colour_gains=(1, 1, 1),
+    )
+    scope.set_camera(brighter_cam)
+    brighter = scope.read().image.mean()
+    assert brighter > 1.3 * base
+
+
 def test_same_seed_same_frames(slide, spot):
     cam = CameraConfig(resolution=RES)
     path = StagePath([Waypoint(*spot), Waypoint(spot[0] + 200, spot[1], 100.0)])

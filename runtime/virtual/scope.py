@@ -258,6 +258,13 @@ class VirtualMicroscope(FrameSource):
         obj = self.objective
         return None if obj is None else self.turret.index(obj) + 1
 
+    def set_camera(self, camera: CameraConfig) -> None:
+        """Change camera settings (exposure, gain, noise, vignetting, cast, resolution, fps)."""
+        model = CameraModel(camera, seed=self._seed)
+        with self._lock:
+            self.camera = camera
+            self._cam = model
+
     def set_path(self, path: StagePath) -> None:
         """Follow `path` from now on (its time 0 is now)."""
         with self._lock:
