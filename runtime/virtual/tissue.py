@@ -380,9 +380,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1280, help="px")
     p.add_argument("--height", type=int, default=720, help="px")
     p.add_argument("--outline", action="store_true", help="draw the tumour mask outline")
-    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--out", help="PNG path")
+    p.add_argument("--bench", action="store_true", help="time renders (one OpenCV thread)")
     a = p.parse_args(argv)
     s = a.um_per_px if a.um_per_px else OBJECTIVE_UM_PER_PX[a.objective]
+    if a.bench:
+        return _bench(s, a.width, a.height)
+    if not a.out:
+        p.error("give --out PATH or --bench")
     slide = SyntheticSlide(a.seed)
     if a.x is None or a.y is None:
         a.x, a.y = slide.random_point(np.random.default_rng(a.seed), "boundary")
@@ -395,6 +400,29 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{a.out}: seed {a.seed}, centre ({a.x:.0f}, {a.y:.0f}) um, {s} um/px, tumour {mask.mean():.1%}"
     )
+    return 0
+
+
+def _bench(s: float, w: int, h: int) -> int:
+    """Render time of w x h px at s um/px: cold (new cells) and warm (cached), p50/p90/p99."""
+    import time
+
+    cv2.setNumThreads(1)
+    cold, warm = [], []
+    for seed in (1, 2, 3):
+        slide = SyntheticSlide(seed)
+        rng = np.random.default_rng(seed)
+        for _ in range(5):
+            x, y = slide.random_point(rng, "tissue")
+            for out in (cold, warm):
+                t0 = time.perf_counter()
+                slide.render(x - w * s / 2, y - h * s / 2, w, h, s)
+                out.append((time.perf_counter() - t0) * 1e3)
+    for name, d in (("cold", cold), ("warm", warm)):
+        p50, p90, p99 = np.percentile(d, [50, 90, 99])
+        print(
+            f"render {w}x{h} px at {s} um/px, {name}: p50 {p50:.1f} / p90 {p90:.1f} / p99 {p99:.1f} ms (n={len(d)})"
+        )
     return 0
 
 
