@@ -205,16 +205,17 @@ def verdict(report: dict, max_metric_drop: float = 0.01, min_agreement: float = 
                 "ok": False,
                 "message": f"int8 {m['name']} {-m['delta']:.3f} below float ({txt}){see}",
             }
-        return {
-            "ok": True,
-            "message": f"int8 matches float: {txt} (delta {m['delta']:+.4f}), {agree_txt}",
-        }
-    if agree < min_agreement:
+        ok_txt = f"int8 matches float: {txt} (delta {m['delta']:+.4f}), {agree_txt}"
+    elif agree < min_agreement:
         return {
             "ok": False,
             "message": f"int8 disagrees with float: {agree_txt} (< {min_agreement:.0%}){see}",
         }
-    return {"ok": True, "message": f"int8 matches float: {agree_txt} (no labels for a metric)"}
+    else:
+        ok_txt = f"int8 matches float: {agree_txt} (no labels for a metric)"
+    if flagged:  # fine on the whole, but say where precision is thin
+        ok_txt += f"; {len(flagged)} flagged layer(s) worth a look: {', '.join(flagged[:5])}"
+    return {"ok": True, "message": ok_txt}
 
 
 def format_report(r: dict) -> str:
