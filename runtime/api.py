@@ -1,8 +1,10 @@
 """The daemon's HTTP API (aiohttp), on its own thread and event loop.
 
-GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events.
+GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events,
+/results?since=I&truth=1 (display records on the device clock, see runtime.results).
 POST (bearer token required, compared in constant time): /snapshot, /overlay, /objective,
-/models (upload a bundle .tar.gz), /models/{name}/activate, /models/rollback, /benchmark.
+/models (upload a bundle .tar.gz), /models/{name}/activate, /models/rollback, /benchmark,
+/health (golden check of the running bundle), /virtual (drive a virtual microscope: HIL bench).
 Every error is JSON {"error": "..."} with a 4xx status; the pipeline keeps running.
 """
 
@@ -103,6 +105,21 @@ def make_app(daemon) -> web.Application:
     async def metrics(_request):
         body = await in_thread(generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def results(request):
+        try:
+            since = int(request.query.get("since", "0"))
+            limit = int(request.query.get("limit", "1000"))
+        except ValueError:
+            raise ValueError("'since' and 'limit' must be integers") from None
+        truth = request.query.get("truth", "0") not in ("0", "", "false")
+        return web.json_response(await in_thread(daemon.results.since, since, truth, limit))
+
+    async def health(_request):
+        return web.json_response(await in_thread(daemon.health))
+
+    async def virtual(request):
+        return web.json_response(await in_thread(daemon.virtual, await json_body(request)))
 
     async def events(request):
         n = int(request.query.get("n", "50"))
@@ -216,6 +233,9 @@ def make_app(daemon) -> web.Application:
             web.get("/metrics", metrics),
             web.get("/events", events),
             web.get("/live", live),
+            web.get("/results", results),
+            web.post("/health", health),
+            web.post("/virtual", virtual),
             web.post("/snapshot", snapshot),
             web.post("/overlay", overlay),
             web.post("/objective", objective),

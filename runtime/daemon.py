@@ -29,6 +29,7 @@ from .engine import Engine
 from .events import EventLog
 from .models import ActiveModel, ModelSelector
 from .pipeline import Optics, Pipeline, nominal_um_per_px
+from .results import ResultLog
 from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource
 from .stats import percentiles_ms
 from .store import BundleStore
@@ -92,6 +93,28 @@ def temperatures_c() -> dict:
     return out
 
 
+def rss_mb() -> float | None:
+    """Resident memory of this process (MiB), from /proc; None where there is no /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def versions() -> dict:
+    """camera-lucida, Python and NumPy versions (the device's identity in HIL reports)."""
+    from importlib import metadata
+
+    try:
+        lucida = metadata.version("camera-lucida")
+    except metadata.PackageNotFoundError:
+        lucida = "unknown"
+    return {"lucida": lucida, "python": platform.python_version(), "numpy": np.__version__}
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig, config_path: str | Path | None = None):
         self.config, self.config_path = config, config_path
@@ -99,6 +122,7 @@ class Daemon:
         self.store = BundleStore(config.state_dir)
         self.token = config.token() or self._generated_token()
         self.live = LatestCanvas()
+        self.results = ResultLog()
         self.started_ns = time.monotonic_ns()
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -157,6 +181,7 @@ class Daemon:
             stall_timeout_ms=max(200.0, 3000 / cfg.source.fps),
             on_event=self.events,
             on_result=self._sample_timings,
+            on_display=self.results,
         )
         self._frames_seen = 0
         if cfg.serial.port:
@@ -344,8 +369,79 @@ class Daemon:
             deployed=self.store.state(),
             serial=self.serial.status() if self.serial is not None else None,
             temperatures_c=temperatures_c(),
+            rss_mb=rss_mb(),
+            versions=versions(),
+            pid=os.getpid(),
         )
         return st
+
+    def health(self) -> dict:
+        """The golden check of the running bundle, on a fresh engine on the configured device."""
+        active: ActiveModel | None = self.pipeline._active
+        if active is None:
+            return {"ok": False, "error": "no model is running"}
+        bundle = active.engine.bundle
+        engine = Engine(
+            bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
+        )
+        result = engine.health_check(raise_on_fail=False)
+        self.events("health", model=bundle.name, **result)
+        return {
+            **result,
+            "model": bundle.name,
+            "sha256": engine.info.model_sha256,
+            "delegate": engine.info.delegate,
+        }
+
+    def virtual(self, body: dict) -> dict:
+        """Drive the virtual microscope (emulated benches only): stall, unplug, replug,
+        objective, tour. Returns the device-clock time it happened (t_ns)."""
+        from .virtual.scope import VirtualMicroscope
+
+        scope = self.pipeline.source
+        if not isinstance(scope, VirtualMicroscope):
+            raise ValueError(
+                f"POST /virtual drives the virtual microscope only; this daemon's source is "
+                f"{scope.name}"
+            )
+        action = body.get("action")
+        out: dict = {"ok": True, "action": action}
+        if action == "stall":
+            seconds = float(body.get("seconds", 1.0))
+            if not 0 < seconds <= 600:
+                raise ValueError("'seconds' must be 0 < s <= 600")
+            scope.stall(seconds)
+        elif action == "unplug":
+            scope.unplug()
+        elif action == "replug":
+            scope.replug()
+        elif action == "objective":
+            scope.set_objective(str(body.get("objective")))
+        elif action == "tour":
+            out["points"] = self._tour(scope, body)
+        else:
+            raise ValueError(
+                f"'action' {action!r}: expected stall, unplug, replug, objective or tour"
+            )
+        out["t_ns"] = time.monotonic_ns()
+        self.events("virtual", **{k: v for k, v in body.items() if k != "action"}, action=action)
+        return out
+
+    @staticmethod
+    def _tour(scope, body: dict) -> list:
+        """Jump the stage between random points ('tumour', 'normal', 'boundary', 'tissue'),
+        `dwell_s` at each, looping; one point: stay there."""
+        from .virtual.stage import StagePath, Waypoint
+
+        where = body.get("where", ["tumour"])
+        where = [where] if isinstance(where, str) else list(where)
+        dwell = float(body.get("dwell_s", 3.0))
+        if not where or not 0 < dwell <= 3600:
+            raise ValueError("'where' must name points and 'dwell_s' be 0 < s <= 3600")
+        rng = np.random.default_rng([int(body.get("seed", 0)), 7919])
+        pts = [scope.slide.random_point(rng, str(w)) for w in where]
+        scope.set_path(StagePath([Waypoint(x, y, None, dwell) for x, y in pts], loop=True))
+        return [[round(x, 1), round(y, 1)] for x, y in pts]
 
     def snapshot(self) -> dict:
         from lucida.overlay.sinks import write_png

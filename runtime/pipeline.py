@@ -120,6 +120,8 @@ class Pipeline:
     models: which engine runs at which objective. optics_for: calibration per objective.
     ar_sinks get the black AR canvas (display resolution); preview_sinks the camera frame
     with the overlay blended in. stall_timeout_ms: no frame for this long blanks the display.
+    on_display(kind, t_ns, ...): told of every display update ("overlay", "blank") and every
+    "clear_request", with device-clock times (runtime.results.ResultLog is one).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class Pipeline:
         display_interval_ms: float = 1000 / 30,
         on_event: Callable[..., None] | None = None,
         on_result: Callable[[Result], None] | None = None,
+        on_display: Callable[..., None] | None = None,
     ):
         self.source, self.models = source, models
         self.ar, self.ar_sinks = ar, list(ar_sinks)
@@ -144,6 +147,7 @@ class Pipeline:
         self.display_interval_s = display_interval_ms / 1000
         self.on_event = on_event or (lambda kind, **kw: None)
         self.on_result = on_result
+        self.on_display = on_display
         self.stats = Stats()
         self.captured: LatestSlot[Frame] = LatestSlot()
         self.results: LatestSlot[Result] = LatestSlot()
@@ -203,6 +207,8 @@ class Pipeline:
             if self._extractor is not None:
                 self._extractor.reset()
             gen = self._generation
+        if self.on_display is not None:
+            self.on_display("clear_request", time.monotonic_ns(), reason=reason)
         self.results.put(Result(frame=None, generation=gen, clear_reason=reason))
 
     def set_objective(self, objective: str | None) -> None:
@@ -417,7 +423,10 @@ class Pipeline:
             self.stats.count("cleared")
             self.on_event("overlay_cleared", reason=reason)
         self._showing_overlay = False
-        self.stats.time("render", time.monotonic_ns() - t0)
+        t1 = time.monotonic_ns()
+        self.stats.time("render", t1 - t0)
+        if self.on_display is not None:
+            self.on_display("blank", t1, frame=frame, reason=reason)
 
     def _show(self, res: Result) -> None:
         t0 = time.monotonic_ns()
@@ -469,6 +478,8 @@ class Pipeline:
         self.stats.count("displayed", t2)
         self._showing_overlay = True
         self.last_result = res
+        if self.on_display is not None:
+            self.on_display("overlay", t2, result=res, objective=objective)
 
     # -- blocking run with signals (the demo and the daemon's main thread) --------------------
     def run(self, frames: int | None = None, seconds: float | None = None) -> dict:

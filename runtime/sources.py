@@ -66,7 +66,10 @@ class _Pacer:
 
 
 class ReplaySource(FrameSource):
-    """Images (a folder, or arrays in memory) replayed at `fps`, looping when `loop`."""
+    """Images (a folder, or arrays in memory) replayed at `fps`, looping when `loop`.
+
+    Frames carry meta "replay_index" (position in the list) and, from a folder, "replay_file"
+    (the image's file name: the HIL bench matches it with a ground-truth mask of that name)."""
 
     def __init__(
         self,
@@ -79,6 +82,7 @@ class ReplaySource(FrameSource):
         self.objective = objective
         self.name = f"replay:{images}" if not isinstance(images, list) else "replay:memory"
         self._frames: list[np.ndarray] = []
+        self._names: list[str] = []
         self._seq = itertools.count()
 
     def open(self) -> None:
@@ -90,6 +94,7 @@ class ReplaySource(FrameSource):
             if not paths:
                 raise SourceError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) to replay")
             self._frames = []
+            self._names = [p.name for p in paths]
             for p in paths:
                 bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
                 if bgr is None:
@@ -97,16 +102,22 @@ class ReplaySource(FrameSource):
                 self._frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         if not self._frames:
             raise SourceError("replay source has no images")
-        self._iter = itertools.cycle(self._frames) if self.loop else iter(self._frames)
+        idx = range(len(self._frames))
+        self._iter = itertools.cycle(idx) if self.loop else iter(idx)
         self._pacer = _Pacer(self.fps)
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         try:
-            image = next(self._iter)
+            i = next(self._iter)
         except StopIteration:
             raise SourceError(f"{self.name}: end of replay") from None
         self._pacer.wait()
-        return Frame(image, time.monotonic_ns(), next(self._seq), objective=self.objective)
+        meta = {"replay_index": i}
+        if self._names:
+            meta["replay_file"] = self._names[i]
+        return Frame(
+            self._frames[i], time.monotonic_ns(), next(self._seq), self.objective, meta=meta
+        )
 
 
 class OpenCVSource(FrameSource):
