@@ -50,7 +50,9 @@ SPINDLE_A, SPINDLE_B, SPINDLE_INK = (5.0, 8.0), (1.0, 1.6), (0.85, 1.1)
 class Nuclei:
     """A bag of nuclei; all lengths in slide um, concentrations in hematoxylin units.
 
-    xy: (N, 2) centres; verts: (N, K, 2) outlines; r: (N,) equivalent radius sqrt(a*b);
+    xy: (N, 2) centres; shape: (N, 8) outline parameters (semi-axes a, b; direction of a
+    (cos, sin); 2nd and 3rd harmonic wobble as (amp * cos, amp * sin) pairs), see outlines();
+    r: (N,) equivalent radius sqrt(a*b);
     area: (N,) um^2; ink: (N,) outline concentration; inner: (N,) pale-interior concentration
     of vesicular nuclei (0 = solid); nucl: (N,) nucleolus concentration (0 = none);
     nucl_xy: (N, 2) nucleolus centres; nucl_r: (N,) nucleolus radius; group: (N,) drawing
@@ -58,7 +60,7 @@ class Nuclei:
     """
 
     xy: np.ndarray
-    verts: np.ndarray
+    shape: np.ndarray
     r: np.ndarray
     area: np.ndarray
     ink: np.ndarray
@@ -71,6 +73,17 @@ class Nuclei:
 
     def __len__(self) -> int:
         return len(self.r)
+
+    def outlines(self) -> np.ndarray:
+        """(N, K, 2) float32 outline vertices, um."""
+        a, b, rc, rs, h2c, h2s, h3c, h3s = (self.shape[:, i : i + 1] for i in range(8))
+        wobble = 1.0 + (_C2 * h2c - _S2 * h2s) + (_C3 * h3c - _S3 * h3s)
+        lx = a * wobble * _C1
+        ly = b * wobble * _S1
+        out = np.empty((len(self.r), K, 2), np.float32)
+        out[..., 0] = self.xy[:, 0:1] + lx * rc - ly * rs
+        out[..., 1] = self.xy[:, 1:2] + lx * rs + ly * rc
+        return out
 
     def take(self, idx: np.ndarray) -> Nuclei:
         return Nuclei(*(getattr(self, f.name)[idx] for f in fields(self)))
@@ -87,7 +100,7 @@ class Nuclei:
 def _empty() -> Nuclei:
     z = np.zeros(0, np.float32)
     return Nuclei(
-        np.zeros((0, 2), np.float32), np.zeros((0, K, 2), np.float32), z, z, z, z, z,
+        np.zeros((0, 2), np.float32), np.zeros((0, 8), np.float32), z, z, z, z, z,
         np.zeros((0, 2), np.float32), z, np.zeros(0, np.uint8), np.zeros(0, np.uint8),
     )  # fmt: skip
 
@@ -106,34 +119,18 @@ def _unit2(n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return n[:, 0] / norm, n[:, 1] / norm
 
 
-def _outline(cx, cy, a, b, rc, rs, h2, a2, h3, a3) -> np.ndarray:
-    """(N, K, 2) outline: ellipse (a along (rc, rs), b across) with 2nd/3rd harmonic wobble."""
-    f32 = np.float32
-    cx, cy, a, b, rc, rs, a2, a3 = (np.asarray(v, f32) for v in (cx, cy, a, b, rc, rs, a2, a3))
-    h2 = (np.asarray(h2[0], f32), np.asarray(h2[1], f32))
-    h3 = (np.asarray(h3[0], f32), np.asarray(h3[1], f32))
-    shape = (
-        1.0
-        + a2[:, None] * (_C2 * h2[0][:, None] - _S2 * h2[1][:, None])
-        + a3[:, None] * (_C3 * h3[0][:, None] - _S3 * h3[1][:, None])
-    )
-    lx = a[:, None] * shape * _C1
-    ly = b[:, None] * shape * _S1
-    x = cx[:, None] + lx * rc[:, None] - ly * rs[:, None]
-    y = cy[:, None] + lx * rs[:, None] + ly * rc[:, None]
-    return np.stack([x, y], axis=-1).astype(np.float32)
-
-
 def _build(
     cell, cx, cy, a, b, rot, h2, a2, h3, a3, ink, inner, nucl, nucl_off, nucl_r, group, kind
 ):
     """One family of kept nuclei as (cell id array, Nuclei)."""
-    verts = _outline(cx, cy, a, b, rot[0], rot[1], h2, a2, h3, a3)
+    shape = np.stack(
+        [a, b, rot[0], rot[1], a2 * h2[0], a2 * h2[1], a3 * h3[0], a3 * h3[1]], axis=1
+    ).astype(np.float32)
     r = np.sqrt(a * b)
     xy = np.stack([cx, cy], axis=1).astype(np.float32)
     nuc = Nuclei(
         xy=xy,
-        verts=verts,
+        shape=shape,
         r=r.astype(np.float32),
         area=(np.pi * a * b).astype(np.float32),
         ink=ink.astype(np.float32),
@@ -432,21 +429,22 @@ def draw(
     if big.any():
         p = nuc.take(np.flatnonzero(big))
         step = 2 if s >= 0.8 else 1
-        pts = _to_px(p.verts[:, ::step], x0, y0, s)
+        verts = p.outlines()
+        pts = _to_px(verts[:, ::step], x0, y0, s)
         q = lambda v: (np.clip(v * INK_LEVELS, 0, 255) // INK_STEP * INK_STEP).astype(np.int32)  # noqa: E731
         _fill_grouped(canvas, pts, p.group, q(p.ink))
         ves = np.flatnonzero((p.inner > 0) & (p.r * INNER_SCALE / s >= 1.2))
         if len(ves):
             c = p.xy[ves][:, None, :]
-            inner = c + (p.verts[ves] - c) * INNER_SCALE
+            inner = c + (verts[ves] - c) * INNER_SCALE
             _fill_grouped(
                 canvas, _to_px(inner[:, ::step], x0, y0, s), p.group[ves], q(p.inner[ves])
             )
         nl = np.flatnonzero((p.nucl > 0) & (p.nucl_r / s >= 0.7))
         if len(nl):
             circ = np.stack([_C1[::2], _S1[::2]], axis=-1)[None] * p.nucl_r[nl][:, None, None]
-            verts = p.nucl_xy[nl][:, None, :] + circ
-            _fill_grouped(canvas, _to_px(verts, x0, y0, s), np.zeros(len(nl)), q(p.nucl[nl]))
+            dots = p.nucl_xy[nl][:, None, :] + circ
+            _fill_grouped(canvas, _to_px(dots, x0, y0, s), np.zeros(len(nl)), q(p.nucl[nl]))
     small = np.flatnonzero(~big)
     if len(small):
         p = nuc.take(small)
