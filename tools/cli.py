@@ -20,6 +20,7 @@ import sys
 COMMAND_MODULES = [
     "lucida.tools.bench",
     "lucida.tools.bundle_cmd",
+    "lucida.tools.calibrate_cli",
     "lucida.tools.check",
     "lucida.tools.compile_edgetpu",
     "lucida.tools.demo",
