@@ -12,8 +12,6 @@ bit-identical whichever cells are generated alongside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-
 import cv2
 import numpy as np
 
@@ -25,7 +23,7 @@ K = 12  # outline vertices per nucleus
 LYMPH_N = 16  # lymphoid candidate grid per cell side (pitch 8 um)
 TUMOUR_N = 9  # tumour candidate grid per cell side (pitch 14.2 um)
 SCATTER_N = 48  # scattered (spindle) candidates per cell
-SPLAT_BELOW_PX = 2.0  # nuclei smaller than this radius (px) are splatted, not outlined
+SPLAT_BELOW_PX = 3.0  # nuclei smaller than this radius (px) are splatted, not outlined
 SHIFT = 4  # fixed-point bits for cv2 polygon vertices
 
 LYMPH, CENTROBLAST, HISTIO, TUMOUR, GLAND, SPINDLE = 1, 2, 3, 4, 5, 6
@@ -46,63 +44,65 @@ HYPER_INK, VESIC_INK, VESIC_INNER = (1.15, 1.55), (0.95, 1.2), (0.3, 0.5)
 SPINDLE_A, SPINDLE_B, SPINDLE_INK = (5.0, 8.0), (1.0, 1.6), (0.85, 1.1)
 
 
-@dataclass
-class Nuclei:
-    """A bag of nuclei; all lengths in slide um, concentrations in hematoxylin units.
+# Columns of Nuclei.data.
+_COLS = {
+    "xy": slice(0, 2), "shape": slice(2, 10), "r": 10, "area": 11, "ink": 12, "inner": 13,
+    "nucl": 14, "nucl_xy": slice(15, 17), "nucl_r": 17, "group": 18, "kind": 19,
+}  # fmt: skip
+_NCOLS = 20
 
+
+class Nuclei:
+    """A bag of nuclei, one row each of a float32 matrix `data` (one array: cheap to gather).
+
+    Lengths in slide um, concentrations in hematoxylin units. Column views:
     xy: (N, 2) centres; shape: (N, 8) outline parameters (semi-axes a, b; direction of a
     (cos, sin); 2nd and 3rd harmonic wobble as (amp * cos, amp * sin) pairs), see outlines();
-    r: (N,) equivalent radius sqrt(a*b);
-    area: (N,) um^2; ink: (N,) outline concentration; inner: (N,) pale-interior concentration
-    of vesicular nuclei (0 = solid); nucl: (N,) nucleolus concentration (0 = none);
-    nucl_xy: (N, 2) nucleolus centres; nucl_r: (N,) nucleolus radius; group: (N,) drawing
-    group (nuclei in one group never overlap); kind: (N,) LYMPH ... SPINDLE.
+    r: equivalent radius sqrt(a*b); area: um^2; ink: outline concentration; inner:
+    pale-interior concentration of vesicular nuclei (0 = solid); nucl: nucleolus
+    concentration (0 = none); nucl_xy: (N, 2) nucleolus centres; nucl_r: nucleolus radius;
+    group: drawing group (nuclei in one group never overlap); kind: LYMPH ... SPINDLE.
     """
 
-    xy: np.ndarray
-    shape: np.ndarray
-    r: np.ndarray
-    area: np.ndarray
-    ink: np.ndarray
-    inner: np.ndarray
-    nucl: np.ndarray
-    nucl_xy: np.ndarray
-    nucl_r: np.ndarray
-    group: np.ndarray
-    kind: np.ndarray
+    __slots__ = ("data",)
+
+    def __init__(self, data: np.ndarray):
+        self.data = data
 
     def __len__(self) -> int:
-        return len(self.r)
+        return len(self.data)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        try:
+            col = _COLS[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return self.data[:, col]
 
     def outlines(self) -> np.ndarray:
         """(N, K, 2) float32 outline vertices, um."""
-        a, b, rc, rs, h2c, h2s, h3c, h3s = (self.shape[:, i : i + 1] for i in range(8))
+        d = self.data
+        a, b, rc, rs, h2c, h2s, h3c, h3s = (d[:, i : i + 1] for i in range(2, 10))
         wobble = 1.0 + (_C2 * h2c - _S2 * h2s) + (_C3 * h3c - _S3 * h3s)
         lx = a * wobble * _C1
         ly = b * wobble * _S1
-        out = np.empty((len(self.r), K, 2), np.float32)
-        out[..., 0] = self.xy[:, 0:1] + lx * rc - ly * rs
-        out[..., 1] = self.xy[:, 1:2] + lx * rs + ly * rc
+        out = np.empty((len(d), K, 2), np.float32)
+        out[..., 0] = d[:, 0:1] + lx * rc - ly * rs
+        out[..., 1] = d[:, 1:2] + lx * rs + ly * rc
         return out
 
     def take(self, idx: np.ndarray) -> Nuclei:
-        return Nuclei(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return Nuclei(self.data[idx])
 
     @staticmethod
     def concat(parts: list[Nuclei]) -> Nuclei:
         if not parts:
             return _empty()
-        return Nuclei(
-            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Nuclei))
-        )
+        return Nuclei(np.concatenate([p.data for p in parts]))
 
 
 def _empty() -> Nuclei:
-    z = np.zeros(0, np.float32)
-    return Nuclei(
-        np.zeros((0, 2), np.float32), np.zeros((0, 8), np.float32), z, z, z, z, z,
-        np.zeros((0, 2), np.float32), z, np.zeros(0, np.uint8), np.zeros(0, np.uint8),
-    )  # fmt: skip
+    return Nuclei(np.zeros((0, _NCOLS), np.float32))
 
 
 def _none() -> tuple[np.ndarray, Nuclei]:
@@ -123,25 +123,17 @@ def _build(
     cell, cx, cy, a, b, rot, h2, a2, h3, a3, ink, inner, nucl, nucl_off, nucl_r, group, kind
 ):
     """One family of kept nuclei as (cell id array, Nuclei)."""
-    shape = np.stack(
-        [a, b, rot[0], rot[1], a2 * h2[0], a2 * h2[1], a3 * h3[0], a3 * h3[1]], axis=1
-    ).astype(np.float32)
-    r = np.sqrt(a * b)
-    xy = np.stack([cx, cy], axis=1).astype(np.float32)
-    nuc = Nuclei(
-        xy=xy,
-        shape=shape,
-        r=r.astype(np.float32),
-        area=(np.pi * a * b).astype(np.float32),
-        ink=ink.astype(np.float32),
-        inner=inner.astype(np.float32),
-        nucl=nucl.astype(np.float32),
-        nucl_xy=(xy + nucl_off).astype(np.float32),
-        nucl_r=nucl_r.astype(np.float32),
-        group=group.astype(np.uint8),
-        kind=kind.astype(np.uint8),
-    )
-    return cell, nuc
+    n = len(cx)
+    d = np.empty((n, _NCOLS), np.float32)
+    d[:, 0], d[:, 1] = cx, cy
+    d[:, 2], d[:, 3], d[:, 4], d[:, 5] = a, b, rot[0], rot[1]
+    d[:, 6], d[:, 7], d[:, 8], d[:, 9] = a2 * h2[0], a2 * h2[1], a3 * h3[0], a3 * h3[1]
+    d[:, 10] = np.sqrt(a * b)
+    d[:, 11] = np.pi * a * b
+    d[:, 12], d[:, 13], d[:, 14] = ink, inner, nucl
+    d[:, 15:17] = d[:, 0:2] + np.asarray(nucl_off, np.float32).reshape(n, 2)
+    d[:, 17], d[:, 18], d[:, 19] = nucl_r, group, kind
+    return cell, Nuclei(d)
 
 
 def generate_cells(seed: int, sf: SlideFields, cells: list[tuple[int, int]]) -> list[Nuclei]:
@@ -451,25 +443,31 @@ def draw(
         frac = INNER_SCALE**2
         ink = np.where(p.inner > 0, p.ink * (1 - frac) + p.inner * frac, p.ink)
         weight = ink * INK_LEVELS * p.area / (s * s)
-        sigma = 0.7 * float(np.sqrt(np.mean(p.area) / np.pi)) / s
-        u = (p.xy[:, 0] - x0) / s - 0.5
-        v = (p.xy[:, 1] - y0) / s - 0.5
-        i0, j0 = np.floor(u), np.floor(v)
-        fu, fv = u - i0, v - j0
-        for di, dj, wgt in (
-            (0, 0, (1 - fu) * (1 - fv)), (1, 0, fu * (1 - fv)),
-            (0, 1, (1 - fu) * fv), (1, 1, fu * fv),
-        ):  # fmt: skip
-            ii, jj = (i0 + di).astype(np.int64), (j0 + dj).astype(np.int64)
-            ok = (ii >= 0) & (ii < w) & (jj >= 0) & (jj < h)
-            flat = jj[ok] * w + ii[ok]
-            splat += (
-                np.bincount(flat, weights=(weight * wgt)[ok], minlength=h * w)
-                .reshape(h, w)
-                .astype(np.float32)
-            )
-        splat = cv2.GaussianBlur(splat, (0, 0), max(0.5, sigma))
+        size_class = np.digitize(p.r / s, SPLAT_CLASSES_PX)
+        for c in np.unique(size_class):
+            sel = size_class == c
+            sigma = 0.7 * float(np.sqrt(np.mean(p.area[sel]) / np.pi)) / s
+            layer = _splat(p.xy[sel], weight[sel], x0, y0, s, (h, w))
+            splat += cv2.GaussianBlur(layer, (0, 0), max(0.5, sigma))
     return canvas, splat
+
+
+SPLAT_CLASSES_PX = (1.25, 2.0)  # splatted nuclei are blurred per radius class (px)
+
+
+def _splat(xy: np.ndarray, weight: np.ndarray, x0: float, y0: float, s: float, shape) -> np.ndarray:
+    """(h, w) float32: `weight` deposited bilinearly at the points xy (um)."""
+    h, w = shape
+    u = (xy[:, 0] - x0) / s - 0.5
+    v = (xy[:, 1] - y0) / s - 0.5
+    i0, j0 = np.floor(u), np.floor(v)
+    fu, fv = u - i0, v - j0
+    ii = (i0.astype(np.int64)[None, :] + np.array([[0], [1], [0], [1]])).ravel()
+    jj = (j0.astype(np.int64)[None, :] + np.array([[0], [0], [1], [1]])).ravel()
+    wgt = (np.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv]) * weight).ravel()
+    ok = (ii >= 0) & (ii < w) & (jj >= 0) & (jj < h)
+    out = np.bincount(jj[ok] * w + ii[ok], weights=wgt[ok], minlength=h * w)
+    return out.reshape(h, w).astype(np.float32)
 
 
 def _mean_area(r: tuple[float, float], aspect: tuple[float, float]) -> float:
