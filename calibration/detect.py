@@ -28,6 +28,10 @@ _CHANNELS = {
 }
 
 
+MIN_MARKERS = 2  # markers that must agree before the pattern counts as found
+ENOUGH_MARKERS = 6  # stop trying other colour conversions once this many are found
+
+
 @dataclass
 class Detection:
     """ChArUco corners found in a camera image.
@@ -192,7 +196,7 @@ def detect_pattern(image: np.ndarray, spec: PatternSpec) -> Detection:
     finder = PatternFinder(spec)
     h_img, w_img = image.shape[:2]
     rgb = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    best = None  # (n markers, mirrored, name, gray, corners, ids, h)
+    best = None  # (n markers, mirrored, name, gray, corners, ids, h, src)
     for mirrored in (False, True):
         src = np.ascontiguousarray(rgb[:, ::-1]) if mirrored else rgb
         for name, weights in _CHANNELS.items():
@@ -200,13 +204,16 @@ def detect_pattern(image: np.ndarray, spec: PatternSpec) -> Detection:
             mc, mi, h = finder.markers(gray)
             if best is None or len(mi) > best[0]:
                 best = (len(mi), mirrored, name, gray, mc, mi, h, src)
-        if best[0] >= 4:
-            break
+            if best[0] >= ENOUGH_MARKERS:
+                break
+        if best[0] >= ENOUGH_MARKERS:
+            break  # else the optics may mirror the display: try the mirrored image too
     n_markers, mirrored, name, gray, mc, mi, h, src = best
-    if n_markers == 0:
+    if n_markers < MIN_MARKERS:
         raise PatternNotFoundError(
-            f"no pattern marker found in the {w_img}x{h_img} camera image; is the pattern shown "
-            "on the display, in focus, and bright enough to see over the slide?"
+            f"the pattern was not found in the {w_img}x{h_img} camera image ({n_markers} marker(s) "
+            f"seen, {MIN_MARKERS} needed); is it shown on the display, in focus, and bright "
+            "enough to see over the slide?"
         )
     ids, pts = finder.corners(gray, mc, mi)
     if h is not None and src.ndim == 3:

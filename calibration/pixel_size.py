@@ -24,6 +24,8 @@ import numpy as np
 from .errors import MeasurementError
 
 BIN_PX = 0.25  # profile sampling, px
+MIN_PERIOD_PX = 3.0  # finer rulings are too close to the pixel pitch to measure
+MIN_PROMINENCE = 100.0  # spectral peak / median of its frequency ring (noise gives ~10-20)
 
 
 @dataclass
@@ -101,10 +103,16 @@ def _spectrum_peak(
     radius = np.sqrt(fx**2 + fy**2)
     diff = np.abs((np.arctan2(fy, fx) - near_angle + np.pi / 2) % np.pi - np.pi / 2)
     f_min = 3.0 / min(h, w)  # at least ~3 periods across the short side
-    spec[(radius < f_min) | (radius > 0.45) | (diff > np.radians(cone_deg))] = 0
-    iy, ix = np.unravel_index(int(np.argmax(spec)), spec.shape)
-    if spec[iy, ix] <= 0:
-        raise MeasurementError("no periodic ruling found in the micrometer image")
+    allowed = (radius >= f_min) & (radius <= 1.0 / MIN_PERIOD_PX) & (diff <= np.radians(cone_deg))
+    iy, ix = np.unravel_index(int(np.argmax(np.where(allowed, spec, 0))), spec.shape)
+    peak = float(spec[iy, ix])
+    ring = np.abs(radius - radius[iy, ix]) < 2.0 / n
+    prominence = peak / max(float(np.median(spec[ring])), 1e-30)
+    if not allowed[iy, ix] or prominence < MIN_PROMINENCE:
+        raise MeasurementError(
+            f"no clear periodic ruling in the micrometer image (strongest period stands only "
+            f"{prominence:.0f}x above the background spectrum, need {MIN_PROMINENCE:.0f}x)"
+        )
 
     def parabolic(a: float, b: float, c: float) -> float:
         d = a - 2 * b + c

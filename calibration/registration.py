@@ -115,8 +115,14 @@ def fit_homography(
             f"the {n} pattern corners found lie on a line or in a tiny patch; "
             "a homography needs points spread over the field"
         )
+    # mirrored optics: fit in the mirrored frame (RANSAC rejects orientation-reversing
+    # models as degenerate), then compose with the mirror
+    flip = np.eye(3)
+    if detection.mirrored:
+        flip = np.array([[-1.0, 0.0, camera_size[0] - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    cam_fit = apply_homography(flip, cam)
     h, mask = cv2.findHomography(
-        cam, disp, cv2.USAC_MAGSAC, ransac_px, maxIters=5000, confidence=0.9999
+        cam_fit, disp, cv2.USAC_MAGSAC, ransac_px, maxIters=5000, confidence=0.9999
     )
     if h is None or mask is None:
         raise DegenerateHomographyError(f"no homography fits the {n} pattern corners found")
@@ -127,9 +133,10 @@ def fit_homography(
         raise TooFewPointsError(
             f"only {n_in} of {n} pattern corners agree on one homography; need at least {need}"
         )
-    h_ls, _ = cv2.findHomography(cam[inl], disp[inl], 0)
+    h_ls, _ = cv2.findHomography(cam_fit[inl], disp[inl], 0)
     if h_ls is not None:
         h = h_ls
+    h = h @ flip
     h = h / h[2, 2]
     check_homography(h, camera_size)
     resid = np.linalg.norm(apply_homography(h, cam) - disp, axis=1)
