@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "lucida.tools.compile_edgetpu",
     "lucida.tools.demo",
     "lucida.tools.deploy_cmd",
+    "lucida.tools.hil_cmd",
     "lucida.tools.quantize_cmd",
     "lucida.tools.run_cmd",
 ]
