@@ -25,9 +25,11 @@ COMMAND_MODULES = [
     "lucida.tools.compile_edgetpu",
     "lucida.tools.demo",
     "lucida.tools.deploy_cmd",
+    "lucida.tools.evaluate",
     "lucida.tools.hil_cmd",
     "lucida.tools.quantize_cmd",
     "lucida.tools.run_cmd",
+    "lucida.tools.train_demo",
 ]
 
 
