@@ -68,27 +68,33 @@ class ARComposer:
         self._inverse = np.linalg.inv(self.homography)
 
     def set_eyepiece(self, circle: tuple[float, float, float] | None) -> None:
-        """Set (cx, cy, r) in display px, or None to show the whole display."""
+        """Set (cx, cy, r) in display px, or None to show the whole display.
+
+        Renderers then draw only into the circle's bounding box (a view of the canvas), and
+        the precomputed circular mask is applied to that box alone: the rest of the display
+        stays black without being touched.
+        """
         w, h = self.display_size
         if circle is None:
             self.eyepiece_circle = None
+            self._box = (0, 0, w, h)
             self._mask = None
             self.viewport = (0, 0, w, h)
             return
         cx, cy, r = (float(v) for v in circle)
         if not r > 0:
             raise OverlayError(f"eyepiece circle {circle!r}: expected (cx, cy, r) with r > 0")
+        bx0, by0 = max(0, int(np.floor(cx - r))), max(0, int(np.floor(cy - r)))
+        bx1, by1 = min(w, int(np.ceil(cx + r)) + 1), min(h, int(np.ceil(cy + r)) + 1)
+        if bx0 >= bx1 or by0 >= by1:
+            raise OverlayError(
+                f"eyepiece circle {circle!r}: expected it to overlap the {w}x{h} display"
+            )
         self.eyepiece_circle = (cx, cy, r)
-        mask = np.zeros((h, w, 3), np.uint8)
-        cv2.circle(
-            mask,
-            (int(round(cx * 16)), int(round(cy * 16))),
-            int(round(r * 16)),
-            (255, 255, 255),
-            -1,
-            cv2.LINE_8,
-            4,
-        )
+        self._box = (bx0, by0, bx1, by1)
+        mask = np.zeros((by1 - by0, bx1 - bx0, 3), np.uint8)
+        centre = (int(round((cx - bx0) * 16)), int(round((cy - by0) * 16)))
+        cv2.circle(mask, centre, int(round(r * 16)), (255, 255, 255), -1, cv2.LINE_8, 4)
         self._mask = mask
         half = r / np.sqrt(2.0)
         x0, y0 = max(0, int(np.ceil(cx - half))), max(0, int(np.ceil(cy - half)))
@@ -128,8 +134,11 @@ class ARComposer:
         HeatmapRenderer. um_per_px: camera pixel size in um (converted to display px here).
         """
         canvas = self.blank()
-        shown = regions.warped(self.homography)
+        bx0, by0, bx1, by1 = self._box
+        box = canvas[by0:by1, bx0:bx1]  # renderers draw here, in box coordinates
+        to_box = np.array([[1.0, 0.0, -bx0], [0.0, 1.0, -by0], [0.0, 0.0, 1.0]]) @ self.homography
         a3 = _affine3(heatmap_affine, heatmap)
+        vx, vy, vw, vh = self.viewport
         ctx = RenderContext(
             objective=objective,
             um_per_px=None if not um_per_px else um_per_px * self.camera_px_per_display_px(),
@@ -137,13 +146,14 @@ class ARComposer:
             fps=fps,
             text=text,
             heatmap=heatmap,
-            heatmap_to_canvas=None if a3 is None else self.homography @ a3,
-            viewport=self.viewport,
+            heatmap_to_canvas=None if a3 is None else to_box @ a3,
+            viewport=(vx - bx0, vy - by0, vw, vh),
         )
+        shown = regions.warped(to_box)
         for r in self.renderers:
-            canvas = r.annotate(canvas, shown, ctx)
+            r.annotate(box, shown, ctx)
         if self._mask is not None:
-            cv2.bitwise_and(canvas, self._mask, dst=canvas)
+            cv2.bitwise_and(box, self._mask, dst=box)
         return canvas
 
 

@@ -245,23 +245,25 @@ class TextRenderer:
         return f"{regions.areas_px2[i]:.0f} px2"
 
     def annotate(self, canvas, regions: Regions, ctx: RenderContext | None = None):
-        h, w = canvas.shape[:2]
+        # Labels are kept inside the viewport (what the observer sees).
+        vx, vy, vw, vh = _viewport(canvas, ctx or RenderContext())
         for i in range(min(self.max_labels, len(regions))):
             text = self.label(regions, i)
             (tw, th), base = cv2.getTextSize(text, FONT, self.font_scale, self.thickness)
             pts = regions.contours[i]
             top = pts[np.argmin(pts[:, 1])]  # centred above the region's topmost point
-            x = int(np.clip(top[0] - tw / 2, 0, max(0, w - tw)))
+            x = int(np.clip(top[0] - tw / 2, vx, max(vx, vx + vw - tw)))
             y = int(top[1]) - 10
-            if y - th < 0:  # no room above: put it below the region
+            if y - th < vy:  # no room above: put it below the region
                 y = int(pts[:, 1].max()) + th + 10
-            y = int(np.clip(y, th, max(th, h - base)))
+            y = int(np.clip(y, vy + th, max(vy + th, vy + vh - base)))
             _put_text(canvas, text, (x, y), self.color, self.font_scale, self.thickness)
         return canvas
 
 
 class ArrowRenderer:
-    """An arrow pointing at the largest region, coming from the side facing the canvas centre.
+    """An arrow pointing at the largest region, coming from the side facing the viewport centre
+    (from the upper left when the region covers the centre).
 
     length_px: arrow length in canvas px; the tip lands on the region's outline.
     """
@@ -283,7 +285,9 @@ class ArrowRenderer:
         c = np.array([m["m10"] / m["m00"], m["m01"] / m["m00"]]) if m["m00"] else pts.mean(0)
         d = centre - c
         n = float(np.hypot(*d))
-        d = d / n if n > 1e-6 else np.array([-np.sqrt(0.5), -np.sqrt(0.5)])
+        inside = cv2.pointPolygonTest(pts.astype(np.float32), tuple(centre), False) >= 0
+        # From the centre's side; from the upper left when the region covers the centre.
+        d = d / n if n > 1e-6 and not inside else np.array([-np.sqrt(0.5), -np.sqrt(0.5)])
         tip = pts[np.argmax((pts - c) @ d)]
         tail = tip + d * self.length_px
         tail = np.clip(tail, [0, 0], [w - 1, h - 1])

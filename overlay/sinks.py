@@ -312,9 +312,13 @@ class VideoSink(Sink):
             self._writer = None
 
 
-def write_png(path: Path, canvas_rgb: np.ndarray) -> Path:
-    """Write an RGB canvas as PNG atomically (temp file, fsync, rename)."""
-    ok, data = cv2.imencode(".png", cv2.cvtColor(check_canvas(canvas_rgb), cv2.COLOR_RGB2BGR))
+def write_png(path: Path, canvas_rgb: np.ndarray, level: int = 1) -> Path:
+    """Write an RGB canvas as PNG atomically (temp file, fsync, rename).
+
+    level: zlib compression 0..9 (1 is fast; 9 is smallest).
+    """
+    bgr = cv2.cvtColor(check_canvas(canvas_rgb), cv2.COLOR_RGB2BGR)
+    ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
         raise OverlayError(f"png {path}: encoding failed")
     tmp = path.with_name(f".{path.name}.tmp")
