@@ -185,6 +185,7 @@ def write_bundle(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a bundle is meant to be read by the daemon's user
     try:
         entries = {}
         for name, content in files.items():

@@ -38,6 +38,7 @@ class SourceConfig(_Strict):
     device: Union[int, str] = 0  # opencv: index, file, URL or GStreamer pipeline
     path: Optional[str] = None  # replay: folder of images
     fps: float = Field(default=15.0, gt=0, le=240)
+    stall_timeout_ms: float = Field(default=500.0, gt=0)  # no frame for this long: display blanks
     width: int = Field(default=1920, gt=0)
     height: int = Field(default=1080, gt=0)
 

@@ -178,7 +178,7 @@ class Daemon:
             preview_sinks=[*(make_sink(s) for s in cfg.sinks.preview), self.live],
             optics_for=self._optics_for,
             display_interval_ms=1000 / cfg.source.fps,
-            stall_timeout_ms=max(200.0, 3000 / cfg.source.fps),
+            stall_timeout_ms=cfg.source.stall_timeout_ms,
             on_event=self.events,
             on_result=self._sample_timings,
             on_display=self.results,
@@ -395,7 +395,8 @@ class Daemon:
 
     def virtual(self, body: dict) -> dict:
         """Drive the virtual microscope (emulated benches only): stall, unplug, replug,
-        objective, tour. Returns the device-clock time it happened (t_ns)."""
+        objective, tour, hold (keep the stage where it is). Returns the device-clock time it
+        happened (t_ns)."""
         from .virtual.scope import VirtualMicroscope
 
         scope = self.pipeline.source
@@ -419,9 +420,13 @@ class Daemon:
             scope.set_objective(str(body.get("objective")))
         elif action == "tour":
             out["points"] = self._tour(scope, body)
+        elif action == "hold":
+            from .virtual.stage import StagePath
+
+            scope.set_path(StagePath.still(*scope.position))
         else:
             raise ValueError(
-                f"'action' {action!r}: expected stall, unplug, replug, objective or tour"
+                f"'action' {action!r}: expected stall, unplug, replug, objective, tour or hold"
             )
         out["t_ns"] = time.monotonic_ns()
         self.events("virtual", **{k: v for k, v in body.items() if k != "action"}, action=action)

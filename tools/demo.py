@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-FOV_TUMOUR_FRACTION = 0.01  # a FoV "has tumour" when >= 1% of it is tumour in the ground truth
-FOV_SCORE_PERCENTILE = 99  # a FoV's score: this percentile of its heatmap
+from .evaluate import FOV_SCORE_PERCENTILE, FOV_TUMOUR_FRACTION
+
+STALL_TIMEOUT_MS = 2000  # the virtual camera renders a new field cold for ~1 s after a jump
+TOUR_PAUSE_S = 2.0  # the demo's stage rests this long on each field, as a pathologist would
 
 
 def register(sub) -> None:
@@ -54,6 +56,16 @@ class FovScores:
             return roc_auc(self.labels, self.scores)
 
 
+def tour(slide, objective: str, seed: int, stops: int = 40):
+    """A looping stage path over fields with and without tumour, resting on each."""
+    from lucida.runtime.virtual.stage import StagePath, Waypoint
+
+    from .evaluate import fov_positions
+
+    points = fov_positions(slide, objective, stops, np.random.default_rng(seed))
+    return StagePath([Waypoint(x, y, None, TOUR_PAUSE_S) for x, y in points], loop=True)
+
+
 def run(args) -> int:
     from lucida.overlay.compose import ARComposer, PreviewComposer
     from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
@@ -69,7 +81,12 @@ def run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     camera = CameraConfig(resolution=(1920, 1080), fps=args.fps)
-    scope = VirtualMicroscope(seed=args.seed, camera=camera, objective=args.objective)
+    from lucida.runtime.virtual.tissue import SyntheticSlide
+
+    slide = SyntheticSlide(args.seed)
+    scope = VirtualMicroscope(
+        slide, camera=camera, objective=args.objective, path=tour(slide, args.objective, args.seed)
+    )
     size = (1920, 1080)
     ar = ARComposer(
         size,
@@ -92,6 +109,7 @@ def run(args) -> int:
         preview_sinks=preview_sinks,
         on_result=fov,
         display_interval_ms=1000 / args.fps,
+        stall_timeout_ms=STALL_TIMEOUT_MS,
     )
     if args.mjpeg is not None:
         print(f"live MJPEG: {mjpeg.url}", flush=True)
