@@ -63,6 +63,9 @@ class Dut:
         """Move the stage (virtual microscope only; see POST /virtual "tour")."""
         return self.client.call("POST", "/virtual", {"action": "tour", **body})
 
+    def resume_tour(self) -> None:
+        """Go on touring after a hold (virtual microscope only)."""
+
     def truth_for(self, record: dict):
         """The ground-truth mask (HxW bool) for an overlay record, or None."""
         from .metrics import decode_truth
@@ -110,7 +113,11 @@ class EmulatedDut(Dut):
     def start(self) -> None:
         from lucida.runtime.virtual.nosepiece import EmulatedNosepiece
 
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.workdir.exists():  # a fresh device each run: no state from an earlier one
+            import shutil
+
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
         pos = self.position_of(self.spec.objective)
         self.nosepiece = EmulatedNosepiece(self.spec.positions, "olympus", position=pos).start()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -128,6 +135,7 @@ class EmulatedDut(Dut):
                 "type": "virtual",
                 "seed": s.seed,
                 "fps": s.fps,
+                "stall_timeout_ms": s.stall_timeout_ms,
                 "width": s.width,
                 "height": s.height,
                 "objective": self.objective,
@@ -262,6 +270,10 @@ class EmulatedDut(Dut):
     def tour(self, body: dict) -> dict:
         self._tour = dict(body)
         return super().tour(body)
+
+    def resume_tour(self) -> None:
+        if self._tour is not None:
+            super().tour(self._tour)
 
     def set_objective(self, objective: str) -> str:
         self.client.call("POST", "/virtual", {"action": "objective", "objective": objective})

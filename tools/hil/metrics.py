@@ -55,13 +55,14 @@ def window_fps(records, start_ns: int, window_s: float, windows: int) -> list[fl
     return out
 
 
-def clearing(records, t_trigger_ns: int, mode: str = "fov") -> dict:
+def clearing(records, t_trigger_ns: int, mode: str = "fov", model: str | None = None) -> dict:
     """How the display behaved after a trigger at t_trigger_ns (device clock).
 
-    mode "fov": the field of view changed (turret, model): an overlay on a frame captured
-    before the trigger is stale, and the display is safe once it shows a blank or a fresh
-    overlay. mode "blank": the view cannot be trusted (camera frozen or lost, objective
-    unknown): only a blank makes it safe.
+    mode "fov": the field of view changed (turret): an overlay on a frame captured before the
+    trigger is stale, and the display is safe once it shows a blank or a fresh overlay.
+    mode "model": a new model (`model`) took over: an overlay drawn by any other model is
+    stale, one by the new model is safe. mode "blank": the view cannot be trusted (camera
+    frozen or lost, objective unknown): only a blank makes it safe.
 
     showing_at_trigger: an overlay was on display at the trigger.
     cleared_after_ms: device time from the trigger to the first safe display update; None if
@@ -74,11 +75,18 @@ def clearing(records, t_trigger_ns: int, mode: str = "fov") -> dict:
     showing = bool(before) and before[-1]["kind"] == "overlay"
     after = [r for r in disp if r["t_display_ns"] >= t_trigger_ns]
 
+    def is_stale(r):
+        if r["kind"] != "overlay":
+            return False
+        if mode == "model":
+            return r.get("model") != model
+        return r["t_capture_ns"] < t_trigger_ns
+
     def safe(r):
-        return r["kind"] == "blank" or (mode == "fov" and r["t_capture_ns"] >= t_trigger_ns)
+        return r["kind"] == "blank" or (mode != "blank" and not is_stale(r))
 
     first = next((r for r in after if safe(r)), None)
-    stale = [r for r in after if r["kind"] == "overlay" and r["t_capture_ns"] < t_trigger_ns]
+    stale = [r for r in after if is_stale(r)]
     t_first = first["t_display_ns"] if first is not None else None
     return {
         "mode": mode,

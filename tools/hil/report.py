@@ -117,16 +117,21 @@ def make_plots(report: dict, out: Path) -> dict:
 
     lat = series.get("latency_ms") or []
     if lat:
+        pct = series.get("latency_percentiles_ms") or {}
+        top = max(pct.get("p99", max(lat)) * 1.5, pct.get("p50", 0) * 3, 1.0)
+        shown = [x for x in lat if x <= top]
         fig, ax = plt.subplots(figsize=(6.4, 3.2))
-        ax.hist(lat, bins=min(60, max(10, len(lat) // 20)), color="#4c72b0")
-        for q, v in (series.get("latency_percentiles_ms") or {}).items():
-            ax.axvline(v, color="#c44e52", ls="--", lw=1)
-            ax.text(v, ax.get_ylim()[1] * 0.95, f" {q} {v:.0f}", fontsize=8, va="top")
-        ax.set(
-            xlabel="capture -> display latency (ms, device clock)",
-            ylabel="overlays",
-            title=f"Latency ({len(lat)} overlays)",
+        ax.hist(shown, bins=min(60, max(20, len(shown) // 5)), color="#4c72b0")
+        for (q, v), colour in zip(pct.items(), ("#55a868", "#dd8452", "#c44e52")):
+            ax.axvline(v, color=colour, ls="--", lw=1.2, label=f"{q} {v:.0f} ms")
+        beyond = len(lat) - len(shown)
+        title = f"Latency ({len(lat)} overlays" + (
+            f"; {beyond} beyond {top:.0f} ms)" if beyond else ")"
         )
+        ax.set(
+            xlabel="capture -> display latency (ms, device clock)", ylabel="overlays", title=title
+        )
+        ax.legend(fontsize=8)
         save(fig, "latency_hist")
     fps = series.get("fps") or []
     if fps:

@@ -12,6 +12,7 @@ import logging
 import platform
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from .client import DeviceError, Recorder
@@ -112,7 +113,7 @@ class Bench:
         self.rss_series: list[tuple[float, float]] = []  # (t s, MiB)
         self.identity: dict = {}
         self.models_seen: dict = {}
-        self.host_restarts = 0
+        self.touring = False  # a stage step set the virtual stage touring
 
     # -- clock -----------------------------------------------------------------------------
     def sync_clock(self) -> None:
@@ -151,16 +152,36 @@ class Bench:
             st = self.status()
         return st
 
-    def await_overlay(self, timeout_s: float = 15.0) -> bool:
-        """Wait until the display shows an overlay (the latest display record is one)."""
+    def await_overlay(self, timeout_s: float = 15.0, streak: int = 3) -> bool:
+        """Wait until the display steadily shows overlays: the last `streak` display records
+        are overlays and the latest was drawn within the last 0.5 s (device clock)."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
             self.recorder.poll()
             disp = [r for r in self.recorder.snapshot()[-50:] if r["kind"] in ("overlay", "blank")]
-            if disp and disp[-1]["kind"] == "overlay":
+            last = disp[-streak:]
+            if (
+                len(last) == streak
+                and all(r["kind"] == "overlay" for r in last)
+                and self.device_now() - last[-1]["t_display_ns"] < 500_000_000
+            ):
                 return True
-            time.sleep(0.1)
+            time.sleep(0.05)
         return False
+
+    @contextmanager
+    def steady(self, overlay: bool = True):
+        """Hold a touring virtual stage still while a trigger is tested (so the overlay it must
+        clear is not cleared by a stage jump first), wait for an overlay, resume the tour after.
+        Yields whether an overlay is on display."""
+        held = self.touring and "virtual" in self.dut.capabilities
+        if held:
+            self.dut.client.call("POST", "/virtual", {"action": "hold"})
+        try:
+            yield self.await_overlay() if overlay else False
+        finally:
+            if held:
+                self.dut.resume_tour()
 
     def overlay_after(self, t_capture_ns: int, timeout_s: float) -> dict | None:
         """The first overlay drawn on a frame captured after t_capture_ns (device clock)."""

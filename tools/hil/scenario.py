@@ -53,6 +53,7 @@ class DutSpec(_Strict):
     Virtual camera: seed (slide), fps, width x height px, starting objective. positions: the
     nosepiece's objective per position (must be on the virtual turret: 2x 4x 10x 20x 40x).
     models: the daemon's `models` config section. poll_interval_s: serial poll period.
+    stall_timeout_ms: no camera frame for this long blanks the display.
     """
 
     seed: int = 1001
@@ -65,6 +66,7 @@ class DutSpec(_Strict):
     )
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig(num_threads=2))
     poll_interval_s: float = Field(default=0.05, gt=0, le=1)
+    stall_timeout_ms: float = Field(default=400.0, gt=0)
 
     @field_validator("objective")
     @classmethod

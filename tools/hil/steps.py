@@ -75,10 +75,11 @@ def deploy(b: Bench, p, c: Checks) -> None:
     name = _bundle_name(path)
     with tempfile.TemporaryDirectory() as tmp:
         data = _archive(path, Path(tmp))
-    if p.cleared_within_ms is not None:
-        b.await_overlay()
-    t_send = b.device_now()
-    answer = b.dut.client.call("POST", "/models", data, timeout_s=p.timeout_s)
+    with b.steady(overlay=p.cleared_within_ms is not None):
+        t_send = b.device_now()
+        answer = b.dut.client.call("POST", "/models", data, timeout_s=p.timeout_s)
+        if p.cleared_within_ms is not None:
+            b.settle(max(0.5, p.cleared_within_ms / 1000 + 0.3))
     b.last_bundle = path
     b.models_seen[name] = answer.get("sha256")
     c.metrics.update(answer={k: answer.get(k) for k in ("model", "sha256", "delegate", "health")})
@@ -91,16 +92,12 @@ def deploy(b: Bench, p, c: Checks) -> None:
     st = b.status()
     active = (st.get("deployed") or {}).get("active") or ""
     c.check("recorded as the deployed bundle", Path(active).name.startswith(name), active)
-    end = time.monotonic() + 10
-    while st.get("model") != name and time.monotonic() < end:
-        time.sleep(0.2)
-        st = b.status()
+    st = b.wait_status(lambda s: s.get("model") == name, 10)
     if st.get("model") == name:
         c.check("running it now", True, name)
     else:
         c.skip("running it now", f"objective {st.get('objective')} is run by {st.get('model')}")
     if p.cleared_within_ms is not None:
-        b.settle(1.0)
         swap = next(
             (
                 r
@@ -113,15 +110,15 @@ def deploy(b: Bench, p, c: Checks) -> None:
         )
         if not c.check("model switch blanked the display", swap is not None, swap and swap["t_ns"]):
             return
-        _clearing_checks(b, c, swap["t_ns"], p.cleared_within_ms)
+        _clearing_checks(b, c, swap["t_ns"], p.cleared_within_ms, "model", model=name)
 
 
 # -- turret, stage, time --------------------------------------------------------------------------
 def _clearing_checks(
-    b: Bench, c: Checks, t_trigger: int, limit_ms: float, mode: str = "fov"
+    b: Bench, c: Checks, t_trigger: int, limit_ms: float, mode: str = "fov", model=None
 ) -> None:
     b.settle(max(0.5, limit_ms / 1000 + 0.3))
-    cl = clearing(b.recorder.snapshot(), t_trigger, mode)
+    cl = clearing(b.recorder.snapshot(), t_trigger, mode, model)
     c.metrics["clearing"] = cl
     if not c.check(
         "an overlay was on display to clear",
@@ -137,29 +134,26 @@ def _clearing_checks(
 
 
 def objective(b: Bench, p, c: Checks) -> None:
-    showing = b.await_overlay() if p.cleared_within_ms is not None else False
-    before = b.status().get("objective")
-    t_trigger = b.device_now()
-    how = b.dut.set_objective(p.to)
-    c.metrics.update(objective_from=before, objective_to=p.to, turned_by=how)
-    end = time.monotonic() + p.timeout_s
-    st = b.status()
-    while st.get("objective") != p.to and time.monotonic() < end:
-        time.sleep(0.1)
-        st = b.status()
-    c.metrics["switch_s_host"] = round((b.device_now() - t_trigger) / 1e9, 2)
-    c.check("daemon follows the nosepiece", st.get("objective") == p.to, st.get("objective"))
-    c.metrics["model"] = st.get("model")
-    if p.cleared_within_ms is not None:
-        if not showing and before == p.to:
-            c.skip("overlay cleared", f"already at {p.to}: the turret did not move")
-            return
-        _clearing_checks(b, c, t_trigger, p.cleared_within_ms)
+    with b.steady(overlay=p.cleared_within_ms is not None):
+        before = b.status().get("objective")
+        t_trigger = b.device_now()
+        how = b.dut.set_objective(p.to)
+        st = b.wait_status(lambda s: s.get("objective") == p.to, p.timeout_s)
+        c.metrics.update(objective_from=before, objective_to=p.to, turned_by=how)
+        c.metrics["switch_s_host"] = round((b.device_now() - t_trigger) / 1e9, 2)
+        c.check("daemon follows the nosepiece", st.get("objective") == p.to, st.get("objective"))
+        c.metrics["model"] = st.get("model")
+        if p.cleared_within_ms is not None:
+            if before == p.to:
+                c.skip("overlay cleared", f"already at {p.to}: the turret did not move")
+                return
+            _clearing_checks(b, c, t_trigger, p.cleared_within_ms)
 
 
 def stage(b: Bench, p, c: Checks) -> None:
     b.need("virtual", "the stage of a real microscope is not moved by the bench")
     r = b.dut.tour({"where": list(p.where), "dwell_s": p.dwell_s, "seed": p.seed})
+    b.touring = True
     c.metrics["points_um"] = r.get("points")
 
 
@@ -302,86 +296,80 @@ def _recovered(b: Bench, c: Checks, t_ns: int, within_s: float, what: str) -> No
 
 def source_stall(b: Bench, f, c: Checks) -> None:
     b.need("virtual", "a real camera cannot be frozen by the bench")
-    b.await_overlay()
-    r = b.dut.client.call("POST", "/virtual", {"action": "stall", "seconds": f.seconds})
-    t = r["t_ns"]
-    time.sleep(f.seconds)
-    if f.cleared_within_ms is not None:
-        _clearing_checks(b, c, t, f.cleared_within_ms, "blank")
-    _recovered(b, c, t + int(f.seconds * 1e9), f.recover_within_s, "the stall")
+    with b.steady():
+        r = b.dut.client.call("POST", "/virtual", {"action": "stall", "seconds": f.seconds})
+        t = r["t_ns"]
+        time.sleep(f.seconds)
+        if f.cleared_within_ms is not None:
+            _clearing_checks(b, c, t, f.cleared_within_ms, "blank")
+        _recovered(b, c, t + int(f.seconds * 1e9), f.recover_within_s, "the stall")
 
 
 def source_unplug(b: Bench, f, c: Checks) -> None:
     b.need("virtual", "a real camera cannot be unplugged by the bench")
-    b.await_overlay()
-    r = b.dut.client.call("POST", "/virtual", {"action": "unplug"})
-    t = r["t_ns"]
-    time.sleep(f.seconds)
-    st = b.status()
-    c.check("status says the camera is lost", st.get("source_ok") is False, st.get("source_ok"))
-    r2 = b.dut.client.call("POST", "/virtual", {"action": "replug"})
-    if f.cleared_within_ms is not None:
-        _clearing_checks(b, c, t, f.cleared_within_ms, "blank")
-    _recovered(b, c, r2["t_ns"], f.recover_within_s, "replugging")
+    with b.steady():
+        r = b.dut.client.call("POST", "/virtual", {"action": "unplug"})
+        t = r["t_ns"]
+        time.sleep(f.seconds)
+        st = b.status()
+        c.check("status says the camera is lost", st.get("source_ok") is False, st.get("source_ok"))
+        r2 = b.dut.client.call("POST", "/virtual", {"action": "replug"})
+        if f.cleared_within_ms is not None:
+            _clearing_checks(b, c, t, f.cleared_within_ms, "blank")
+        _recovered(b, c, r2["t_ns"], f.recover_within_s, "replugging")
     c.metrics["reopens"] = b.status().get("reopens")
 
 
 def serial_unplug(b: Bench, f, c: Checks) -> None:
     b.need("nosepiece", "the bench cannot pull a real serial adapter")
-    b.await_overlay()
-    before = b.status()
-    t = b.device_now()
-    b.dut.nosepiece.unplug()
-    time.sleep(f.seconds)
-    st = b.status()
-    link = st.get("serial") or {}
-    c.check(
-        "status says the serial link is down", link.get("connected") is False, link.get("connected")
-    )
-    b.dut.nosepiece.replug()
-    t2 = b.device_now()
-    if f.cleared_within_ms is not None:
-        _clearing_checks(b, c, t, f.cleared_within_ms, "blank")
-    end = time.monotonic() + f.recover_within_s
-    st = b.status()
-    while not (st.get("serial") or {}).get("connected") and time.monotonic() < end:
-        time.sleep(0.2)
-        st = b.status()
-    c.check(
-        "serial link reconnected",
-        (st.get("serial") or {}).get("connected") is True,
-        st.get("serial"),
-    )
-    end = time.monotonic() + f.recover_within_s
-    while st.get("objective") != before.get("objective") and time.monotonic() < end:
-        time.sleep(0.2)
-        st = b.status()
-    c.check(
-        "objective known again", st.get("objective") == before.get("objective"), st.get("objective")
-    )
-    _recovered(b, c, t2, f.recover_within_s, "replugging the serial adapter")
+    with b.steady():
+        before = b.status()
+        t = b.device_now()
+        b.dut.nosepiece.unplug()
+        time.sleep(f.seconds)
+        link = b.status().get("serial") or {}
+        c.check(
+            "status says the serial link is down",
+            link.get("connected") is False,
+            link.get("connected"),
+        )
+        b.dut.nosepiece.replug()
+        t2 = b.device_now()
+        if f.cleared_within_ms is not None:
+            _clearing_checks(b, c, t, f.cleared_within_ms, "blank")
+        st = b.wait_status(lambda s: (s.get("serial") or {}).get("connected"), f.recover_within_s)
+        c.check(
+            "serial link reconnected",
+            (st.get("serial") or {}).get("connected") is True,
+            (st.get("serial") or {}).get("connected"),
+        )
+        obj = before.get("objective")
+        st = b.wait_status(lambda s: s.get("objective") == obj, f.recover_within_s)
+        c.check("objective known again", st.get("objective") == obj, st.get("objective"), obj)
+        c.metrics["serial"] = st.get("serial")
+        _recovered(b, c, t2, f.recover_within_s, "replugging the serial adapter")
 
 
 def serial_garbage(b: Bench, f, c: Checks) -> None:
     b.need("serial", "the bench has no serial line to the device (--serial PORT)")
-    b.await_overlay()
-    before = b.status()
-    rng = np.random.default_rng(f.seed)
-    noise = rng.integers(0, 256, f.bytes, dtype=np.uint8).tobytes()
-    # noise, a partial command, an over-long line, then more noise: none of it is a position
-    data = noise[: f.bytes // 2] + b"1OB" + b"Z" * 300 + b"\r\n" + noise[f.bytes // 2 :] + b"\r\n"
-    t = b.device_now()
-    b.dut.serial_write(data)
-    time.sleep(1.0)
-    st = b.status()
-    c.check(
-        "objective unchanged", st.get("objective") == before.get("objective"), st.get("objective")
-    )
-    link0, link1 = before.get("serial") or {}, st.get("serial") or {}
-    if link1:
-        c.metrics["lines_garbage"] = [link0.get("lines_garbage"), link1.get("lines_garbage")]
-        c.check("serial link still up", link1.get("connected") is True, link1.get("connected"))
-    _recovered(b, c, t, f.recover_within_s, "the noise")
+    with b.steady():
+        before = b.status()
+        rng = np.random.default_rng(f.seed)
+        noise = rng.integers(0, 256, f.bytes, dtype=np.uint8).tobytes()
+        # noise, a partial command, an over-long line, more noise: none of it is a position
+        half = f.bytes // 2
+        data = noise[:half] + b"1OB" + b"Z" * 300 + b"\r\n" + noise[half:] + b"\r\n"
+        t = b.device_now()
+        b.dut.serial_write(data)
+        time.sleep(1.0)
+        st = b.status()
+        obj = before.get("objective")
+        c.check("objective unchanged", st.get("objective") == obj, st.get("objective"), obj)
+        link0, link1 = before.get("serial") or {}, st.get("serial") or {}
+        if link1:
+            c.metrics["lines_garbage"] = [link0.get("lines_garbage"), link1.get("lines_garbage")]
+            c.check("serial link still up", link1.get("connected") is True, link1.get("connected"))
+        _recovered(b, c, t, f.recover_within_s, "the noise")
 
 
 def edgetpu_unavailable(b: Bench, f, c: Checks) -> None:
