@@ -37,6 +37,28 @@ def _affine3(affine: np.ndarray | None, heatmap: np.ndarray | None) -> np.ndarra
     return a
 
 
+def _outside_rects(inside: np.ndarray, band: int = 32) -> list[tuple[int, int, int, int]]:
+    """Rectangles (y0, y1, x0, x1) that together hold every False pixel of `inside` (a disc
+    mask): per band of rows, the part left of and the part right of the columns inside for
+    all of the band's rows."""
+    h, w = inside.shape
+    any_in = inside.any(axis=1)
+    first = np.where(any_in, inside.argmax(axis=1), w)
+    last = np.where(any_in, w - 1 - inside[:, ::-1].argmax(axis=1), -1)
+    rects = []
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        xl, xr = int(first[y0:y1].max()), int(last[y0:y1].min()) + 1
+        if xl >= xr:  # some row of the band is (almost) all outside
+            rects.append((y0, y1, 0, w))
+            continue
+        if xl > 0:
+            rects.append((y0, y1, 0, xl))
+        if xr < w:
+            rects.append((y0, y1, xr, w))
+    return rects
+
+
 class ARComposer:
     """Black canvas at the display's resolution with the overlay warped onto it.
 
@@ -79,6 +101,7 @@ class ARComposer:
             self.eyepiece_circle = None
             self._box = (0, 0, w, h)
             self._mask = None
+            self._outside = []
             self.viewport = (0, 0, w, h)
             return
         cx, cy, r = (float(v) for v in circle)
@@ -96,6 +119,7 @@ class ARComposer:
         centre = (int(round((cx - bx0) * 16)), int(round((cy - by0) * 16)))
         cv2.circle(mask, centre, int(round(r * 16)), (255, 255, 255), -1, cv2.LINE_8, 4)
         self._mask = mask
+        self._outside = _outside_rects(mask[:, :, 0] > 0)
         half = r / np.sqrt(2.0)
         x0, y0 = max(0, int(np.ceil(cx - half))), max(0, int(np.ceil(cy - half)))
         x1, y1 = min(w, int(cx + half)), min(h, int(cy + half))
@@ -152,9 +176,20 @@ class ARComposer:
         shown = regions.warped(to_box)
         for r in self.renderers:
             r.annotate(box, shown, ctx)
-        if self._mask is not None:
-            cv2.bitwise_and(box, self._mask, dst=box)
+        self._apply_eyepiece(box)
         return canvas
+
+    def _apply_eyepiece(self, box: np.ndarray) -> None:
+        """Blank what was drawn outside the circle. Only the strips that hold outside pixels
+        are looked at, and only those with something drawn are masked (reads of untouched
+        canvas pages are cheap; writes are not)."""
+        if self._mask is None:
+            return
+        flat = box.reshape(box.shape[0], -1)  # a view: H x (W*3)
+        for y0, y1, x0, x1 in self._outside:
+            if cv2.countNonZero(flat[y0:y1, 3 * x0 : 3 * x1]):
+                part = box[y0:y1, x0:x1]
+                cv2.bitwise_and(part, self._mask[y0:y1, x0:x1], dst=part)
 
 
 class PreviewComposer:

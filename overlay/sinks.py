@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -82,7 +83,7 @@ class WindowSink(Sink):
         self._size: tuple[int, int] | None = None
 
     def open(self) -> None:
-        if os.name == "posix" and not (
+        if sys.platform.startswith("linux") and not (
             os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
         ):
             raise OverlayError(
