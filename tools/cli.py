@@ -21,14 +21,18 @@ COMMAND_MODULES = [
     "lucida.tools.bench",
     "lucida.tools.bundle_cmd",
     "lucida.tools.calibrate_cli",
+    "lucida.tools.candidates",
     "lucida.tools.check",
     "lucida.tools.compile_edgetpu",
     "lucida.tools.demo",
     "lucida.tools.deploy_cmd",
     "lucida.tools.evaluate",
     "lucida.tools.hil_cmd",
+    "lucida.tools.predict_cmd",
+    "lucida.tools.profile_cmd",
     "lucida.tools.quantize_cmd",
     "lucida.tools.run_cmd",
+    "lucida.tools.select_cmd",
     "lucida.tools.train_demo",
 ]
 

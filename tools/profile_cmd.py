@@ -1,0 +1,369 @@
+"""`lucida profile BUNDLE...`: measured per-invoke latency on a target, into the latency database.
+
+Protocol (the same for every bundle, local or remote): the first inference after loading is
+discarded, then >= 0.5 s of warm-up, then >= 50 timed runs over >= 1 s. Locally the timed runs are
+split into short windows (25 ms) and the windows of all bundles profiled together are interleaved
+round-robin in a shuffled order; each window starts with one untimed run (the previous bundle
+evicted this one from the caches). On a shared host the speed of a core drifts by 2x on a scale of
+100 ms (measured here: 25 ms-window medians of one model ranged 0.14..0.40 ms); fine interleaving
+makes every bundle sample the same mix of host states, so their ratios hold even when the host's
+mood does not. p50/p90/p99 over all timed runs. One run = `Engine.infer_tile` on a random tile
+(quantize, invoke, dequantize): what the pipeline pays per tile.
+
+Clock: with one interpreter thread (`--threads 1`, the default) a run is timed by the invoking
+thread's CPU time (`--clock cpu`): XNNPACK then computes in that thread alone, so this equals the
+wall latency on an idle core, and it leaves out the time the scheduler hands to other processes on
+a shared development host (on a 2-core host at load 9, wall p90 was 3-6x the CPU-time p90 while
+the CPU-time p50 moved by ~10 %). The wall-clock p50 of the same runs is stored beside it.
+`--clock wall` (the default with more threads) times wall clock only.
+
+Local targets are keyed by CPU model, interpreter threads and clock (`--threads`, default 1;
+use the device's core count, with wall clock, to profile for a real deployment). A remote target
+(`--target http://DEVICE:PORT --token T`) runs the daemon's POST /benchmark on a bundle installed
+there (named by its manifest name); the device uses its own configured threads and delegate.
+
+A (model sha256, target, backend) already in the database is never measured again (`--force`
+measures anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .latency_db import LatencyDB, Measurement, default_clock, resolve_target
+
+WINDOW_S = 0.025  # s, one interleaving window per bundle
+
+
+class ProfileError(ValueError):
+    """A bundle or target that cannot be profiled."""
+
+
+# -- the measurement protocol --------------------------------------------------------------------
+def measure(
+    fns: dict[str, Callable[[], object]],
+    min_runs: int = 50,
+    min_seconds: float = 1.0,
+    warmup_s: float = 0.5,
+    window_s: float = WINDOW_S,
+    clock: str = "wall",
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "profiling",
+) -> dict[str, dict]:
+    """Time each callable (one invoke each); per key p50/p90/p99 ms, runs, windows, seconds.
+
+    First call discarded, warm-up >= warmup_s; then windows of >= window_s, n = min_seconds /
+    window_s (at least 5) per key, >= ceil(min_runs / n) timed runs each after one untimed run
+    (caches refilled after the switch); the windows of all keys interleaved round-robin in a
+    shuffled order, so every key samples the same spread of host states. Percentiles over all
+    timed runs. clock "cpu": runs timed by the calling thread's CPU time (wall_p50_ms added).
+    """
+    from tqdm import tqdm
+
+    if clock not in ("cpu", "wall"):
+        raise ProfileError(f"clock {clock!r}: expected 'cpu' or 'wall'")
+    keys = list(fns)
+    if not keys:
+        return {}
+    windows = max(5, math.ceil(float(min_seconds) / window_s - 1e-9))
+    per_window_runs = max(1, -(-int(min_runs) // windows))
+    rng = random.Random(seed)
+    samples: dict[str, list[int]] = {k: [] for k in keys}
+    walls: dict[str, list[int]] = {k: [] for k in keys}
+    timed_s = {k: 0.0 for k in keys}
+    wall = time.perf_counter_ns
+    cpu = time.thread_time_ns if clock == "cpu" else None
+    span = int(window_s * 1e9)
+    with tqdm(
+        total=len(keys) * (windows + 1), desc=desc, unit="win", disable=not progress, leave=False
+    ) as bar:
+        for k in keys:  # first inference discarded, then warm-up
+            fn = fns[k]
+            fn()
+            t_end = time.perf_counter() + warmup_s
+            while time.perf_counter() < t_end:
+                fn()
+            bar.update(1)
+        for _ in range(windows):
+            order = keys[:]
+            rng.shuffle(order)
+            for k in order:
+                fn, t, tw = fns[k], samples[k], walls[k]
+                fn()  # untimed: the previous key's run evicted this one's data from the caches
+                n, t_start = 0, wall()
+                while n < per_window_runs or wall() - t_start < span:
+                    if cpu is not None:
+                        c0, w0 = cpu(), wall()
+                        fn()
+                        w1, c1 = wall(), cpu()
+                        t.append(c1 - c0)
+                    else:
+                        w0 = wall()
+                        fn()
+                        w1 = wall()
+                    tw.append(w1 - w0)
+                    n += 1
+                timed_s[k] += (wall() - t_start) / 1e9
+                bar.update(1)
+    out = {}
+    for k in keys:
+        runs = np.asarray(samples[k] if cpu is not None else walls[k], float) / 1e6
+        p50, p90, p99 = np.percentile(runs, [50, 90, 99])
+        out[k] = {
+            "p50_ms": round(float(p50), 4),
+            "p90_ms": round(float(p90), 4),
+            "p99_ms": round(float(p99), 4),
+            "runs": int(runs.size),
+            "windows": windows,
+            "seconds": round(timed_s[k], 3),
+            "clock": clock,
+        }
+        if cpu is not None:
+            out[k]["wall_p50_ms"] = round(float(np.median(walls[k])) / 1e6, 4)
+    return out
+
+
+# -- bundles ---------------------------------------------------------------------------------
+def resolve_bundle(spec: str):
+    """A bundle folder or .tar.gz path, or the name of a shipped bundle."""
+    from lucida.models import load_bundle, shipped_bundle
+
+    return load_bundle(spec) if Path(spec).exists() else shipped_bundle(spec)
+
+
+def model_record(bundle, model_file: str = "cpu.tflite") -> dict:
+    """What the DB keeps about a bundle's model: name, path, kind, candidate seed/spec, features,
+    metrics."""
+    from .candidates import read_spec
+    from .predictor import model_features
+
+    spec = read_spec(bundle)
+    path = bundle.file(model_file)
+    return {
+        "name": bundle.name,
+        "path": str(path),
+        "kind": "candidate" if spec is not None else "bundle",
+        "seed": spec.seed if spec is not None else None,
+        "spec": spec.to_dict() if spec is not None else None,
+        "features": model_features(path),
+        "metrics": dict(bundle.manifest.metrics) or None,
+    }
+
+
+def _versions(backend_name: str, backend_version: str) -> dict:
+    return {
+        backend_name: backend_version,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _load1() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def profile_local(
+    specs: list[str],
+    db: LatencyDB,
+    threads: int = 1,
+    device: str = "cpu",
+    runs: int = 50,
+    seconds: float = 1.0,
+    window_s: float = WINDOW_S,
+    clock: str | None = None,
+    force: bool = False,
+    progress: bool = False,
+) -> list[dict]:
+    """Profile bundles on this machine; rows for all of them (cached ones marked "cached")."""
+    from lucida.runtime.engine import Engine
+
+    clock = clock or default_clock(threads)
+    target = resolve_target("local", threads, clock)
+    rows: dict[str, dict] = {}
+    fns: dict[str, Callable] = {}
+    engines = {}
+    order: list[str] = []
+    for spec in specs:
+        bundle = resolve_bundle(spec)
+        engine = Engine(bundle, device=device, num_threads=threads)
+        info = engine.info
+        backend = f"{info.backend}-{info.backend_version}/{info.delegate.split(':')[0]}"
+        rec = model_record(bundle, info.model_file)
+        db.add_model(info.model_sha256, **rec)
+        key = info.model_sha256
+        if key in order:
+            continue  # the same model named twice
+        order.append(key)
+        known = None if force else db.get(key, target, backend)
+        if known is not None:
+            rows[key] = {"bundle": bundle.name, "cached": True, **known.to_dict()}
+            continue
+        m = bundle.manifest
+        tile = np.random.default_rng(0).integers(
+            0, 256, (m.input.height, m.input.width, 3), np.uint8
+        )
+        engines[key] = (bundle, engine, backend)
+        fns[key] = (lambda e, t: lambda: e.infer_tile(t))(engine, tile)
+    results = measure(fns, runs, seconds, window_s=window_s, clock=clock, progress=progress)
+    host, machine = platform.node(), platform.machine()
+    command = " ".join(["lucida", *sys.argv[1:]]) if sys.argv else ""
+    for key, r in results.items():
+        bundle, engine, backend = engines[key]
+        info = engine.info
+        meas = Measurement(
+            sha256=key,
+            target=target,
+            backend=backend,
+            delegate=info.delegate,
+            threads=threads,
+            host=host,
+            machine=machine,
+            versions=_versions(info.backend, info.backend_version),
+            load1=_load1(),
+            command=command,
+            **r,
+        )
+        db.put(meas)
+        rows[key] = {"bundle": bundle.name, "cached": False, **meas.to_dict()}
+    return [rows[k] for k in order]
+
+
+def profile_remote(
+    specs: list[str],
+    db: LatencyDB,
+    url: str,
+    token: str | None,
+    runs: int = 50,
+    force: bool = False,
+    progress: bool = False,
+) -> list[dict]:
+    """Profile bundles installed on a device through its daemon's POST /benchmark."""
+    from tqdm import tqdm
+
+    from .deploy_cmd import request
+
+    target = resolve_target(url)
+    rows = []
+    for spec in tqdm(specs, desc="profiling", unit="bundle", disable=not progress, leave=False):
+        name, sha = spec, None
+        if Path(spec).exists():  # a local copy: its hash tells whether the DB knows it already
+            bundle = resolve_bundle(spec)
+            name, sha = bundle.name, bundle.sha256("cpu.tflite")
+            db.add_model(sha, **model_record(bundle))
+            if not force:
+                known = db.get(sha, target)
+                if known is None and bundle.has_edgetpu:
+                    sha_tpu = bundle.sha256("edgetpu.tflite")
+                    known = db.get(sha_tpu, target)
+                if known is not None:
+                    rows.append({"bundle": name, "cached": True, **known.to_dict()})
+                    continue
+        answer = request(url, "/benchmark", token, body=json.dumps({"bundle": name, "runs": runs}))
+        try:
+            meas = Measurement(
+                sha256=answer["sha256"],
+                target=target,
+                backend=f"{answer['backend']}-{answer['backend_version']}/"
+                f"{str(answer['delegate']).split(':')[0]}",
+                delegate=answer["delegate"],
+                p50_ms=float(answer["ms_p50"]),
+                p90_ms=float(answer["ms_p90"]),
+                p99_ms=float(answer["ms_p99"]),
+                runs=int(answer["runs"]),
+                host=str(answer.get("host", "")),
+                machine=str(answer.get("machine", "")),
+                versions={answer["backend"]: answer["backend_version"]},
+                command=" ".join(["lucida", *sys.argv[1:]]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ProfileError(f"{url}/benchmark: unexpected answer {answer!r} ({exc})") from None
+        if sha is None or db.model(meas.sha256) is None:
+            db.add_model(meas.sha256, name=str(answer.get("bundle", name)), path="", kind="bundle")
+        db.put(meas)
+        rows.append({"bundle": answer.get("bundle", name), "cached": False, **meas.to_dict()})
+    return rows
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def register(sub) -> None:
+    p = sub.add_parser(
+        "profile", help="measure per-invoke latency of bundles on a target (latency database)"
+    )
+    p.add_argument("bundles", nargs="+", help="bundle folders, .tar.gz files or shipped names")
+    p.add_argument("--target", default="local", help="'local' (this machine) or http://DEVICE:PORT")
+    p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (default 1)")
+    p.add_argument("--device", default="cpu", help="local: cpu, auto, usb:0, pci:0 (default cpu)")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per bundle, at least (50)")
+    p.add_argument("--seconds", type=float, default=1.0, help="timed seconds per bundle (1.0)")
+    p.add_argument(
+        "--window-ms",
+        type=float,
+        default=WINDOW_S * 1000,
+        help=f"local: interleaving window per bundle, ms ({WINDOW_S * 1000:g})",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default=None,
+        help="local: time runs by the thread's CPU time (default with --threads 1) or wall clock",
+    )
+    p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")
+    p.add_argument("--token", default=os.environ.get("LUCIDA_TOKEN"), help="remote: bearer token")
+    p.add_argument("--force", action="store_true", help="measure even when the DB has it")
+    p.add_argument("--json", action="store_true", help="print one JSON object per bundle")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.runs < 50 or args.seconds < 1.0:
+        raise ProfileError("--runs must be >= 50 and --seconds >= 1.0 (the protocol's minimum)")
+    if args.threads < 1:
+        raise ProfileError("--threads must be >= 1")
+    progress = not args.json and sys.stderr.isatty()
+    with LatencyDB(args.db) as db:
+        if args.target.startswith(("http://", "https://")):
+            rows = profile_remote(
+                args.bundles, db, args.target, args.token, args.runs, args.force, progress
+            )
+        elif args.target == "local":
+            rows = profile_local(
+                args.bundles,
+                db,
+                threads=args.threads,
+                device=args.device,
+                runs=args.runs,
+                seconds=args.seconds,
+                window_s=args.window_ms / 1000,
+                clock=args.clock,
+                force=args.force,
+                progress=progress,
+            )
+        else:
+            raise ProfileError(f"--target {args.target!r}: expected 'local' or http://HOST:PORT")
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    print(f"target {rows[0]['target'] if rows else args.target}  (db {db.path})")
+    print(f"{'bundle':<20} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'runs':>6}  backend")
+    for r in rows:
+        note = " (cached)" if r["cached"] else ""
+        print(
+            f"{r['bundle']:<20} {r['p50_ms']:>9.3f} {r['p90_ms']:>9.3f} {r['p99_ms']:>9.3f} "
+            f"{r['runs']:>6}  {r['backend']}{note}"
+        )
+    return 0
