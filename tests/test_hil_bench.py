@@ -112,6 +112,24 @@ def test_bad_scenario_is_one_line_and_exit_2(tmp_path):
     ]
 
 
+def test_an_unreachable_device_fails_the_run(tmp_path):
+    r = hil(
+        "smoke",
+        "--dut",
+        "remote",
+        "--url",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+        "--report",
+        tmp_path,
+    )
+    assert r.returncode == 1
+    steps = list(steps_by_name(tmp_path).values())
+    assert steps[0]["verdict"] == "error" and "cannot reach the daemon" in steps[0]["message"]
+    assert {s["verdict"] for s in steps[1:]} == {"skipped"}
+
+
 # -- what the bench computes ----------------------------------------------------------------------
 def _ov(t_cap, t_disp, model="m"):
     return {"kind": "overlay", "t_capture_ns": t_cap, "t_display_ns": t_disp, "model": model}

@@ -149,6 +149,12 @@ def make_plots(report: dict, out: Path) -> dict:
     if rss:
         fig, ax = plt.subplots(figsize=(6.4, 3.2))
         ax.plot(*zip(*rss), marker=".", color="#55a868")
+        for i, t in enumerate(series.get("restarts_s") or []):
+            ax.axvline(
+                t, color="#999999", ls=":", lw=1, label="daemon restarted" if i == 0 else None
+            )
+        if series.get("restarts_s"):
+            ax.legend(fontsize=8)
         ax.set(
             xlabel="time (s)", ylabel="daemon RSS (MiB)", title="Memory over time", ylim=(0, None)
         )

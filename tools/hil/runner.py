@@ -114,6 +114,7 @@ class Bench:
         self.identity: dict = {}
         self.models_seen: dict = {}
         self.touring = False  # a stage step set the virtual stage touring
+        self.restarts: list[float] = []  # t (s) when the daemon was restarted by a step
 
     # -- clock -----------------------------------------------------------------------------
     def sync_clock(self) -> None:
@@ -151,6 +152,11 @@ class Bench:
             time.sleep(0.2)
             st = self.status()
         return st
+
+    def restarted(self) -> None:
+        """A step restarted the daemon: records start again, the plots mark it."""
+        self.recorder.restarted()
+        self.restarts.append(self.t_rel(self.device_now()))
 
     def await_overlay(self, timeout_s: float = 15.0, streak: int = 3) -> bool:
         """Wait until the display steadily shows overlays: the last `streak` display records
@@ -240,9 +246,9 @@ class Bench:
             started_s=self.t_rel(self.device_now()) if self.t0_dev else 0.0,
         )
         earlier_failed = any(r.verdict in ("failed", "error") for r in self.results)
-        if setup_error:
-            res.message = setup_error
-            res.verdict = "error"
+        if setup_error:  # the first step carries the error, the others were not run
+            res.message = setup_error if not self.results else "not run: device setup failed"
+            res.verdict = "error" if not self.results else "skipped"
             return res
         if self.out_of_service:
             res.message = f"device out of service: {self.out_of_service}"
@@ -316,6 +322,7 @@ class Bench:
                 "latency_percentiles_ms": percentiles(lat),
                 "fps": [list(x) for x in self.fps_series],
                 "rss_mb": [list(x) for x in self.rss_series],
+                "restarts_s": self.restarts,
                 "iou_per_objective": self.tally.summary()["iou_per_objective"],
                 "records_seen": len(records),
                 "records_dropped": self.recorder.dropped if self.recorder else 0,

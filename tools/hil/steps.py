@@ -377,7 +377,7 @@ def edgetpu_unavailable(b: Bench, f, c: Checks) -> None:
     before = b.status()
     missing = Path(tempfile.gettempdir(), "lucida-hil-no-such-libedgetpu.so.1")
     b.dut.restart(env={"LUCIDA_EDGETPU_LIB": str(missing)}, device="edgetpu")
-    b.recorder.restarted()
+    b.restarted()
     t = b.device_now()
     st = b.wait_status(lambda s: s.get("model"), f.recover_within_s)
     c.metrics.update(delegate=st.get("delegate"), fallback_reason=st.get("fallback_reason"))
@@ -393,7 +393,7 @@ def edgetpu_unavailable(b: Bench, f, c: Checks) -> None:
     )
     _recovered(b, c, t, f.recover_within_s, "falling back to the CPU")
     b.dut.restart()
-    b.recorder.restarted()
+    b.restarted()
     st = b.wait_status(lambda s: s.get("model"), f.recover_within_s)
     c.check(
         "back on its own delegate", st.get("delegate") == before.get("delegate"), st.get("delegate")
@@ -488,7 +488,7 @@ def sigkill(b: Bench, f, c: Checks) -> None:
     t0 = time.monotonic()
     time.sleep(f.restart_after_s)  # systemd: Restart=on-failure, RestartSec
     b.dut.launch()
-    b.recorder.restarted()
+    b.restarted()
     c.metrics["ready_after_s"] = round(time.monotonic() - t0, 2)
     c.check("READY again", b.dut.alive, b.dut.alive)
     t = b.device_now()
