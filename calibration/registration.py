@@ -26,6 +26,7 @@ RANSAC_THRESHOLD_PX = 3.0  # display px: a corner further than this from the fin
 COARSE_THRESHOLD_SQUARES = 0.08  # RANSAC threshold of the first, corner-only fit, in squares
 MAX_ECC_SHIFT_PX = 8.0  # display px; a larger move by the area refinement is not trusted
 MIN_ECC_RHO = 0.2  # correlation below this: keep the corner-only fit
+MAX_TEMPLATE_PX = 400_000  # area matching runs at a scale that keeps the template this small
 
 
 @dataclass
@@ -179,14 +180,18 @@ def refine_homography(
     visible_display_px: np.ndarray | None = None,
     circle: tuple[float, float, float] | None = None,
     lit: np.ndarray | None = None,
-) -> tuple[np.ndarray, float]:
+) -> tuple[np.ndarray, float, bool]:
     """Refine camera->display `h0` by ECC area alignment (8-parameter homography).
 
-    The template is the pattern rendered at the camera's scale, masked to where the
-    camera saw it: the convex hull of `visible_display_px` (display px) grown by one
-    square, and the eyepiece `circle` (cx, cy, r in display px) when given; camera pixels
+    The template is the pattern rendered at the camera's scale. The region it is
+    matched over grows in stages: the convex hull of `visible_display_px` (display px,
+    where corners were found) grown by one square, then by three, then the whole
+    display, so a first fit from a few corners is not trusted far from them. Each
+    stage keeps ECC's answer only if it correlates better than its start (ECC's
+    Gauss-Newton steps can wander off over strong tissue texture). The eyepiece
+    `circle` (cx, cy, r in display px) bounds the region when given; camera pixels
     outside `lit` (default: the dark field stop) are left out.
-    Returns (h, correlation coefficient). Raises cv2.error when ECC does not converge.
+    Returns (h, correlation, improved). Raises cv2.error when ECC does not converge.
     """
     w_d, h_d = spec.display
     g0 = np.linalg.inv(h0)
@@ -195,35 +200,91 @@ def refine_homography(
     else:
         centre = np.array([w_d / 2.0, h_d / 2.0])
     k = float(np.clip(local_scale(g0, centre), 0.1, 1.0))  # camera px per display px
+    # ECC costs ~0.1 us per template px and iteration: match at a reduced scale when the
+    # pattern is big in the camera (accuracy stays well under 0.1 display px)
+    f = max(1.0, float(np.sqrt(w_d * h_d * k * k / MAX_TEMPLATE_PX)))
+    k /= f
     tw, th = max(32, int(round(w_d * k))), max(32, int(round(h_d * k)))
     kx, ky = tw / w_d, th / h_d
     # display px -> template px (INTER_AREA keeps pixel centres aligned this way)
     s = np.array([[kx, 0, 0.5 * kx - 0.5], [0, ky, 0.5 * ky - 0.5], [0, 0, 1.0]])
     pattern = cv2.cvtColor(render_pattern(spec), cv2.COLOR_RGB2GRAY)
     tmpl = cv2.resize(pattern, (tw, th), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    mask = np.full((th, tw), 255, np.uint8)
+    bound = np.full((th, tw), 255, np.uint8)
+    if circle is not None:
+        bound[:] = 0
+        cx, cy = apply_homography(s, np.array([circle[:2]]))[0]
+        cv2.circle(bound, (int(round(cx)), int(round(cy))), int(circle[2] * k * 0.98), 255, -1)
+    masks = [bound]
     if visible_display_px is not None and len(visible_display_px) >= 3:
         hull = cv2.convexHull(apply_homography(s, visible_display_px).astype(np.float32))
-        mask[:] = 0
-        cv2.fillConvexPoly(mask, np.round(hull.reshape(-1, 2)).astype(np.int32), 255)
-        grow = max(1, int(round(spec.square_px * k)))
-        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1,) * 2))
-    if circle is not None:
-        disc = np.zeros_like(mask)
-        cx, cy = apply_homography(s, np.array([circle[:2]]))[0]
-        cv2.circle(disc, (int(round(cx)), int(round(cy))), int(circle[2] * k * 0.98), 255, -1)
-        mask = cv2.bitwise_and(mask, disc)
-    w0 = g0 @ np.linalg.inv(s)  # template px -> camera px
-    w0 = (w0 / w0[2, 2]).astype(np.float32)
-    inp = gray.astype(np.float32) / 255.0
+        seed = np.zeros((th, tw), np.uint8)
+        cv2.fillConvexPoly(seed, np.round(hull.reshape(-1, 2)).astype(np.int32), 255)
+        square = max(1, int(round(spec.square_px * k)))
+        # distance to the hull, px: growing by a distance threshold is O(N) at any radius
+        dist = cv2.distanceTransform(cv2.bitwise_not(seed), cv2.DIST_L2, 3)
+        masks = []
+        for grow in (square, 3 * square):
+            masks.append(cv2.bitwise_and(np.where(dist <= grow, 255, 0).astype(np.uint8), bound))
+        if cv2.countNonZero(cv2.subtract(bound, masks[-1])) > 0:
+            masks.append(bound)
     in_mask = lit_mask(gray) if lit is None else lit
-    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
-    rho, w = cv2.findTransformECCWithMask(
-        tmpl, inp, mask, in_mask, w0, cv2.MOTION_HOMOGRAPHY, crit, 5
-    )
-    g = w.astype(np.float64) @ s
+    # camera px -> matching px (the camera image shrunk by f, pixel centres kept)
+    ch_, cw_ = gray.shape[:2]
+    sw, sh = max(16, int(round(cw_ / f))), max(16, int(round(ch_ / f)))
+    fx, fy = sw / cw_, sh / ch_
+    d = np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1.0]])
+    if (sw, sh) != (cw_, ch_):
+        inp = cv2.resize(gray, (sw, sh), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        in_mask = cv2.resize(in_mask, (sw, sh), interpolation=cv2.INTER_NEAREST)
+    else:
+        inp = gray.astype(np.float32) / 255.0
+    w = (d @ g0 @ np.linalg.inv(s)).astype(np.float64)  # template px -> matching px
+    w = (w / w[2, 2]).astype(np.float32)
+    # Gauss-Newton overshoots (and oscillates) when the sharp template is matched to a
+    # blurred photo: blur the template like the optics blurred the pattern
+    sigma = max(_SIGMAS, key=lambda sg: _ecc_score(_blur(tmpl, sg), masks[0], inp, in_mask, w))
+    tmpl = _blur(tmpl, sigma)
+    crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 40, 1e-5)
+    improved, rho = False, float("nan")
+    for mask in masks:
+        rho = _ecc_score(tmpl, mask, inp, in_mask, w)
+        try:
+            _, w_new = cv2.findTransformECCWithMask(
+                tmpl, inp, mask, in_mask, w.copy(), cv2.MOTION_HOMOGRAPHY, crit, 5
+            )
+        except cv2.error:
+            continue
+        rho_new = _ecc_score(tmpl, mask, inp, in_mask, w_new)
+        if rho_new > rho:
+            w, rho, improved = w_new, rho_new, True
+    g = np.linalg.inv(d) @ w.astype(np.float64) @ s
     h = np.linalg.inv(g)
-    return h / h[2, 2], float(rho)
+    return h / h[2, 2], rho, improved
+
+
+_SIGMAS = (0.0, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0)  # template px
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(img, (0, 0), sigma) if sigma > 0 else img
+
+
+def _ecc_score(tmpl, tmpl_mask, inp, in_mask, w) -> float:
+    """Correlation of the template with the input warped by w (template px -> input px),
+    smoothed as ECC smooths, over the pixels valid in both."""
+    size = (tmpl.shape[1], tmpl.shape[0])
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpPerspective(inp, np.asarray(w, np.float64), size, flags=flags)
+    valid = cv2.warpPerspective(
+        in_mask, np.asarray(w, np.float64), size, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    )
+    both = cv2.bitwise_and(valid, tmpl_mask)
+    if cv2.countNonZero(both) < 100:
+        return -1.0
+    a = cv2.GaussianBlur(tmpl, (5, 5), 0)
+    b = cv2.GaussianBlur(warped, (5, 5), 0)
+    return float(cv2.computeECC(a, b, both))
 
 
 def register_display(
@@ -245,7 +306,7 @@ def register_display(
     if not refine or det.gray is None:
         return res
     try:
-        h, rho = refine_homography(
+        h, rho, improved = refine_homography(
             det.gray, spec, res.homography, res.display_px[res.inlier_mask], circle
         )
         check_homography(h, size, "refined homography")
@@ -253,7 +314,7 @@ def register_display(
         return res
     shift = corner_error(h, res.homography, res.camera_px[res.inlier_mask]).max()
     res.extras["ecc_rho"] = round(rho, 4)
-    if rho < MIN_ECC_RHO or shift > MAX_ECC_SHIFT_PX:
+    if not improved or rho < MIN_ECC_RHO or shift > MAX_ECC_SHIFT_PX:
         return res
     # re-localise the corners from where the refined fit puts them
     g = np.linalg.inv(h)

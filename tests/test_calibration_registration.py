@@ -25,7 +25,9 @@ from lucida.tools.calib_sim import (
 )
 
 
-@pytest.mark.parametrize("seed", [3, 4, 5])  # arm, hdmi1080, hdmi720 (seed % 3)
+@pytest.mark.parametrize(
+    "seed", [3, 4, 5, 41]
+)  # arm, hdmi1080, hdmi720 (seed % 3); 41: small, blurred pattern over dense nuclei
 def test_registration_is_sub_pixel_over_tissue(seed):
     trial = registration_trial(seed)
     res = register_display(trial.captured, pattern_for(trial.geometry))

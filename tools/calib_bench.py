@@ -156,18 +156,31 @@ def evaluate_flat_field(frames: int = 16, timing_frames: int = 300, seed: int = 
     cast_after = corrector.apply(test).reshape(-1, 3).mean(0)
 
     def timing(fn) -> dict:
+        """Wall time (OpenCV's default threads) and CPU time on one thread, ms."""
+        import cv2
+
         out = np.empty_like(test)
         for _ in range(10):
             fn(test, out)
-        ts = []
+        wall, cpu = [], []
         for _ in range(timing_frames):
             t0 = time.perf_counter()
             fn(test, out)
-            ts.append((time.perf_counter() - t0) * 1e3)
+            wall.append((time.perf_counter() - t0) * 1e3)
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            for _ in range(timing_frames):
+                c0 = time.thread_time()
+                fn(test, out)
+                cpu.append((time.thread_time() - c0) * 1e3)
+        finally:
+            cv2.setNumThreads(threads)
         return {
-            "p50": round(_pct(ts, 50), 3),
-            "p90": round(_pct(ts, 90), 3),
-            "p99": round(_pct(ts, 99), 3),
+            "wall_p50": round(_pct(wall, 50), 3),
+            "wall_p99": round(_pct(wall, 99), 3),
+            "cpu_p50": round(_pct(cpu, 50), 3),
+            "cpu_p99": round(_pct(cpu, 99), 3),
         }
 
     gain = ff.gain_map(ff.white_balance())
@@ -189,8 +202,8 @@ def evaluate_flat_field(frames: int = 16, timing_frames: int = 300, seed: int = 
         "ms_per_frame_float_map": exact,
         "ms_per_frame_numpy_peer": peer,
         "limit_ms": FLAT_LIMIT_MS,
-        "ratio_p50_to_limit": round(fixed["p50"] / FLAT_LIMIT_MS, 3),
-        "pass": before >= 0.20 and after <= 0.02 and fixed["p50"] <= FLAT_LIMIT_MS,
+        "ratio_cpu_p50_to_limit": round(fixed["cpu_p50"] / FLAT_LIMIT_MS, 3),
+        "pass": before >= 0.20 and after <= 0.02 and fixed["cpu_p50"] <= FLAT_LIMIT_MS,
     }
 
 
