@@ -34,7 +34,7 @@ def test_registration_is_sub_pixel_over_tissue(seed):
     err = corner_error(res.homography, trial.h_true, trial.eval_camera_px)
     assert err.mean() <= 0.5, (trial.geometry, err)
     assert err.max() <= 1.5, (trial.geometry, err)
-    assert res.inliers >= 20 and res.rms_px < 3.0
+    assert res.inliers >= 12 and res.rms_px < 3.0
 
 
 def test_mirrored_optics_are_registered():
