@@ -66,6 +66,59 @@ def test_another_target_or_force_measures_again(tiny_bundle, db, counted):
     assert {t for t, _ in db.targets()} == {local_target(1), local_target(2)}
 
 
+@pytest.fixture(scope="module")
+def other_bundle(tmp_path_factory):
+    """A second, different int8 model (width 4) as a bundle."""
+    from lucida.tools.bundling import build_bundle
+    from lucida.tools.quantize import quantize_keras
+    from lucida.tools.tiny_models import tiny_fcn
+
+    rng = np.random.default_rng(1)
+    samples = [rng.integers(0, 256, (64, 64, 3)).astype(np.float32) for _ in range(3)]
+    return build_bundle(
+        tmp_path_factory.mktemp("other") / "other",
+        name="other",
+        task="test",
+        objectives=["10x"],
+        cpu_tflite=quantize_keras(tiny_fcn((64, 64), width=4), samples),
+        golden_input=samples[0].astype(np.uint8),
+    )
+
+
+def test_a_later_session_is_put_on_the_targets_scale_by_anchors(
+    tiny_bundle, other_bundle, db, monkeypatch
+):
+    """The host runs 2x slower in the second session: the anchor (tiny, known from the first
+    session) shows it, and the new model's figures are halved onto the first session's scale."""
+    p50 = {tiny_bundle.sha256(): 1.0}
+
+    def fake_measure(fns, *a, **kw):
+        out = {}
+        for k in fns:
+            slow = 2.0 if k.startswith("anchor:") else 1.0
+            v = p50.get(k.removeprefix("anchor:"), 3.0) * slow
+            out[k] = {
+                "p50_ms": v,
+                "p90_ms": v * 1.2,
+                "p99_ms": v * 1.5,
+                "runs": 50,
+                "windows": 40,
+                "seconds": 1.0,
+                "clock": "cpu",
+            }
+        return out
+
+    monkeypatch.setattr(profile_cmd, "measure", fake_measure)
+    first = profile_local([str(tiny_bundle.path)], db)[0]
+    assert first["p50_ms"] == 1.0 and first["scale"] == 1.0 and first["anchors"] == 0
+    second = profile_local([str(other_bundle.path)], db)[0]
+    assert second["anchors"] == 1 and second["scale"] == 2.0
+    assert second["p50_ms"] == 1.5 and second["p90_ms"] == pytest.approx(1.8)
+    assert db.get(tiny_bundle.sha256(), first["target"]).p50_ms == 1.0  # anchors stay as they were
+    none = profile_local([str(other_bundle.path)], db, force=True, anchors=0)[0]
+    assert none["scale"] == 1.0 and none["p50_ms"] == 3.0
+
+
 def test_cli_profile_json_then_cached(tiny_bundle, tmp_path, capsys):
     args = ["profile", str(tiny_bundle.path), "--db", str(tmp_path / "l.sqlite"), "--json"]
     assert main(args) == 0

@@ -170,3 +170,36 @@ def test_predict_on_an_unprofiled_target_says_what_to_do(tmp_path, capsys):
     rc = main(["predict", "--evaluate", "--target", "nowhere", "--db", str(tmp_path / "x.db")])
     assert rc == 2
     assert "no candidates measured on target nowhere" in capsys.readouterr().err
+
+
+COMPILER_LOG = """Edge TPU Compiler version 16.0.384591198
+Input: model.tflite
+Output: model_edgetpu.tflite
+
+Operator                       Count      Status
+
+CONV_2D                        5          Mapped to Edge TPU
+QUANTIZE                       1          Operation is otherwise supported, but not mapped
+
+On-chip memory used for caching model parameters: 1.25MiB
+On-chip memory remaining for caching model parameters: 6.50MiB
+Off-chip memory used for streaming uncached model parameters: 512.00KiB
+Number of Edge TPU subgraphs: 1
+Total number of operations: 6
+Number of operations that will run on Edge TPU: 5
+Number of operations that will run on CPU: 1
+"""
+
+
+def test_edgetpu_compiler_log_features(candidate, tmp_path):
+    log = tmp_path / "model_edgetpu.log"
+    log.write_text(COMPILER_LOG)
+    f = model_features(candidate.file("cpu.tflite"), compiler_log=log)
+    assert f["edgetpu"] == {"tpu_on_chip_mib": 1.25, "tpu_off_chip_mib": 0.5, "tpu_cpu_ops": 1.0}
+    # they become model-level terms when every training model has them
+    data = [_synthetic(s) for s in range(12)]
+    for i, (feats, _) in enumerate(data):
+        feats["edgetpu"] = {"tpu_on_chip_mib": 1.0, "tpu_off_chip_mib": i / 4, "tpu_cpu_ops": 0}
+    y = np.array([y + f["edgetpu"]["tpu_off_chip_mib"] for f, y in data])
+    model = fit_kernel_model([f for f, _ in data], y, y)
+    assert "tpu_off_chip_mib" in model["columns"]

@@ -11,6 +11,7 @@ from lucida.models.bundle import update_manifest
 from lucida.tools.cli import main
 from lucida.tools.latency_db import LatencyDB, Measurement
 from lucida.tools.select_cmd import (
+    DEFAULT_OVERHEAD_MS,
     Choice,
     NothingFits,
     SelectError,
@@ -136,6 +137,25 @@ def test_fps_budget_subtracts_the_overhead(family, db_path, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["chosen"] == "fam-m"
 
 
+def test_fps_overhead_from_the_db_else_the_default(family, db_path, tmp_path, capsys):
+    # nothing recorded: DEFAULT_OVERHEAD_MS (8 ms): 40 - 8 = 32 ms: fam-l (30 ms) fits
+    assert _select(family, db_path, tmp_path, "--fps", "25") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["overhead_ms"] == DEFAULT_OVERHEAD_MS and out["chosen"] == "fam-l"
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"bench": "pipeline", "bundle": "x", "render_ms_p50": 12.0}))
+    args = ["profile", "--record-overhead", str(bench), "--target", TARGET, "--db", str(db_path)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert _select(family, db_path, tmp_path, "--fps", "25") == 0  # 40 - 12 = 28 ms: fam-m
+    out = json.loads(capsys.readouterr().out)
+    assert out["budget_ms"] == pytest.approx(28.0) and out["chosen"] == "fam-m"
+    assert out["overhead_source"].startswith("latency DB (bench pipeline x")
+    bench.write_text("{}")
+    assert main(args) == 2
+    assert "needs render_ms_p50" in capsys.readouterr().err
+
+
 def test_no_bundle_fits_is_a_clear_answer_and_exit_1(family, db_path, tmp_path, capsys):
     assert _select(family, db_path, tmp_path, "--budget-ms", "5") == 1
     out = json.loads(capsys.readouterr().out)
@@ -200,6 +220,10 @@ def test_bundle_without_the_metric_is_left_out_with_a_note(family, db_path, tmp_
     rc = _select(family, db_path, tmp_path, "--budget-ms", "20", "--metric", "dice")
     assert rc == 2
     assert "no 'dice' figure for 20x" in capsys.readouterr().err
+    # fam-xl: never measured on the target, and the target has no predictor
+    rc = _select(family, db_path, tmp_path, "--budget-ms", "20", names=["fam-s", "fam-xl"])
+    assert rc == 0
+    assert "fam-xl: not measured on test-target and no predictor" in capsys.readouterr().err
 
 
 def _c(name, acc, lat, measured=None, predicted=None):

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS latency (
     threads INTEGER,
     clock TEXT,                  -- 'cpu' (thread CPU time) or 'wall'
     wall_p50_ms REAL,            -- cpu clock: the wall-clock p50 of the same runs, for reference
+    scale REAL,                  -- host speed vs the target's scale: raw figures = stored x scale
+    anchors INTEGER,             -- known models re-timed alongside to find that scale
     p50_ms REAL NOT NULL,
     p90_ms REAL NOT NULL,
     p99_ms REAL NOT NULL,
@@ -93,6 +95,8 @@ class Measurement:
     threads: int | None = None
     clock: str = "wall"
     wall_p50_ms: float | None = None
+    scale: float = 1.0
+    anchors: int = 0
     windows: int | None = None
     seconds: float | None = None
     host: str = ""
@@ -160,8 +164,22 @@ class LatencyDB:
             self.conn = sqlite3.connect(str(self.path), timeout=30)
             self.conn.row_factory = sqlite3.Row
             self.conn.executescript(_SCHEMA)
+            self._add_missing_columns()
         except sqlite3.DatabaseError as exc:
             raise LatencyDBError(f"{self.path}: not a latency database ({exc})") from None
+
+    def _add_missing_columns(self) -> None:
+        """Columns added after a database file was created (older files keep working)."""
+        have = {r["name"] for r in self.conn.execute("PRAGMA table_info(latency)")}
+        for name, decl in (
+            ("clock", "TEXT"),
+            ("wall_p50_ms", "REAL"),
+            ("scale", "REAL"),
+            ("anchors", "INTEGER"),
+        ):
+            if name not in have:
+                with self.conn:
+                    self.conn.execute(f"ALTER TABLE latency ADD COLUMN {name} {decl}")
 
     def close(self) -> None:
         self.conn.close()
@@ -295,4 +313,7 @@ def _measurement(row) -> Measurement:
     keys = Measurement.__dataclass_fields__
     d = {k: row[k] for k in keys}
     d["versions"] = json.loads(d["versions"] or "{}")
+    d["clock"] = d["clock"] or "wall"
+    d["scale"] = d["scale"] if d["scale"] is not None else 1.0
+    d["anchors"] = d["anchors"] or 0
     return Measurement(**d)

@@ -13,9 +13,16 @@ mood does not. p50/p90/p99 over all timed runs. One run = `Engine.infer_tile` on
 Clock: with one interpreter thread (`--threads 1`, the default) a run is timed by the invoking
 thread's CPU time (`--clock cpu`): XNNPACK then computes in that thread alone, so this equals the
 wall latency on an idle core, and it leaves out the time the scheduler hands to other processes on
-a shared development host (on a 2-core host at load 9, wall p90 was 3-6x the CPU-time p90 while
-the CPU-time p50 moved by ~10 %). The wall-clock p50 of the same runs is stored beside it.
+a shared development host (on this 2-core host at load 9, wall p90 was 3-6x the CPU-time p90).
+The wall-clock p50 of the same runs is stored beside it.
 `--clock wall` (the default with more threads) times wall clock only.
+
+Host drift: on a shared host the speed of the core also drifts between sessions (here: 1.6x
+between a busy and a quieter half hour, for all models alike within 5-10 %). So each local
+profile run re-times `--anchors` (3) models the database already has on the target, spread over
+its latency range, interleaved with the new ones; the new figures are divided by the median
+ratio now/then and so stay on the target's scale (that of its first session). The factor is
+stored as `scale` (raw = stored x scale). On a dedicated device it stays near 1.
 
 Local targets are keyed by CPU model, interpreter threads and clock (`--threads`, default 1;
 use the device's core count, with wall clock, to profile for a real deployment). A remote target
@@ -186,9 +193,14 @@ def profile_local(
     window_s: float = WINDOW_S,
     clock: str | None = None,
     force: bool = False,
+    anchors: int = 3,
     progress: bool = False,
 ) -> list[dict]:
-    """Profile bundles on this machine; rows for all of them (cached ones marked "cached")."""
+    """Profile bundles on this machine; rows for all of them (cached ones marked "cached").
+
+    anchors: that many models the DB already knows on this target are re-timed alongside, and
+    the new figures are divided by the host's speed now relative to then (see module doc).
+    """
     from lucida.runtime.engine import Engine
 
     clock = clock or default_clock(threads)
@@ -218,12 +230,26 @@ def profile_local(
         )
         engines[key] = (bundle, engine, backend)
         fns[key] = (lambda e, t: lambda: e.infer_tile(t))(engine, tile)
+    anchor_rows = {}
+    if fns and anchors > 0:
+        backends = {b for _, _, b in engines.values()}
+        for m, known, engine, tile in pick_anchors(db, target, backends, set(order), anchors):
+            key = "anchor:" + m["sha256"]
+            anchor_rows[key] = known
+            fns[key] = (lambda e, t: lambda: e.infer_tile(t))(engine, tile)
     results = measure(fns, runs, seconds, window_s=window_s, clock=clock, progress=progress)
+    ratios = [results[k]["p50_ms"] / x.p50_ms for k, x in anchor_rows.items() if x.p50_ms > 0]
+    scale = float(np.median(ratios)) if ratios else 1.0
     host, machine = platform.node(), platform.machine()
     command = " ".join(["lucida", *sys.argv[1:]]) if sys.argv else ""
     for key, r in results.items():
+        if key in anchor_rows:
+            continue
         bundle, engine, backend = engines[key]
         info = engine.info
+        for q in ("p50_ms", "p90_ms", "p99_ms", "wall_p50_ms"):
+            if r.get(q) is not None:
+                r[q] = round(r[q] / scale, 4)
         meas = Measurement(
             sha256=key,
             target=target,
@@ -235,11 +261,45 @@ def profile_local(
             versions=_versions(info.backend, info.backend_version),
             load1=_load1(),
             command=command,
+            scale=round(scale, 4),
+            anchors=len(ratios),
             **r,
         )
         db.put(meas)
         rows[key] = {"bundle": bundle.name, "cached": False, **meas.to_dict()}
     return [rows[k] for k in order]
+
+
+def pick_anchors(db: LatencyDB, target: str, backends: set, exclude: set, k: int) -> list:
+    """Up to k models measured on target (same backend, files still there, not in exclude),
+    spread over the latency range: (model, measurement, engine, tile) each."""
+    from lucida.models import load_bundle
+    from lucida.runtime.engine import Engine
+
+    pool = [
+        (m, x)
+        for m, x in db.measurements(target)
+        if x.backend in backends
+        and m["sha256"] not in exclude
+        and m["path"]
+        and Path(m["path"]).is_file()
+    ]
+    pool.sort(key=lambda mx: mx[1].p50_ms)
+    picks = sorted({int(round(i)) for i in np.linspace(0, len(pool) - 1, k)}) if pool else []
+    out = []
+    for i in picks:
+        m, x = pool[i]
+        try:
+            bundle = load_bundle(Path(m["path"]).parent)
+            engine = Engine(bundle, device="cpu", num_threads=x.threads or 1)
+        except (ValueError, OSError):
+            continue
+        if engine.info.model_sha256 != m["sha256"]:
+            continue  # the folder holds another model now
+        mi = bundle.manifest.input
+        tile = np.random.default_rng(0).integers(0, 256, (mi.height, mi.width, 3), np.uint8)
+        out.append((m, x, engine, tile))
+    return out
 
 
 def profile_remote(
@@ -303,7 +363,7 @@ def register(sub) -> None:
     p = sub.add_parser(
         "profile", help="measure per-invoke latency of bundles on a target (latency database)"
     )
-    p.add_argument("bundles", nargs="+", help="bundle folders, .tar.gz files or shipped names")
+    p.add_argument("bundles", nargs="*", help="bundle folders, .tar.gz files or shipped names")
     p.add_argument("--target", default="local", help="'local' (this machine) or http://DEVICE:PORT")
     p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (default 1)")
     p.add_argument("--device", default="cpu", help="local: cpu, auto, usb:0, pci:0 (default cpu)")
@@ -324,8 +384,37 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")
     p.add_argument("--token", default=os.environ.get("LUCIDA_TOKEN"), help="remote: bearer token")
     p.add_argument("--force", action="store_true", help="measure even when the DB has it")
+    p.add_argument(
+        "--anchors",
+        type=int,
+        default=3,
+        help="local: known models re-timed alongside to correct for host speed drift (3)",
+    )
+    p.add_argument(
+        "--record-overhead",
+        metavar="BENCH_JSON",
+        default=None,
+        help="store capture + render ms per frame for the target (for `select --fps`) from the "
+        "output of `lucida bench pipeline --json` ('-': stdin)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per bundle")
     p.set_defaults(func=run)
+
+
+def record_overhead(db: LatencyDB, target: str, source: str) -> dict:
+    """Store render_ms_p50 (+ capture_ms_p50 when present) of a `bench pipeline` JSON."""
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    try:
+        bench = json.loads(text.strip().splitlines()[-1])
+        render = float(bench["render_ms_p50"])
+        capture = float(bench.get("capture_ms_p50", 0.0))
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise ProfileError(
+            f"{source}: not the JSON of `lucida bench pipeline --json` (needs render_ms_p50)"
+        ) from None
+    what = f"bench pipeline {bench.get('bundle', '?')} {bench.get('frame', '')}".strip()
+    db.put_overhead(target, capture, render, what)
+    return {"target": target, "capture_ms": capture, "render_ms": render, "source": what}
 
 
 def run(args) -> int:
@@ -334,6 +423,15 @@ def run(args) -> int:
     if args.threads < 1:
         raise ProfileError("--threads must be >= 1")
     progress = not args.json and sys.stderr.isatty()
+    if args.record_overhead is not None:
+        target = resolve_target(args.target, args.threads, args.clock)
+        with LatencyDB(args.db) as db:
+            row = record_overhead(db, target, args.record_overhead)
+        print(json.dumps(row) if args.json else f"overhead for {target}: {row}")
+        if not args.bundles:
+            return 0
+    if not args.bundles:
+        raise ProfileError("name at least one bundle to profile")
     with LatencyDB(args.db) as db:
         if args.target.startswith(("http://", "https://")):
             rows = profile_remote(
@@ -350,6 +448,7 @@ def run(args) -> int:
                 window_s=args.window_ms / 1000,
                 clock=args.clock,
                 force=args.force,
+                anchors=args.anchors,
                 progress=progress,
             )
         else:

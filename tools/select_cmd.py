@@ -15,7 +15,8 @@ bundle with the best MNAS soft objective ACC x (LAT/T)^W. When none fits: a clea
 the closest bundle, exit code 1. A Pareto plot (accuracy vs per-frame latency, budget line,
 chosen point) is written as PNG.
 
-`--evaluate-regret`: 20 budgets spread across the bundles' measured per-frame latency range;
+`--evaluate-regret`: 20 budgets spread (log-evenly) across the bundles' measured per-frame
+latency range;
 at each, the pick with predicted latencies (margin included) against the oracle pick with
 measured ones: how often they agree, and whether a predicted pick ever misses the budget.
 """
@@ -33,10 +34,10 @@ import numpy as np
 from .latency_db import LatencyDB, resolve_target
 
 FRAME = (1920, 1080)  # px, the camera frame the budget is for
-# Capture + render per frame (ms) when neither --overhead-ms nor the DB say: render_ms_p50 of
-# `lucida bench pipeline --json` on the development host (2-core Xeon), rounded up; capture of a
-# 1080p frame from a V4L2/replay source is a buffer hand-over (< 0.5 ms).
-DEFAULT_OVERHEAD_MS = 8.0
+# Capture + render per frame (ms) when neither --overhead-ms nor the DB say: render_ms_p50 1.65 ms
+# of `lucida bench pipeline --bundle models/lymph-m --threads 1 --json` on the development host
+# (2-core Xeon, shared; render p99 was 13 ms), rounded up; capture is a buffer hand-over.
+DEFAULT_OVERHEAD_MS = 2.0
 
 
 class SelectError(ValueError):
@@ -312,14 +313,16 @@ def plot(
 # -- regret ----------------------------------------------------------------------------------
 def regret(choices: list[Choice], n_budgets: int = 20, mnas_w: float | None = None) -> dict:
     """Predicted-latency picks against the measured-latency oracle over n budgets spread
-    evenly across the measured per-frame p90 range (from 0.9x the fastest to 1.1x the slowest)."""
+    log-evenly across the measured per-frame p90 range (0.9x the fastest to 1.1x the slowest):
+    a scaled family's latencies grow geometrically, so even steps in ms would put most budgets
+    between its two largest members."""
     both = [c for c in choices if c.measured_frame_p90_ms and c.predicted_frame_p90_ms]
     if len(both) < 2:
         raise SelectError(
             "regret evaluation needs >= 2 bundles both measured on the target and predictable"
         )
     lats = [c.measured_frame_p90_ms for c in both]
-    budgets = np.linspace(0.9 * min(lats), 1.1 * max(lats), n_budgets)
+    budgets = np.geomspace(0.9 * min(lats), 1.1 * max(lats), n_budgets)
     rows, agree, misses = [], 0, 0
     for b in budgets:
         oracle = pick([_as(c, c.measured_frame_p90_ms) for c in both], b, mnas_w)
