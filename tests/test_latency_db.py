@@ -13,7 +13,7 @@ from lucida.runtime.daemon import Daemon
 from lucida.tools import profile_cmd
 from lucida.tools.cli import main
 from lucida.tools.latency_db import LatencyDB, LatencyDBError, Measurement, local_target
-from lucida.tools.profile_cmd import measure, profile_local, profile_remote
+from lucida.tools.profile_cmd import HostDrift, measure, profile_local, profile_remote
 
 TOKEN = "bench-token"
 FAST = dict(runs=5, seconds=0.05, window_s=0.01)
@@ -117,6 +117,18 @@ def test_a_later_session_is_put_on_the_targets_scale_by_anchors(
     assert db.get(tiny_bundle.sha256(), first["target"]).p50_ms == 1.0  # anchors stay as they were
     none = profile_local([str(other_bundle.path)], db, force=True, anchors=0)[0]
     assert none["scale"] == 1.0 and none["p50_ms"] == 3.0
+
+
+def test_host_drift_interpolates_over_latency_and_clamps():
+    # anchors: 0.1 ms then -> 0.06 now (0.6x), 1 -> 0.7, 10 -> 8 (0.8x)
+    d = HostDrift([(0.1, 0.06), (1.0, 0.7), (10.0, 8.0)])
+    assert d.scale(0.06) == pytest.approx(0.6, rel=0.05)
+    assert d.scale(8.0) == pytest.approx(0.8, rel=0.05)
+    assert d.scale(0.7) == pytest.approx(0.7, rel=0.05)
+    assert d.scale(1e-4) == pytest.approx(d.scale(0.05), rel=0.01)  # clamped below the anchors
+    assert d.scale(1e4) == pytest.approx(d.scale(20.0), rel=0.01)  # and above
+    assert HostDrift([(1.0, 2.0)]).scale(5.0) == 2.0  # one anchor: its ratio
+    assert HostDrift([]).scale(5.0) == 1.0  # none: the target's first session
 
 
 def test_cli_profile_json_then_cached(tiny_bundle, tmp_path, capsys):
