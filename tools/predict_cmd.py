@@ -127,10 +127,17 @@ def run(args) -> int:
 
 
 def _print_report(r: dict) -> None:
-    print(f"target {r['target']} ({r['backend']}): trained on {r['trained_on']} candidates, ")
-    print(f"scored on {r['held_out']} held-out ones")
-    print(f"{'predictor':<26} {'within10%':>9} {'MAPE%':>7} {'p90err%':>8} {'Spearman':>9}")
-    for key in ("kernel_sum_p50", "kernel_sum_p90", "baseline_macs_linear_p50"):
+    print(
+        f"target {r['target']} ({r['backend']}): trained on {r['trained_on']} candidates, "
+        f"scored on {r['held_out']} held-out ones"
+    )
+    print(f"{'predictor':<38} {'within10%':>9} {'MAPE%':>7} {'p90err%':>8} {'Spearman':>9}")
+    for key in (
+        "kernel_sum_p50",
+        "kernel_sum_p90",
+        "ablation_kernel_sum_unpadded_macs_p50",
+        "baseline_macs_linear_p50",
+    ):
         _row(key, r[key])
     if "baseline_gbr_totals_p50" in r:
         _row("baseline_gbr_totals_p50", r["baseline_gbr_totals_p50"])
@@ -139,6 +146,6 @@ def _print_report(r: dict) -> None:
 
 def _row(name: str, a: dict) -> None:
     print(
-        f"{name:<26} {a['within_10pct'] * 100:>8.1f}% {a['mape_pct']:>7.2f} "
+        f"{name:<38} {a['within_10pct'] * 100:>8.1f}% {a['mape_pct']:>7.2f} "
         f"{a['p90_abs_err_pct']:>8.2f} {a['spearman']:>9.3f}"
     )

@@ -18,7 +18,8 @@ Edge TPU: features from `edgetpu_compiler`'s log where one is given (on-chip and
 ops left on the CPU) enter as model-level terms when the target's training models have them.
 
 Baselines for `--evaluate`: linear in total MACs; a gradient-boosted regressor on whole-model
-totals (MACs, params, activations, ops, input px).
+totals (MACs, params, activations, ops, input px); and, as an ablation, the kernel sum without
+the padded-MACs term.
 
 Fitted predictors are plain JSON (no pickle), stored in the latency database per target.
 """
@@ -146,13 +147,13 @@ def model_features(
 
 
 # -- the kernel-sum model --------------------------------------------------------------------
-def columns_for(feature_sets: list[dict]) -> list[str]:
+def columns_for(feature_sets: list[dict], terms: tuple = OP_TERMS) -> list[str]:
     """Design-matrix columns: model terms, then TYPE:term for every kernel type seen."""
     types = sorted({op["type"] for f in feature_sets for op in f["ops"]})
     cols = list(MODEL_TERMS)
     if feature_sets and all(f.get("edgetpu") for f in feature_sets):
         cols += list(TPU_TERMS)
-    cols += [f"{t}:{term}" for t in types for term in OP_TERMS]
+    cols += [f"{t}:{term}" for t in types for term in terms]
     return cols
 
 
@@ -192,7 +193,9 @@ def _fit_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     return b / norms
 
 
-def fit_kernel_model(feature_sets: list[dict], p50: np.ndarray, p90: np.ndarray) -> dict:
+def fit_kernel_model(
+    feature_sets: list[dict], p50: np.ndarray, p90: np.ndarray, terms: tuple = OP_TERMS
+) -> dict:
     """Fit the kernel-sum model on measured models; a JSON-able dict (see `predict`)."""
     if len(feature_sets) < 8:
         raise PredictorError(
@@ -200,7 +203,7 @@ def fit_kernel_model(feature_sets: list[dict], p50: np.ndarray, p90: np.ndarray)
             "generate and profile candidates: lucida candidates && lucida profile "
             "build/candidates/cand-*"
         )
-    cols = columns_for(feature_sets)
+    cols = columns_for(feature_sets, terms)
     X = np.stack([design_row(f, cols)[0] for f in feature_sets])
     used = X.any(axis=0)
     cols = [c for c, u in zip(cols, used) if u]
@@ -302,6 +305,7 @@ def evaluate(rows: list[tuple[dict, float, float, bool]]) -> tuple[dict, dict]:
     preds = [predict(model, f) for f in xf]
     k50 = np.array([p["p50_ms"] for p in preds])
     k90 = np.array([p["p90_ms"] for p in preds])
+    plain = fit_kernel_model(tf, y50, y90, tuple(t for t in OP_TERMS if t != "macs_pad"))
     a, b = fit_macs_linear(tf, y50)
     macs = np.array([f["totals"]["macs"] / 1e6 for f in xf])
     report = {
@@ -309,6 +313,9 @@ def evaluate(rows: list[tuple[dict, float, float, bool]]) -> tuple[dict, dict]:
         "held_out": len(test),
         "kernel_sum_p50": accuracy(k50, t50),
         "kernel_sum_p90": accuracy(k90, t90),
+        "ablation_kernel_sum_unpadded_macs_p50": accuracy(
+            [predict(plain, f)["p50_ms"] for f in xf], t50
+        ),
         "baseline_macs_linear_p50": accuracy(a + b * macs, t50),
     }
     try:
