@@ -372,7 +372,12 @@ def register(sub) -> None:
     p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")
     p.add_argument("--overhead-ms", type=float, default=None, help="capture + render ms/frame")
     p.add_argument("--um-per-px", type=float, default=None, help="camera pixel size (um)")
-    p.add_argument("--mnas-w", type=float, default=None, help="MNAS soft objective exponent")
+    p.add_argument(
+        "--mnas-w",
+        type=float,
+        default=None,
+        help="pick the fitting bundle with the best ACC x (LAT/T)^W (MNAS soft objective, e.g. -0.07)",
+    )
     p.add_argument("--predicted-only", action="store_true", help="ignore measured latencies")
     p.add_argument("--evaluate-regret", action="store_true", help="predicted vs measured picks")
     p.add_argument("--budgets", type=int, default=20, help="regret: number of budgets (20)")
