@@ -190,6 +190,7 @@ def test_iou_and_fov_detection_against_the_truth():
     s = t.summary()
     assert 0.45 < s["iou"] < 0.55  # pooled: 800 / (800 + 800)
     assert s["fov_tp_fp_tn_fn"] == [1, 0, 1, 1] and s["fov_accuracy"] == pytest.approx(2 / 3, 0.01)
+    assert json.loads(json.dumps(s)) == s  # plain numbers, as they go into report.json
 
 
 def test_junit_has_one_testcase_per_step_and_skips_are_not_passes():

@@ -149,7 +149,7 @@ class Tally:
         obj = self.per_objective.setdefault(record.get("objective"), [0, 0])
         obj[0] += i
         obj[1] += u
-        has_tumour = truth.mean() >= FOV_TUMOUR_FRACTION
+        has_tumour = bool(truth.mean() >= FOV_TUMOUR_FRACTION)
         drawn = bool(record.get("regions"))
         self.tp += has_tumour and drawn
         self.fn += has_tumour and not drawn
