@@ -7,6 +7,7 @@ device could not be set up, 2 for a bad scenario or bad arguments.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -53,6 +54,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def run(args) -> int:
     from lucida.tools.hil.dut import EmulatedDut, RemoteDut
     from lucida.tools.hil.report import write_report
@@ -74,6 +79,7 @@ def run(args) -> int:
         work = (report_dir / "dut") if report_dir else Path(tempfile.mkdtemp(prefix="lucida-hil-"))
         dut = EmulatedDut(scenario.dut, work, args.daemon_cmd, args.bundle_dir)
     echo = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the emulated daemon on the way out
     report = Bench(scenario, dut, fail_fast=args.fail_fast, echo=echo).run()
     c = report["counts"]
     where = ""

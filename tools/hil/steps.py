@@ -207,8 +207,10 @@ def expect(b: Bench, p, c: Checks) -> None:
 def measure(b: Bench, p, c: Checks) -> None:
     t0 = b.device_now() + 100_000_000
     total = p.windows * p.window_s
+    dropped0 = b.recorder.dropped
     time.sleep(total + 0.1)
     b.settle(0.3)
+    lost = b.recorder.dropped - dropped0
     recs = b.recorder.snapshot()
     fps = window_fps(recs, t0, p.window_s, p.windows)
     t1 = t0 + int(total * 1e9)
@@ -225,6 +227,7 @@ def measure(b: Bench, p, c: Checks) -> None:
         if k.endswith(("_p50", "_p90", "_p99")) or k.startswith("fps")
     }
     c.check("overlays drawn", len(shown) > 0, len(shown), "> 0")
+    c.check("every display record received (none overwritten)", lost == 0, lost, 0)
     c.at_least("fps (median of windows)", med, p.fps_min)
     for q, lim in (
         (50, p.latency_p50_ms_max),
