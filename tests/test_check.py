@@ -21,7 +21,7 @@ def _convert(py_fn, shape, int8=True, int16=False) -> bytes:
     """
     import tensorflow as tf
 
-    fn = tf.function(py_fn)
+    fn = tf.function(py_fn, autograph=False)
     rng = np.random.default_rng(0)
     samples = [rng.uniform(0, 255, (1, *shape[1:])).astype(np.float32) for _ in range(4)]
     conv = tf.lite.TFLiteConverter.from_concrete_functions(

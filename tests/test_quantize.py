@@ -234,7 +234,9 @@ def test_float_op_left_in_graph_is_an_error(tmp_path, tiles, capsys):
     import tensorflow as tf
 
     class Mod(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32)])
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32)], autograph=False
+        )
         def __call__(self, x):
             return tf.math.floormod(x, 7.0) / 7.0
 

@@ -33,7 +33,7 @@ def _fixed_batch_function(model, input_shape):
 
     spec = tf.TensorSpec([1, *input_shape], tf.float32, name="image")
 
-    @tf.function(input_signature=[spec])
+    @tf.function(input_signature=[spec], autograph=False)  # no source parsing (CPython 3.11 AST races)
     def serve(x):
         return model(x, training=False)
 
@@ -85,7 +85,9 @@ class FloatModel:
         name, spec = next(iter(specs.items()))
         shape = _static_input(tuple(spec.shape[1:]), input_shape, str(path))
 
-        @tf.function(input_signature=[tf.TensorSpec([1, *shape], tf.float32, name="image")])
+        @tf.function(
+            input_signature=[tf.TensorSpec([1, *shape], tf.float32, name="image")], autograph=False
+        )
         def serve(x):
             out = sig(**{name: x})
             return out if not isinstance(out, dict) or len(out) != 1 else next(iter(out.values()))
@@ -265,3 +267,15 @@ def tensor_quant(tflite: bytes) -> dict:
             "shape": [int(s) for s in det["shape"]],
         }
     return out
+
+
+def convert_float(model, input_shape: tuple[int, int, int] | None = None) -> bytes:
+    """Keras model -> float32 TFLite bytes (batch 1, static shape; the float twin of a bundle).
+
+    input_shape: (H, W, C) for a model with a dynamic spatial size."""
+    import tensorflow as tf
+
+    size = None if input_shape is None else (input_shape[1], input_shape[0])
+    fm = FloatModel.from_keras(model, size)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fm.concrete], fm.trackable)
+    return run_converter(converter, fm.source)

@@ -34,21 +34,10 @@ class TrainDemoError(ValueError):
     """A train-demo request that cannot be honoured (unknown variant, bad counts)."""
 
 
-def float_tflite(model) -> bytes:
-    """Float32 TFLite bytes of a fixed-size Keras model (the float twin the engine can run)."""
-    import tensorflow as tf
-
-    from .quantize import FloatModel, run_converter
-
-    fm = FloatModel.from_keras(model)
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([fm.concrete], fm.trackable)
-    return run_converter(conv, fm.source)
-
-
 def build_variant_bundles(variant, model, calib, out_dir: Path, work_dir: Path, history: dict):
     """Quantize, convert and bundle one trained variant: (int8 Bundle, float Bundle)."""
     from .bundling import build_bundle
-    from .quantize import quantize_keras, tensor_quant
+    from .quantize import convert_float, quantize_keras, tensor_quant
 
     v = variant
     name = f"{TASK}-{v.name}"
@@ -80,7 +69,7 @@ def build_variant_bundles(variant, model, calib, out_dir: Path, work_dir: Path, 
     twin = build_bundle(
         work_dir / f"{name}-float",
         name=f"{name}-float",
-        cpu_tflite=float_tflite(model),
+        cpu_tflite=convert_float(model),
         description=f"Float twin of {name} (evaluation only, not shipped).",
         **common,
     )
