@@ -160,7 +160,10 @@ class FrameCorrector:
         size = (image.shape[1], image.shape[0])
         if size != self._size:
             self._prepare(size)
-        src = image if self._dark_u8 is None else cv2.subtract(image, self._dark_u8)
+        src = image
+        if self._dark_u8 is not None:  # subtract into the output buffer, then scale in place
+            src = cv2.subtract(image, self._dark_u8, dst=out)
+            out = src
         if self.exact:
             return cv2.multiply(src, self._gain_f, dst=out, dtype=cv2.CV_8U)
         return cv2.multiply(src, self._gain_q, dst=out, scale=self._scale)

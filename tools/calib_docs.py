@@ -43,6 +43,20 @@ def _tissue_with_tumour(size: tuple[int, int], seed: int):
         return rgb, cv2.GaussianBlur(rgb[..., 1], (0, 0), 25) < 150
 
 
+def _save_small(path: Path, rgb: np.ndarray) -> None:
+    """PNG with a 128-colour palette (Pillow, a host dependency) to stay well under
+    400 KB; plain PNG when Pillow is not installed."""
+    try:
+        from PIL import Image
+    except ImportError:
+        write_image(path, rgb)
+        return
+    img = Image.fromarray(rgb).quantize(
+        colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
+    )
+    img.save(path, optimize=True)
+
+
 def _eye_view(tissue, overlay_display, h_true, camera):
     """What the eye sees: the slide plus the display's light (display -> eye through the
     true optics, here the camera's frame)."""
@@ -84,7 +98,7 @@ def make_pictures(out: Path, seed: int = 4) -> dict:
         tissue_gain=0.8,
         tissue=tissue,
     )
-    write_image(
+    _save_small(
         out / "calib_captured.png", cv2.resize(captured, (960, 540), interpolation=cv2.INTER_AREA)
     )
 
@@ -103,7 +117,7 @@ def make_pictures(out: Path, seed: int = 4) -> dict:
         )
         panels.append(crop)
     both = np.concatenate([panels[0], np.full((500, 8, 3), 255, np.uint8), panels[1]], axis=1)
-    write_image(
+    _save_small(
         out / "calib_registered.png", cv2.resize(both, (1008, 312), interpolation=cv2.INTER_AREA)
     )
     info = {
