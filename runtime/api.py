@@ -3,6 +3,7 @@
 GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events,
 /results?since=I&truth=1 (display records on the device clock, see runtime.results).
 POST (bearer token required, compared in constant time): /snapshot, /overlay, /objective,
+/calibration/manual (ARM-style circles and cross, nudged, saved into the profile),
 /models (upload a bundle .tar.gz), /models/{name}/activate, /models/rollback, /benchmark,
 /health (golden check of the running bundle), /virtual (drive a virtual microscope: HIL bench).
 Every error is JSON {"error": "..."} with a 4xx status; the pipeline keeps running.
@@ -179,6 +180,11 @@ def make_app(daemon) -> web.Application:
             {"overlay": daemon.pipeline.overlay_enabled, "threshold": daemon.pipeline.threshold}
         )
 
+    async def calibration_manual(request):
+        return web.json_response(
+            await in_thread(daemon.manual_registration, await json_body(request))
+        )
+
     async def objective(request):
         body = await json_body(request)
         daemon.pipeline.set_objective(body.get("objective"))
@@ -239,6 +245,7 @@ def make_app(daemon) -> web.Application:
             web.post("/snapshot", snapshot),
             web.post("/overlay", overlay),
             web.post("/objective", objective),
+            web.post("/calibration/manual", calibration_manual),
             web.post("/models", upload),
             web.post("/models/rollback", rollback),
             web.post("/models/{name}/activate", activate),

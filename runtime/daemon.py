@@ -128,6 +128,8 @@ class Daemon:
         self._stop = threading.Event()
         self.http = None
         self.serial = None
+        self.manual = None
+        self.manual_objective = None
         self._build()
 
     # -- assembly ---------------------------------------------------------------------------------
@@ -211,27 +213,81 @@ class Daemon:
         )
 
     def _load_profile(self):
+        """The microscope's calibration profile (CalibrationStore), or None when not configured."""
         path = self.config.calibration.profile
         if not path:
             return None
-        from lucida.calibration.profile import Profile
+        from lucida.calibration.store import CalibrationStore
 
-        profile = Profile.load(path)
-        self.events("calibration", profile=str(path), objectives=sorted(profile.objectives))
-        return profile
+        store = CalibrationStore.open(path)
+        self.events(
+            "calibration", profile=str(store.path), objectives=sorted(store.profile.objectives)
+        )
+        return store
 
     def _optics_for(self, objective: str | None) -> Optics:
-        nominal = nominal_um_per_px(objective)
-        if self.profile is None or objective is None or objective not in self.profile.objectives:
-            return Optics(um_per_px=nominal, homography=self._default_homography())
-        section = self.profile.section(objective)
-        return Optics(
-            um_per_px=section.um_per_px or nominal,
-            homography=np.asarray(section.homography)
-            if section.homography is not None
-            else self._default_homography(),
-            correct=self.profile.corrector(objective),
+        """Calibration of this objective: homography, um/px, flat-field; nominal where absent."""
+        nominal = Optics(
+            um_per_px=nominal_um_per_px(objective), homography=self._default_homography()
         )
+        if self.profile is None or objective is None:
+            return nominal
+        try:
+            cal = self.profile.get(objective)
+        except KeyError as exc:  # UnknownObjectiveError: no section for this objective
+            self.events("error", where="calibration", message=str(exc).strip("'\""))
+            return nominal
+        self.events(
+            "calibration_section",
+            objective=objective,
+            um_per_px=cal.um_per_px,
+            registered=cal.homography is not None,
+        )
+        return Optics(
+            um_per_px=cal.um_per_px or nominal.um_per_px,
+            homography=cal.homography if cal.homography is not None else nominal.homography,
+            correct=cal.correct if cal.corrector is not None else None,
+        )
+
+    # -- manual display registration (ARM-style circles and cross) ------------------------------
+    def manual_registration(self, command: dict) -> dict:
+        """Start, nudge, save or stop manual registration for the current objective.
+
+        While it runs the AR display shows the target's circles and cross instead of the
+        overlay. {"action": "left"} / {"dx_px": 3} / {"delta": {...}} nudge; {"save": true}
+        writes the homography into the profile's section (atomically); {"stop": true} ends.
+        """
+        from lucida.calibration.manual import ManualRegistration
+
+        objective = self.pipeline.status()["objective"]
+        if self.manual is None or self.manual_objective != objective:
+            src, d = self.config.source, self.config.display
+            self.manual = ManualRegistration(
+                (src.width, src.height),
+                (d.width, d.height),
+                base=self.pipeline.ar.homography if self.pipeline.ar is not None else None,
+                eyepiece_circle=self.pipeline.ar.eyepiece_circle if self.pipeline.ar else None,
+            )
+            self.manual_objective = objective
+        body = {k: v for k, v in command.items() if k not in ("save", "stop")}
+        state = self.manual.apply(body) if body else self.manual.state()
+        self.pipeline.set_ar_override(self.manual.render())
+        if command.get("save"):
+            if self.profile is None:
+                raise ValueError("no calibration profile configured (calibration.profile)")
+            if objective is None:
+                raise ValueError("objective unknown: turn the nosepiece to an objective first")
+            profile = self.profile.profile
+            profile.update_section(objective, homography=self.manual.homography().tolist())
+            profile.save(self.profile.path)
+            self.profile = self._load_profile()
+            self.pipeline.refresh_optics()
+            self.events("calibration_saved", objective=objective, method="manual")
+            state["saved"] = str(self.profile.path)
+        if command.get("stop") or command.get("save"):
+            self.manual = None
+            self.pipeline.set_ar_override(None)
+        return state
 
     def _sample_timings(self, result) -> None:
         n = self.config.log.timings_every

@@ -90,7 +90,9 @@ class Engine:
         self._bgr = m.input.color_order == "BGR"
         oq = m.quantization.output
         self._out_q = (oq.scale, oq.zero_point) if oq.dtype != "float32" else None
+        self._out_lut = self._output_lut()
         self._plans: dict[tuple, TilePlan] = {}
+        self._affines: dict[tuple, np.ndarray] = {}
 
     # -- loading ---------------------------------------------------------------------------------
     def _interpreter(self, model_path, delegates=None):
@@ -204,10 +206,22 @@ class Engine:
             x = cv2.LUT(np.ascontiguousarray(tile), self._lut_cv).view(self._lut.dtype)
         return x[None]
 
+    def _output_lut(self) -> np.ndarray | None:
+        """256 entries: 8-bit output code -> probability (dequantize and sigmoid fused)."""
+        o = self.manifest.output
+        if self._out_q is None or o.activation == "softmax":
+            return None
+        dtype = self.manifest.quantization.output.dtype
+        codes = np.arange(256, dtype=np.uint8).view(np.int8 if dtype == "int8" else np.uint8)
+        x = dequantize(codes, *self._out_q)
+        return (1.0 / (1.0 + np.exp(-x)) if o.activation == "sigmoid" else x).astype(np.float32)
+
     def _positive(self, raw: np.ndarray) -> np.ndarray:
         """Output tensor -> float32 probability of the positive class (HxW, or scalar)."""
         o = self.manifest.output
         act, k = o.activation, o.positive_index
+        if self._out_lut is not None:
+            return self._out_lut[raw[..., k].view(np.uint8)]
         if act == "softmax":
             x = raw if self._out_q is None else dequantize(raw, *self._out_q)
             e = np.exp(x - x.max(axis=-1, keepdims=True))
@@ -255,14 +269,23 @@ class Engine:
             probs = self.infer_tile(img)
         else:
             probs = self._infer_tiled(img, mw, mh)
+        affine = self._affines.get((fw, fh, mw, mh))
+        if affine is None:
+            affine = self._affines[(fw, fh, mw, mh)] = self._affine(fw, fh, mw, mh)
+        return Heatmap(probs=probs, affine=affine, frame_size=(fw, fh))
+
+    def _affine(self, fw: int, fh: int, mw: int, mh: int) -> np.ndarray:
+        """2x3 map: heatmap cell (centres at integers) -> frame px, for a frame resampled to mw x mh."""
+        m = self.manifest
         cell_y = m.tiling.stride_y if m.output.kind == "class_scores" else self.cell
         sx, sy = self.cell * fw / mw, cell_y * fh / mh
         if m.output.kind == "class_scores":  # one score per tile, centred on the tile
-            off_x, off_y = (tw / 2) * fw / mw - 0.5, (th / 2) * fh / mh - 0.5
+            off_x, off_y = (m.input.width / 2) * fw / mw - 0.5, (m.input.height / 2) * fh / mh - 0.5
         else:
             off_x, off_y = 0.5 * sx - 0.5, 0.5 * sy - 0.5
         affine = np.array([[sx, 0.0, off_x], [0.0, sy, off_y]])
-        return Heatmap(probs=probs, affine=affine, frame_size=(fw, fh))
+        affine.flags.writeable = False  # shared by every heatmap of this frame size
+        return affine
 
     def _infer_tiled(self, img: np.ndarray, w: int, h: int) -> np.ndarray:
         m = self.manifest

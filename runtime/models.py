@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
+import numpy as np
 from lucida.models import Bundle, Registry
 from lucida.models.manifest import ContourSpec
 
@@ -14,12 +17,28 @@ from .engine import Engine
 log = logging.getLogger(__name__)
 
 
+def pipeline_threads() -> int:
+    """Interpreter threads in the live loop: all cores but one (at least one)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 @dataclass(frozen=True)
 class ActiveModel:
-    """An engine ready to run and the contour parameters to draw its heatmap with."""
+    """An engine ready to run and the contour parameters to draw its heatmap with.
+
+    normalize: the bundle's colour normalization (RGB uint8 -> RGB uint8) for the model's input
+    only, never for what is displayed; None when the bundle asks for none.
+    """
 
     engine: Engine
     contours: ContourSpec
+    normalize: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, engine: Engine, contours: ContourSpec) -> ActiveModel:
+        from lucida.calibration.color_norm import normalizer_from_manifest
+
+        return cls(engine, contours, normalizer_from_manifest(engine.bundle.manifest.color_norm))
 
     @property
     def name(self) -> str:
@@ -44,7 +63,9 @@ class ModelSelector:
         if bundle is None and registry is None:
             registry = Registry()
         self.bundle, self.registry, self.task = bundle, registry, task
-        self.device, self.num_threads = device, num_threads
+        self.device = device
+        # one core stays free for capture and rendering, which run beside inference
+        self.num_threads = num_threads or pipeline_threads()
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
         self.pinned: Bundle | None = None  # a deployed bundle, used at the objectives it claims
@@ -61,12 +82,12 @@ class ModelSelector:
     def for_objective(self, objective: str | None) -> ActiveModel | None:
         pinned = self.pinned
         if pinned is not None and (objective is None or objective in pinned.manifest.objectives):
-            return ActiveModel(self.engine(pinned), pinned.manifest.contours)
+            return ActiveModel.of(self.engine(pinned), pinned.manifest.contours)
         if self.bundle is not None:
             m = self.bundle.manifest
             if objective is not None and objective not in m.objectives:
                 return None
-            return ActiveModel(self.engine(self.bundle), m.contours)
+            return ActiveModel.of(self.engine(self.bundle), m.contours)
         if objective is None:
             return None
         try:
@@ -76,7 +97,7 @@ class ModelSelector:
             return None
         if objective not in resolved.bundle.manifest.objectives:
             return None
-        return ActiveModel(self.engine(resolved.bundle), resolved.contours)
+        return ActiveModel.of(self.engine(resolved.bundle), resolved.contours)
 
     def preload(self, objectives) -> list[str]:
         """Build the engines for these objectives now, so a turn of the nosepiece is instant."""
@@ -96,4 +117,4 @@ class ModelSelector:
             self._engines[bundle.name] = engine
             if self.bundle is not None:
                 self.bundle = bundle
-        return ActiveModel(engine, bundle.manifest.contours)
+        return ActiveModel.of(engine, bundle.manifest.contours)

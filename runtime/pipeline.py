@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -155,6 +155,7 @@ class Pipeline:
         self.objective_override: str | None = None  # from the serial nosepiece, when there is one
         self.turret_moving = False
         self.threshold_override: float | None = None
+        self.ar_override: np.ndarray | None = None  # a calibration target shown instead
         self._generation = 0
         self._objective: str | None = "unset"
         self._active: ActiveModel | None = None
@@ -251,6 +252,20 @@ class Pipeline:
         self.clear(f"model {active.name if active else 'none'}")
         self.on_event("model_switch", model=active.name if active else None, objective=objective)
         return active
+
+    def refresh_optics(self) -> None:
+        """Reload the current objective's calibration (after it was saved); blanks once."""
+        with self._lock:
+            self._optics = self.optics_for(self._objective if self._objective != "unset" else None)
+            if self.ar is not None and self._optics.homography is not None:
+                self.ar.set_homography(self._optics.homography)
+        self.clear("calibration")
+
+    def set_ar_override(self, canvas: np.ndarray | None) -> None:
+        """Show `canvas` on the AR display instead of the overlay (manual registration), or
+        go back to the overlay with None."""
+        self.ar_override = canvas
+        self.clear("calibration target" if canvas is not None else "calibration done")
 
     def _extractor_for(self, active: ActiveModel | None) -> ContourExtractor | None:
         """Contour extraction with the model's parameters and the operator's threshold, if set."""
@@ -361,12 +376,7 @@ class Pipeline:
         if objective != self._objective:
             self._switch(objective)
         with self._lock:
-            gen, active, optics, extractor = (
-                self._generation,
-                self._active,
-                self._optics,
-                self._extractor,
-            )
+            gen, active, optics = self._generation, self._active, self._optics
         if frame.moving or self.turret_moving:
             self.clear("stage moving")
             return
@@ -375,17 +385,19 @@ class Pipeline:
             return
         t0 = time.monotonic_ns()
         image = optics.correct(frame.image) if optics.correct else frame.image
+        if (
+            active.normalize is not None
+        ):  # the model's colour domain; the display keeps the camera's
+            image = active.normalize(image)
         t1 = time.monotonic_ns()
         um = optics.um_per_px or frame.meta.get("um_per_px")
         heatmap = active.engine.infer(image, um_per_px=um)
         t2 = time.monotonic_ns()
-        regions = extractor.extract(heatmap.probs, heatmap.affine, um)
-        t3 = time.monotonic_ns()
-        timings = {"preprocess": t1 - t0, "infer": t2 - t1, "contours": t3 - t2}
+        timings = {"preprocess": t1 - t0, "infer": t2 - t1}
         for k, v in timings.items():
             self.stats.time(k, v)
         self.stats.count("processed")
-        result = Result(frame, heatmap, regions, active.name, gen, timings_ns=timings)
+        result = Result(frame, heatmap, None, active.name, gen, timings_ns=timings)
         if self.on_result is not None:
             self.on_result(result)
         self.results.put(result)
@@ -403,7 +415,12 @@ class Pipeline:
                 continue
             with self._lock:
                 current = self._generation
-            if res.clear_reason or res.generation != current or stalled:
+            if (
+                res.clear_reason
+                or res.generation != current
+                or stalled
+                or self.ar_override is not None
+            ):
                 self._blank(
                     res.clear_reason or ("camera stalled" if stalled else "stale result"), res.frame
                 )
@@ -413,7 +430,8 @@ class Pipeline:
     def _blank(self, reason: str, frame: Frame | None = None) -> None:
         t0 = time.monotonic_ns()
         if self.ar is not None:
-            blank = self.ar.blank()
+            override = self.ar_override
+            blank = self.ar.blank() if override is None else override
             for s in self.ar_sinks:
                 s.show(blank, None)
         if frame is not None:
@@ -429,11 +447,15 @@ class Pipeline:
             self.on_display("blank", t1, frame=frame, reason=reason)
 
     def _show(self, res: Result) -> None:
-        t0 = time.monotonic_ns()
+        """Contours of the result's heatmap, drawn in AR and preview mode, sent to the sinks."""
         frame, hm = res.frame, res.heatmap
         with self._lock:
-            optics, objective = self._optics, self._objective
+            optics, objective, extractor = self._optics, self._objective, self._extractor
         um = optics.um_per_px or frame.meta.get("um_per_px")
+        t_c = time.monotonic_ns()
+        res = replace(res, regions=extractor.extract(hm.probs, hm.affine, um))
+        t0 = time.monotonic_ns()
+        self.stats.time("contours", t0 - t_c)
         fps = self.stats.fps("processed")
         canvases = []
         if self.ar is not None:

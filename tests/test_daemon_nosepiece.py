@@ -28,8 +28,27 @@ def per_objective_bundles(tiny_bundle, tmp_path):
     return folder
 
 
+UM_PER_PX = {"10x": 1.02, "20x": 0.51, "40x": 0.254}  # "measured": differ from nominal
+
+
+@pytest.fixture()
+def profile_dir(tmp_path):
+    """A calibration profile with a section per objective (pixel size, a shifted homography)."""
+    from lucida.calibration.profile import Profile
+
+    p = Profile(microscope="bench-1")
+    for i, (obj, um) in enumerate(UM_PER_PX.items()):
+        p.update_section(obj, um_per_px=um, homography=[[1, 0, 3 * i], [0, 1, 0], [0, 0, 1]])
+    folder = tmp_path / "profile"
+    folder.mkdir()
+    p.save(folder / "profile.json")
+    return folder
+
+
 @pytest.mark.timeout(120)
-def test_nosepiece_turns_switch_model_and_blank_between(per_objective_bundles, tmp_path):
+def test_nosepiece_turns_switch_model_and_blank_between(
+    per_objective_bundles, profile_dir, tmp_path
+):
     holder = {}
     nosepiece = EmulatedNosepiece(
         positions={i + 1: o for i, o in enumerate(TURRET)},
@@ -48,6 +67,7 @@ def test_nosepiece_turns_switch_model_and_blank_between(per_objective_bundles, t
             },
             "models": {"task": "test", "dirs": [str(per_objective_bundles)], "num_threads": 1},
             "display": {"width": 320, "height": 180},
+            "calibration": {"profile": str(profile_dir)},
             "serial": {
                 "port": nosepiece.port,
                 "protocol": "olympus",
@@ -77,6 +97,10 @@ def test_nosepiece_turns_switch_model_and_blank_between(per_objective_bundles, t
             frames_taken = d.pipeline.stats.counts["frames_in"] - frames_at_arrival
             assert frames_taken <= 2 + 1, (obj, frames_taken)  # 2 intervals + one serial poll
             assert d.status()["objective"] == obj
+            assert d.pipeline._optics.um_per_px == UM_PER_PX[obj], [
+                e for e in d.events.recent if "calib" in str(e)
+            ]
+            assert d.pipeline.ar.homography[0, 2] == 3 * list(UM_PER_PX).index(obj)
             # the display went blank, and no frame captured between positions was ever drawn
             shown = sink.after(t_turn)
             assert any(not s[1] for s in shown)
@@ -87,3 +111,41 @@ def test_nosepiece_turns_switch_model_and_blank_between(per_objective_bundles, t
     finally:
         d.stop()
         nosepiece.close()
+
+
+@pytest.mark.timeout(120)
+def test_manual_registration_over_http_is_saved_to_the_profile(
+    per_objective_bundles, profile_dir, tmp_path
+):
+    import json
+
+    from test_daemon import call
+
+    cfg = parse_config(
+        {
+            "source": {"type": "virtual", "seed": 1001, "fps": FPS, "width": 320, "height": 180},
+            "models": {"task": "test", "dirs": [str(per_objective_bundles)], "num_threads": 1},
+            "display": {"width": 320, "height": 180},
+            "calibration": {"profile": str(profile_dir)},
+            "http": {"port": 0, "token": "t"},
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+    d = Daemon(cfg)
+    sink = MemorySink()
+    d.pipeline.ar_sinks.append(sink)
+    d.start()
+    try:
+        assert wait_for(lambda: d.status()["objective"] == "10x", timeout=20)
+        t = time.monotonic_ns()
+        code, state = call(d, "POST", "/calibration/manual", {"action": "right"}, token="t")
+        assert code == 200 and state["adjustment"]["dx_px"] == 5.0
+        assert wait_for(lambda: any(s[1] for s in sink.after(t)))  # circles and cross shown
+        code, state = call(d, "POST", "/calibration/manual", {"dx_px": 7, "save": True}, token="t")
+        assert code == 200 and state["saved"]
+        saved = json.loads((profile_dir / "profile.json").read_text())
+        assert saved["objectives"]["10x"]["homography"][0][2] == pytest.approx(7.0)
+        assert d.pipeline.ar.homography[0, 2] == pytest.approx(7.0)
+        assert call(d, "POST", "/calibration/manual", {"action": "sideways"}, token="t")[0] == 400
+    finally:
+        d.stop()

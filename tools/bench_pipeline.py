@@ -11,7 +11,7 @@ import time
 import numpy as np
 from lucida.overlay.compose import ARComposer
 from lucida.runtime.engine import Engine
-from lucida.runtime.models import ModelSelector
+from lucida.runtime.models import ModelSelector, pipeline_threads
 from lucida.runtime.pipeline import Optics, Pipeline, nominal_um_per_px
 from lucida.runtime.sources import ReplaySource
 from lucida.runtime.stats import percentiles_ms
@@ -65,6 +65,7 @@ def bench_pipeline(
     bundle, seconds: float = 10.0, threads: int | None = None, objective: str = "10x"
 ) -> dict:
     frames = _frames(8, objective)
+    threads = threads or pipeline_threads()
     um = nominal_um_per_px(objective)
     engine = Engine(bundle, device="cpu", num_threads=threads)
     m = bundle.manifest
