@@ -341,6 +341,26 @@ class Daemon:
         if data.get("overlay") is False:
             self.pipeline.set_overlay(False)
 
+    def _window_keys(self) -> None:
+        """Keys pressed in a window sink: "m" starts manual registration; then arrows, +/-,
+        [/] nudge (see calibration.manual), Enter saves into the profile, Esc cancels."""
+        for sink in self.pipeline.ar_sinks:
+            for key in getattr(sink, "pop_keys", list)():
+                try:
+                    if self.manual is None:
+                        if key in (ord("m"), ord("M")):
+                            self.manual_registration({})
+                        continue
+                    action = self.manual.handle_key(key)
+                    if action == "save":
+                        self.manual_registration({"save": True})
+                    elif action == "cancel":
+                        self.manual_registration({"stop": True})
+                    elif action is not None:
+                        self.pipeline.set_ar_override(self.manual.render())
+                except ValueError as exc:
+                    self.events("error", where="manual registration", message=str(exc))
+
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         objectives = set(self.config.serial.positions.values()) if self.serial else set()
@@ -399,7 +419,8 @@ class Daemon:
         watchdog = watchdog_interval_s()
         last_processed, last_progress = -1, time.monotonic()
         try:
-            while not self._stop.wait(min(0.5, watchdog or 0.5)):
+            while not self._stop.wait(0.05 if self.manual else min(0.5, watchdog or 0.5)):
+                self._window_keys()
                 if reload_requested.is_set():
                     reload_requested.clear()
                     self.reload()

@@ -149,3 +149,47 @@ def test_manual_registration_over_http_is_saved_to_the_profile(
         assert call(d, "POST", "/calibration/manual", {"action": "sideways"}, token="t")[0] == 400
     finally:
         d.stop()
+
+
+class KeySink(MemorySink):
+    """A window-like sink whose user presses keys."""
+
+    def __init__(self, keys):
+        super().__init__()
+        self.keys = list(keys)
+
+    def pop_keys(self):
+        keys, self.keys = self.keys, []
+        return keys
+
+
+@pytest.mark.timeout(120)
+def test_manual_registration_from_the_window_keyboard(per_objective_bundles, profile_dir, tmp_path):
+    import json
+
+    cfg = parse_config(
+        {
+            "source": {"type": "virtual", "seed": 1001, "fps": FPS, "width": 320, "height": 180},
+            "models": {"task": "test", "dirs": [str(per_objective_bundles)], "num_threads": 1},
+            "display": {"width": 320, "height": 180},
+            "calibration": {"profile": str(profile_dir)},
+            "http": {"port": 0, "token": "t"},
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+    d = Daemon(cfg)
+    right = 65363  # X11 keysym of the right arrow, as cv2.waitKeyEx reports it
+    sink = KeySink([ord("m"), right, right])
+    d.pipeline.ar_sinks.append(sink)
+    d.start()
+    try:
+        assert wait_for(lambda: d.status()["objective"] == "10x", timeout=20)
+        d._window_keys()
+        assert d.manual is not None and d.manual.adjustment.dx_px == 10.0
+        sink.keys = [13]  # Enter saves
+        d._window_keys()
+        saved = json.loads((profile_dir / "profile.json").read_text())
+        assert saved["objectives"]["10x"]["homography"][0][2] == pytest.approx(10.0)
+        assert d.manual is None and d.pipeline.ar_override is None
+    finally:
+        d.stop()
