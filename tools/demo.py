@@ -29,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--fps", type=float, default=15.0, help="virtual camera frame rate")
     p.add_argument("--out", default="out/demo", help="folder for the video and snapshots")
     p.add_argument("--mjpeg", type=int, default=None, metavar="PORT", help="also serve MJPEG")
+    p.add_argument("--picture-width", type=int, default=1920, help="preview.jpg width in px")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -56,6 +57,51 @@ class FovScores:
             return roc_auc(self.labels, self.scores)
 
 
+class LastOverlay:
+    """Keeps the drawn result with the most tumour outlined near the centre of the field (what
+    the eyepiece shows), for the pictures at the end."""
+
+    def __init__(self):
+        self.result = None
+        self.objective = None
+        self.area = 0.0
+
+    def __call__(self, kind: str, t_ns: int, result=None, objective=None, **_) -> None:
+        if kind == "overlay" and result is not None and result.regions:
+            w, h = result.heatmap.frame_size
+            centre, r = np.array([w / 2, h / 2]), min(w, h) / 2
+            area = sum(
+                a
+                for c, a in zip(result.regions.contours, result.regions.areas_px2)
+                if np.linalg.norm(c.mean(axis=0) - centre) < r
+            )
+            if area >= self.area:
+                self.result, self.objective, self.area = result, objective, area
+
+
+def write_pictures(shown: LastOverlay, ar, preview, out: Path, width: int = 1920) -> list[str]:
+    """ar.png (the eyepiece display) and preview.jpg (frame + overlay, `width` px wide)."""
+    import cv2
+    from lucida.overlay.sinks import write_png
+
+    r = shown.result
+    um = r.frame.meta.get("um_per_px")
+    kw = dict(
+        heatmap_affine=r.heatmap.affine, objective=shown.objective, um_per_px=um, model=r.model
+    )
+    ar_img = ar.compose(r.regions, heatmap=r.heatmap.probs, **kw)
+    preview_img = preview.compose(r.frame.image, r.regions, r.heatmap.probs, **kw)
+    if preview_img.shape[1] > width:
+        h = round(preview_img.shape[0] * width / preview_img.shape[1])
+        preview_img = cv2.resize(preview_img, (width, h), interpolation=cv2.INTER_AREA)
+    jpg = out / "preview.jpg"  # camera images compress badly as PNG
+    ok, data = cv2.imencode(
+        ".jpg", cv2.cvtColor(preview_img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 88]
+    )
+    jpg.write_bytes(data.tobytes())
+    return [str(write_png(out / "ar.png", ar_img)), str(jpg)]
+
+
 def tour(slide, objective: str, seed: int, stops: int = 40):
     """A looping stage path over fields with and without tumour, resting on each."""
     from lucida.runtime.virtual.stage import StagePath, Waypoint
@@ -69,7 +115,7 @@ def tour(slide, objective: str, seed: int, stops: int = 40):
 def run(args) -> int:
     from lucida.overlay.compose import ARComposer, PreviewComposer
     from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
-    from lucida.overlay.sinks import MjpegSink, PngSink, VideoSink
+    from lucida.overlay.sinks import MjpegSink, VideoSink
     from lucida.runtime.models import ModelSelector
     from lucida.runtime.pipeline import Pipeline
     from lucida.runtime.virtual.camera import CameraConfig
@@ -94,17 +140,17 @@ def run(args) -> int:
         renderers=[ContourRenderer(), ScaleBarRenderer(), HudRenderer()],
     )
     preview = PreviewComposer([ContourRenderer(), ScaleBarRenderer(), HudRenderer()])
-    ar_png, preview_png = PngSink(out, prefix="ar"), PngSink(out, prefix="preview")
-    preview_sinks = [VideoSink(out / "preview.mp4", fps=args.fps), preview_png]
+    preview_sinks = [VideoSink(out / "preview.mp4", fps=args.fps)]
     if args.mjpeg is not None:
         mjpeg = MjpegSink("127.0.0.1", args.mjpeg)
         preview_sinks.append(mjpeg)
     fov = FovScores()
+    shown = LastOverlay()
     pipe = Pipeline(
         scope,
         ModelSelector(bundle=bundle),
         ar=ar,
-        ar_sinks=[ar_png],
+        on_display=shown,
         preview=preview,
         preview_sinks=preview_sinks,
         on_result=fov,
@@ -115,11 +161,8 @@ def run(args) -> int:
         print(f"live MJPEG: {mjpeg.url}", flush=True)
     st = pipe.run(frames=args.frames, seconds=args.seconds)
     snaps = []
-    for sink, name in ((ar_png, "ar.png"), (preview_png, "preview.png")):
-        try:
-            snaps.append(str(sink.snapshot(out / name)))
-        except ValueError:
-            pass
+    if shown.result is not None:
+        snaps = write_pictures(shown, ar, preview, out, args.picture_width)
     auc = fov.auc()
     summary = {
         "bundle": bundle.name,
