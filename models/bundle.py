@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from lucida.calibration.atomic import atomic_write_bytes, atomic_write_text
 from pydantic import ValidationError
 
 from .manifest import Manifest
@@ -166,12 +168,12 @@ def pack_bundle(folder: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write folder as out (.tar.gz) with one top-level folder named after the bundle, atomically."""
     folder, out = Path(folder), Path(out)
     manifest = read_manifest(folder)
-    tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w:gz") as tar:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(folder / MANIFEST, arcname=f"{manifest.name}/{MANIFEST}")
         for name in manifest.files:
             tar.add(folder / name, arcname=f"{manifest.name}/{name}")
-    _fsync_replace(tmp, out)
+    atomic_write_bytes(out, buf.getvalue())
     return out
 
 
@@ -225,20 +227,4 @@ def update_manifest(folder: str | os.PathLike, **fields) -> Manifest:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    _fsync_replace(tmp, path)
-
-
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

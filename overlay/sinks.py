@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from lucida.calibration.atomic import atomic_write_bytes
 
 from .errors import OverlayError
 from .render import check_canvas
@@ -322,12 +323,7 @@ def write_png(path: Path, canvas_rgb: np.ndarray, level: int = 1) -> Path:
     ok, data = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, int(level)])
     if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
         raise OverlayError(f"png {path}: encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data.tobytes())
     return path
 
 
