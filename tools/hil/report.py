@@ -140,8 +140,9 @@ def make_plots(report: dict, out: Path) -> dict:
             pts = [(t, f) for t, f, k in fps if k == kind]
             if pts:
                 ax.plot(*zip(*pts), marker=marker, ls="-" if kind == "soak" else "", label=kind)
+        top = max(f for _, f, _ in fps) * 1.15 or 1.0
         ax.set(
-            xlabel="time (s)", ylabel="overlays / s", title="Throughput over time", ylim=(0, None)
+            xlabel="time (s)", ylabel="overlays / s", title="Throughput over time", ylim=(0, top)
         )
         ax.legend(fontsize=8)
         save(fig, "fps")
