@@ -50,10 +50,17 @@ def test_results_carry_device_timestamps_regions_and_truth(virtual_daemon):
     d = virtual_daemon
     status, tour = call(d, "POST", "/virtual", {"action": "tour", "where": "boundary", "seed": 3})
     assert status == 200 and len(tour["points"]) == 1
-    assert wait_for(lambda: any(r["kind"] == "overlay" for r in _records(d)["records"]), 30)
+
+    def after_tour(body):  # overlays of frames taken at the boundary point
+        return [
+            r
+            for r in body["records"]
+            if r["kind"] == "overlay" and r["t_capture_ns"] > tour["t_ns"]
+        ]
+
+    assert wait_for(lambda: after_tour(_records(d)), 30)
     body = _records(d, truth=True)
-    overlays = [r for r in body["records"] if r["kind"] == "overlay"]
-    r = overlays[-1]
+    r = after_tour(body)[-1]
     assert r["t_capture_ns"] < r["t_display_ns"] <= body["now_ns"]
     assert r["frame_size"] == [320, 180] and r["model"] == "tiny" and r["objective"] == "10x"
     for region in r["regions"]:
