@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import cv2
@@ -31,6 +33,18 @@ class EngineError(ValueError):
 
 class HealthCheckError(EngineError):
     """The model's output on its golden input is not the golden output."""
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """A frame resampled to the model's pixel size and padded so whole tiles fit.
+
+    image: model px, RGB uint8; size: (w, h) before padding; frame_size: (w, h) of the frame.
+    """
+
+    image: np.ndarray
+    size: tuple
+    frame_size: tuple
 
 
 @dataclass
@@ -93,6 +107,9 @@ class Engine:
         self._out_lut = self._output_lut()
         self._plans: dict[tuple, TilePlan] = {}
         self._affines: dict[tuple, np.ndarray] = {}
+        self.invoke_ns: deque[int] = deque(
+            maxlen=4096
+        )  # recent invoke() times: the model's own cost
 
     # -- loading ---------------------------------------------------------------------------------
     def _interpreter(self, model_path, delegates=None):
@@ -236,7 +253,9 @@ class Engine:
         """One model-sized RGB uint8 tile -> positive-class probabilities (h x w cells, float32)."""
         it = self.interpreter
         it.set_tensor(self._in["index"], self._prepare(tile))
+        t0 = time.perf_counter_ns()
         it.invoke()
+        self.invoke_ns.append(time.perf_counter_ns() - t0)
         return self._positive(it.get_tensor(self._out["index"])[0])
 
     def model_size(self, frame_w: int, frame_h: int, um_per_px: float | None) -> tuple[int, int]:
@@ -256,23 +275,41 @@ class Engine:
             )
         return self._plans[key]
 
-    def infer(self, rgb: np.ndarray, um_per_px: float | None = None) -> Heatmap:
-        """Whole-frame inference: RGB uint8 HxWx3 at `um_per_px` -> Heatmap over the frame."""
+    def resample(self, rgb: np.ndarray, um_per_px: float | None = None) -> ModelInput:
+        """RGB uint8 frame at `um_per_px` -> the model's pixel size, padded so its tiles fit.
+
+        The pipeline runs this on its capture thread, beside the previous frame's inference.
+        """
         fh, fw = rgb.shape[:2]
         mw, mh = self.model_size(fw, fh, um_per_px)
         img = (
             rgb if (mw, mh) == (fw, fh) else cv2.resize(rgb, (mw, mh), interpolation=cv2.INTER_AREA)
         )
         m = self.manifest
-        tw, th = m.input.width, m.input.height
-        if (mw, mh) == (tw, th) and m.output.kind == "heatmap":
-            probs = self.infer_tile(img)
+        if m.output.kind == "heatmap" and (mw, mh) != (m.input.width, m.input.height):
+            plan = self.plan(mw, mh)
+            if (plan.padded_w, plan.padded_h) != (mw, mh):
+                img = cv2.copyMakeBorder(
+                    img, 0, plan.padded_h - mh, 0, plan.padded_w - mw, cv2.BORDER_REFLECT_101
+                )
+        return ModelInput(img, (mw, mh), (fw, fh))
+
+    def infer_input(self, x: ModelInput) -> Heatmap:
+        """Tiles of a resampled frame -> stitched Heatmap over the original frame."""
+        (mw, mh), (fw, fh) = x.size, x.frame_size
+        m = self.manifest
+        if (mw, mh) == (m.input.width, m.input.height) and m.output.kind == "heatmap":
+            probs = self.infer_tile(x.image)
         else:
-            probs = self._infer_tiled(img, mw, mh)
+            probs = self._infer_tiled(x.image, mw, mh)
         affine = self._affines.get((fw, fh, mw, mh))
         if affine is None:
             affine = self._affines[(fw, fh, mw, mh)] = self._affine(fw, fh, mw, mh)
         return Heatmap(probs=probs, affine=affine, frame_size=(fw, fh))
+
+    def infer(self, rgb: np.ndarray, um_per_px: float | None = None) -> Heatmap:
+        """Whole-frame inference: RGB uint8 HxWx3 at `um_per_px` -> Heatmap over the frame."""
+        return self.infer_input(self.resample(rgb, um_per_px))
 
     def _affine(self, fw: int, fh: int, mw: int, mh: int) -> np.ndarray:
         """2x3 map: heatmap cell (centres at integers) -> frame px, for a frame resampled to mw x mh."""
@@ -291,11 +328,7 @@ class Engine:
         m = self.manifest
         if m.output.kind == "class_scores":
             return self._infer_classes(img, w, h)
-        plan = self.plan(w, h)
-        if (plan.padded_w, plan.padded_h) != (w, h):
-            img = cv2.copyMakeBorder(
-                img, 0, plan.padded_h - h, 0, plan.padded_w - w, cv2.BORDER_REFLECT_101
-            )
+        plan = self.plan(w, h)  # img is already padded to the plan (resample)
         out = np.empty((plan.padded_h // plan.cell, plan.padded_w // plan.cell), np.float32)
         for i, (x0, y0, *_rest) in enumerate(plan.tiles):
             tile = img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w]

@@ -22,6 +22,7 @@ from lucida.overlay.compose import ARComposer, PreviewComposer
 from lucida.overlay.contours import ContourExtractor, ContourParams
 from lucida.overlay.regions import Regions
 
+from .engine import ModelInput
 from .frame import Frame, Heatmap
 from .models import ActiveModel, ModelSelector
 from .slots import LatestSlot
@@ -50,6 +51,15 @@ class Optics:
     um_per_px: float | None = None
     homography: np.ndarray | None = None
     correct: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame made ready for one model under one calibration (see Pipeline._prepare)."""
+
+    active: ActiveModel
+    optics: Optics
+    input: ModelInput
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,7 @@ class Pipeline:
         self.on_result = on_result
         self.on_display = on_display
         self.stats = Stats()
-        self.captured: LatestSlot[Frame] = LatestSlot()
+        self.captured: LatestSlot[tuple[Frame, Prepared | None]] = LatestSlot()
         self.results: LatestSlot[Result] = LatestSlot()
         self.overlay_enabled = True
         self.objective_override: str | None = None  # from the serial nosepiece, when there is one
@@ -345,7 +355,7 @@ class Pipeline:
             self.stats.time("capture_wait", time.monotonic_ns() - t0)
             self._last_capture_ns = frame.t_capture_ns
             self.stats.count("frames_in", frame.t_capture_ns)
-            self.captured.put(frame)
+            self.captured.put((frame, self._prepare(frame)))
 
     def _switch(self, objective: str | None) -> None:
         active = self.models.for_objective(objective)
@@ -361,17 +371,46 @@ class Pipeline:
 
     def _infer_loop(self) -> None:
         while not self._stop.is_set():
-            frame = self.captured.take(timeout_s=0.1)
-            if frame is None:
+            item = self.captured.take(timeout_s=0.1)
+            if item is None:
                 continue
+            frame, prepared = item
             try:
-                self._process(frame)
+                self._process(frame, prepared)
             except Exception as exc:  # one bad frame must not stop the loop
                 log.exception("inference failed")
                 self.on_event("error", where="inference", message=str(exc))
                 self.clear("inference error")
 
-    def _process(self, frame: Frame) -> None:
+    def _preprocess(self, frame: Frame, active: ActiveModel, optics: Optics) -> Prepared:
+        """Flat-field, the model's colour normalization, resampling to the model's pixel size."""
+        t0 = time.monotonic_ns()
+        image = optics.correct(frame.image) if optics.correct else frame.image
+        if (
+            active.normalize is not None
+        ):  # the model's colour domain; the display keeps the camera's
+            image = active.normalize(image)
+        um = optics.um_per_px or frame.meta.get("um_per_px")
+        x = active.engine.resample(image, um_per_px=um)
+        self.stats.time("preprocess", time.monotonic_ns() - t0)
+        return Prepared(active, optics, x)
+
+    def _prepare(self, frame: Frame) -> Prepared | None:
+        """On the capture thread: preprocess for the model running now, so that the inference
+        thread only feeds the model. None when this frame will not be inferred as it is."""
+        with self._lock:
+            active, optics, objective = self._active, self._optics, self._objective
+        if (
+            active is None
+            or frame.moving
+            or self.turret_moving
+            or not self.overlay_enabled
+            or (self.objective_override or frame.objective) != objective
+        ):
+            return None
+        return self._preprocess(frame, active, optics)
+
+    def _process(self, frame: Frame, prepared: Prepared | None = None) -> None:
         objective = self.objective_override or frame.objective
         if objective != self._objective:
             self._switch(objective)
@@ -383,19 +422,13 @@ class Pipeline:
         if active is None or not self.overlay_enabled:
             self.results.put(Result(frame=frame, generation=gen, clear_reason="no overlay"))
             return
-        t0 = time.monotonic_ns()
-        image = optics.correct(frame.image) if optics.correct else frame.image
-        if (
-            active.normalize is not None
-        ):  # the model's colour domain; the display keeps the camera's
-            image = active.normalize(image)
+        if prepared is None or prepared.active is not active or prepared.optics is not optics:
+            prepared = self._preprocess(frame, active, optics)  # the model changed meanwhile
         t1 = time.monotonic_ns()
-        um = optics.um_per_px or frame.meta.get("um_per_px")
-        heatmap = active.engine.infer(image, um_per_px=um)
+        heatmap = active.engine.infer_input(prepared.input)
         t2 = time.monotonic_ns()
-        timings = {"preprocess": t1 - t0, "infer": t2 - t1}
-        for k, v in timings.items():
-            self.stats.time(k, v)
+        timings = {"infer": t2 - t1}
+        self.stats.time("infer", t2 - t1)
         self.stats.count("processed")
         result = Result(frame, heatmap, None, active.name, gen, timings_ns=timings)
         if self.on_result is not None:
@@ -452,10 +485,9 @@ class Pipeline:
         with self._lock:
             optics, objective, extractor = self._optics, self._objective, self._extractor
         um = optics.um_per_px or frame.meta.get("um_per_px")
-        t_c = time.monotonic_ns()
+        t0 = time.monotonic_ns()  # the render stage: contours, then drawing
         res = replace(res, regions=extractor.extract(hm.probs, hm.affine, um))
-        t0 = time.monotonic_ns()
-        self.stats.time("contours", t0 - t_c)
+        self.stats.time("contours", time.monotonic_ns() - t0)
         fps = self.stats.fps("processed")
         canvases = []
         if self.ar is not None:
