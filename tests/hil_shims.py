@@ -28,12 +28,12 @@ _local = threading.local()
 def _oracle() -> None:
     process = pipeline.Pipeline._process
 
-    def _process(self, frame):
+    def _process(self, frame, prepared=None):
         _local.truth = frame.meta.get("truth_mask")
-        return process(self, frame)
+        return process(self, frame, prepared)
 
-    def infer(self, rgb, um_per_px=None):
-        fh, fw = rgb.shape[:2]
+    def infer_input(self, x):
+        fw, fh = x.frame_size
         hw, hh = -(-fw // CELL), -(-fh // CELL)
         truth = getattr(_local, "truth", None)
         if truth is None or truth.shape != (fh, fw):
@@ -45,7 +45,7 @@ def _oracle() -> None:
         return Heatmap(np.float32(0.15) + np.float32(0.6) * frac, affine, (fw, fh))
 
     pipeline.Pipeline._process = _process
-    engine.Engine.infer = infer
+    engine.Engine.infer_input = infer_input
 
 
 def _never_clear() -> None:
