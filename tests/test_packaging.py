@@ -42,12 +42,14 @@ def test_non_editable_install_imports_every_subpackage(tmp_path):
         f"mods = {['lucida.' + r for r in ROOMS]}\n"
         "paths = [importlib.import_module(m).__file__ for m in mods]\n"
         "import lucida.tools.cli\n"
+        "from importlib.resources import files\n"
+        "assert (files('lucida.tools.hil') / 'scenarios' / 'smoke.yaml').is_file()\n"
         "from lucida.models import Registry\n"
         "print('\\n'.join(paths)); print(sorted(Registry().manifests()))\n"
     )
     out = subprocess.check_output([str(py), "-c", code], text=True, cwd=tmp_path)
     lines = out.strip().splitlines()
-    assert all(line.startswith(site) for line in lines[:-1]), out
+    assert all(line.startswith(site) for line in lines[:-1]), out  # not the source tree
     shipped = sorted(p.name for p in (ROOT / "models").iterdir() if (p / "manifest.json").is_file())
     assert lines[-1] == str(shipped)  # shipped bundles travel as package data
 

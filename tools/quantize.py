@@ -33,7 +33,9 @@ def _fixed_batch_function(model, input_shape):
 
     spec = tf.TensorSpec([1, *input_shape], tf.float32, name="image")
 
-    @tf.function(input_signature=[spec], autograph=False)  # no source parsing (CPython 3.11 AST races)
+    @tf.function(
+        input_signature=[spec], autograph=False
+    )  # no source parsing (CPython 3.11 AST races)
     def serve(x):
         return model(x, training=False)
 
