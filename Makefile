@@ -25,7 +25,7 @@ setup-dev: $(STAMP_DEV) system-deps
 
 # What the tests need from Debian: a real X server and a real browser.
 system-deps:
-	@if ! command -v Xvfb >/dev/null || ! command -v chromium >/dev/null; then \
+	@if ! command -v Xvfb >/dev/null || ! command -v xwd >/dev/null || ! command -v chromium >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
