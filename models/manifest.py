@@ -5,8 +5,9 @@ Validated with pydantic on load; unknown keys are rejected so a typo never passe
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
+from lucida.overlay.contours import ContourParams
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 1
@@ -85,27 +86,6 @@ class Tiling(_Strict):
     stride_y: int = Field(gt=0)
 
 
-class ContourSpec(_Strict):
-    """Defaults for heatmap -> contours (lengths in frame px, areas in um2); the registry or the
-    daemon may override them. Same fields as lucida.overlay.contours.ContourParams."""
-
-    threshold: float = Field(default=0.5, gt=0, le=1)
-    threshold_low: Optional[float] = Field(default=0.4, gt=0, le=1)
-    upscale: int = Field(default=4, ge=1, le=16)
-    blur_sigma_px: float = Field(default=20.0, ge=0)
-    open_px: float = Field(default=0.0, ge=0)
-    min_area_um2: float = Field(default=2000.0, ge=0)
-    min_area_px2: float = Field(default=0.0, ge=0)
-    simplify_px: float = Field(default=1.5, ge=0)
-    flicker_margin: float = Field(default=96 / 255, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _low_below_high(self):
-        if self.threshold_low is not None and self.threshold_low > self.threshold:
-            raise ValueError(f"threshold_low {self.threshold_low} > threshold {self.threshold}")
-        return self
-
-
 class FileEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
@@ -149,12 +129,19 @@ class Manifest(_Strict):
     quantization: Quantization
     output: OutputSpec = OutputSpec()
     tiling: Tiling
-    contours: ContourSpec = ContourSpec()
+    contours: Dict[str, Union[int, float, None]] = Field(default_factory=dict)
     color_norm: ColorNorm = ColorNorm()
     files: Dict[str, FileEntry]
     golden: Optional[Golden] = None
     metrics: Dict[str, object] = Field(default_factory=dict)
     latency: Dict[str, LatencyFigure] = Field(default_factory=dict)
+
+    @field_validator("contours")
+    @classmethod
+    def _contour_parameters(cls, v):
+        """Defaults for heatmap -> contours; keys and rules are the overlay's ContourParams."""
+        ContourParams.from_mapping(v)  # raises a ValueError naming the key and what is allowed
+        return v
 
     @field_validator("objectives")
     @classmethod

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+from lucida.overlay.contours import ContourParams
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .bundle import MANIFEST, Bundle, BundleError, load_bundle, read_manifest
-from .manifest import ContourSpec, Manifest
+from .manifest import Manifest
 
 SHIPPED_DIR = Path(__file__).resolve().parent
 DEFAULT_TASK_CONFIG = {"lymph": {"default": {"bundle": "lymph-m"}}}
@@ -28,7 +29,7 @@ DEFAULT_TASK_CONFIG = {"lymph": {"default": {"bundle": "lymph-m"}}}
 class RegistryEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     bundle: str
-    contours: Optional[Dict[str, float]] = None
+    contours: Optional[Dict[str, Optional[float]]] = None
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Resolved:
     """The bundle chosen for (task, objective) and the contour parameters to draw it with."""
 
     bundle: Bundle
-    contours: ContourSpec
+    contours: ContourParams
     objective: str
 
 
@@ -111,14 +112,11 @@ class Registry:
             raise BundleError(
                 f"bundle {bundle.name} is for task {bundle.manifest.task!r}, not {task!r}"
             )
-        contours = bundle.manifest.contours
-        if entry is not None and entry.contours:
-            try:
-                contours = ContourSpec.model_validate({**contours.model_dump(), **entry.contours})
-            except ValidationError as exc:
-                raise BundleError(
-                    f"model config {task}.{objective}.contours: {exc.errors()[0]['msg']}"
-                ) from None
+        overrides = entry.contours if entry is not None and entry.contours else {}
+        try:
+            contours = ContourParams.from_mapping({**bundle.manifest.contours, **overrides})
+        except ValueError as exc:
+            raise BundleError(f"model config {task}.{objective}.contours: {exc}") from None
         return Resolved(bundle=bundle, contours=contours, objective=objective)
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 from lucida.models import Bundle, Registry
-from lucida.models.manifest import ContourSpec
+from lucida.overlay.contours import ContourParams
 
 from .engine import Engine
 
@@ -31,13 +31,15 @@ class ActiveModel:
     """
 
     engine: Engine
-    contours: ContourSpec
+    contours: ContourParams
     normalize: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
-    def of(cls, engine: Engine, contours: ContourSpec) -> ActiveModel:
+    def of(cls, engine: Engine, contours: ContourParams | dict) -> ActiveModel:
         from lucida.calibration.color_norm import normalizer_from_manifest
 
+        if not isinstance(contours, ContourParams):
+            contours = ContourParams.from_mapping(contours)
         return cls(engine, contours, normalizer_from_manifest(engine.bundle.manifest.color_norm))
 
     @property

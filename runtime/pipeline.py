@@ -281,7 +281,7 @@ class Pipeline:
         """Contour extraction with the model's parameters and the operator's threshold, if set."""
         if active is None:
             return None
-        params = active.contours.model_dump()
+        params = active.contours.to_dict()
         if self.threshold_override is not None:
             t = self.threshold_override
             params["threshold"] = t

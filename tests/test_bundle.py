@@ -150,7 +150,7 @@ def test_registry_defaults_and_overrides(tiny_bundle, tmp_path):
             }
         },
     )
-    assert reg.resolve("test", "10x").contours.threshold == tiny_bundle.manifest.contours.threshold
+    assert reg.resolve("test", "10x").contours.threshold == 0.5  # the overlay's default
     assert reg.resolve("test", "20x").contours.threshold == 0.7
     auto = Registry(search_dirs=[tiny_bundle.path.parent], config={})
     assert auto.resolve("test", "20x").bundle.name == "tiny"

@@ -172,9 +172,7 @@ def evaluate(
             f"got {ids}"
         )
     engines = {k: Engine(b, device="cpu", num_threads=threads) for k, b in bundles.items()}
-    params = {
-        k: ContourParams.from_mapping(b.manifest.contours.model_dump()) for k, b in bundles.items()
-    }
+    params = {k: ContourParams.from_mapping(b.manifest.contours) for k, b in bundles.items()}
     out: dict = {k: {} for k in bundles}
     for obj in objectives:
         users = [k for k, b in bundles.items() if obj in b.manifest.objectives]
