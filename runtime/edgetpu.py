@@ -6,6 +6,7 @@ otherwise devices are found by probing the delegate with `usb:N` / `pci:N` devic
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import platform
@@ -70,6 +71,10 @@ def load_edgetpu_delegate(
     if device:
         opts["device"] = device
     last: Exception | None = None
+    try:  # a missing library is found here, before the interpreter's Delegate half-constructs
+        ctypes.CDLL(lib)
+    except OSError as exc:
+        last, attempts = exc, 0
     for attempt in range(1, attempts + 1):
         try:
             delegate = backend.load_delegate(lib, opts)
