@@ -101,12 +101,19 @@ class Stats:
             self.timings[stage].append(ns)
 
     def fps(self, ev: str, window_s: float = 5.0) -> float:
-        now = time.monotonic_ns()
+        """Events per second over the last `window_s` (read from the newest back: cheap per frame)."""
+        edge = time.monotonic_ns() - window_s * 1e9
         with self.lock:
-            ts = [t for t in self.events[ev] if now - t <= window_s * 1e9]
-        if len(ts) < 2:
-            return 0.0
-        return (len(ts) - 1) / ((ts[-1] - ts[0]) / 1e9)
+            times = self.events[ev]
+            n = 0
+            for t in reversed(times):
+                if t < edge:
+                    break
+                n += 1
+            if n < 2:
+                return 0.0
+            span = times[-1] - times[-n]
+        return (n - 1) / (span / 1e9) if span else 0.0
 
     def snapshot(self, drops: dict | None = None) -> dict:
         with self.lock:

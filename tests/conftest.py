@@ -72,3 +72,33 @@ def fake_edgetpu_lib(tmp_path_factory):
         check=True,
     )
     return out
+
+
+def replay_frames(folder: Path, n: int = 4, size: tuple[int, int] = (128, 96)) -> Path:
+    """A folder of n random RGB PNG frames (width x height) for a replay source."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 256, (size[1], size[0], 3), np.uint8))
+    return folder
+
+
+def daemon_config(tmp_path: Path, bundle, source: dict, token: str, **extra) -> dict:
+    """A daemon config running `bundle` (task "test") on `source`, HTTP on any loopback port,
+    state and the event log under tmp_path; the display matches the source's size."""
+    return {
+        "source": source,
+        "models": {
+            "task": "test",
+            "dirs": [str(bundle.path.parent)],
+            "num_threads": 1,
+            "overrides": {"test": {"default": {"bundle": bundle.name}}},
+        },
+        "display": {"width": source.get("width", 1920), "height": source.get("height", 1080)},
+        "http": {"port": 0, "token": token},
+        "state_dir": str(tmp_path / "state"),
+        "log": {"events": str(tmp_path / "events.jsonl")},
+        **extra,
+    }

@@ -10,10 +10,9 @@ import tarfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-from conftest import rewrite_manifest
+from conftest import daemon_config, replay_frames, rewrite_manifest
 from lucida.models import pack_bundle, write_bundle
 from lucida.runtime.config import parse_config
 from lucida.runtime.daemon import Daemon
@@ -25,32 +24,10 @@ TOKEN = "s3cret-token"
 
 @pytest.fixture()
 def daemon(tiny_bundle, tmp_path):
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        cv2.imwrite(str(frames / f"{i}.png"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
-    cfg = parse_config(
-        {
-            "source": {
-                "type": "replay",
-                "path": str(frames),
-                "fps": FPS,
-                "width": 128,
-                "height": 96,
-            },
-            "models": {
-                "task": "test",
-                "dirs": [str(tiny_bundle.path.parent)],
-                "num_threads": 1,
-                "overrides": {"test": {"default": {"bundle": "tiny"}}},
-            },
-            "display": {"width": 128, "height": 96},
-            "http": {"port": 0, "token": TOKEN, "max_upload_mb": 2},
-            "state_dir": str(tmp_path / "state"),
-            "log": {"events": str(tmp_path / "events.jsonl")},
-        }
-    )
+    frames = replay_frames(tmp_path / "frames", 4)
+    source = {"type": "replay", "path": str(frames), "fps": FPS, "width": 128, "height": 96}
+    http = {"port": 0, "token": TOKEN, "max_upload_mb": 2}
+    cfg = parse_config(daemon_config(tmp_path, tiny_bundle, source, TOKEN, http=http))
     d = Daemon(cfg)
     sink = MemorySink()
     d.pipeline.ar_sinks.append(sink)

@@ -12,10 +12,10 @@ import textwrap
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import daemon_config, replay_frames
 from test_daemon import call as _call
 
 
@@ -49,23 +49,9 @@ def _messages(sock, until, timeout=30.0):
 
 
 def _config(tmp_path, tiny_bundle, **extra) -> Path:
-    frames = tmp_path / "frames"
-    frames.mkdir(exist_ok=True)
-    cv2.imwrite(str(frames / "0.png"), np.full((96, 128, 3), 128, np.uint8))
-    cfg = {
-        "source": {"type": "replay", "path": str(frames), "fps": 20, "width": 128, "height": 96},
-        "models": {
-            "task": "test",
-            "dirs": [str(tiny_bundle.path.parent)],
-            "num_threads": 1,
-            "overrides": {"test": {"default": {"bundle": "tiny"}}},
-        },
-        "display": {"width": 128, "height": 96},
-        "http": {"port": 0, "token": "t0k"},
-        "state_dir": str(tmp_path / "state"),
-        "log": {"events": str(tmp_path / "events.jsonl")},
-        **extra,
-    }
+    frames = replay_frames(tmp_path / "frames", 1)
+    source = {"type": "replay", "path": str(frames), "fps": 20, "width": 128, "height": 96}
+    cfg = daemon_config(tmp_path, tiny_bundle, source, "t0k", **extra)
     path = tmp_path / "lucida.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

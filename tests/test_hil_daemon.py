@@ -8,6 +8,7 @@ import base64
 import cv2
 import numpy as np
 import pytest
+from conftest import daemon_config
 from lucida.runtime.config import parse_config
 from lucida.runtime.daemon import Daemon
 from lucida.runtime.sources import ReplaySource
@@ -18,21 +19,8 @@ FPS = 15.0
 
 @pytest.fixture()
 def virtual_daemon(tiny_bundle, tmp_path):
-    cfg = parse_config(
-        {
-            "source": {"type": "virtual", "seed": 1001, "fps": FPS, "width": 320, "height": 180},
-            "models": {
-                "task": "test",
-                "dirs": [str(tiny_bundle.path.parent)],
-                "num_threads": 1,
-                "overrides": {"test": {"default": {"bundle": "tiny"}}},
-            },
-            "display": {"width": 320, "height": 180},
-            "http": {"port": 0, "token": TOKEN},
-            "state_dir": str(tmp_path / "state"),
-            "log": {"events": str(tmp_path / "events.jsonl")},
-        }
-    )
+    source = {"type": "virtual", "seed": 1001, "fps": FPS, "width": 320, "height": 180}
+    cfg = parse_config(daemon_config(tmp_path, tiny_bundle, source, TOKEN))
     d = Daemon(cfg)
     d.start()
     yield d

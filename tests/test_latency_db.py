@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
+from conftest import daemon_config, replay_frames
 from lucida.runtime.config import parse_config
 from lucida.runtime.daemon import Daemon
 from lucida.tools import profile_cmd
@@ -186,26 +186,9 @@ def test_measurement_round_trip(db):
 # -- remote: the daemon's /benchmark on loopback ------------------------------------------------
 @pytest.fixture()
 def daemon(tiny_bundle, tmp_path):
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        cv2.imwrite(str(frames / f"{i}.png"), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
-    cfg = parse_config(
-        {
-            "source": {"type": "replay", "path": str(frames), "fps": 5, "width": 128, "height": 96},
-            "models": {
-                "task": "test",
-                "dirs": [str(tiny_bundle.path.parent)],
-                "num_threads": 1,
-                "overrides": {"test": {"default": {"bundle": "tiny"}}},
-            },
-            "display": {"width": 128, "height": 96},
-            "http": {"port": 0, "token": TOKEN},
-            "state_dir": str(tmp_path / "state"),
-            "log": {"events": str(tmp_path / "events.jsonl")},
-        }
-    )
+    frames = replay_frames(tmp_path / "frames", 2)
+    source = {"type": "replay", "path": str(frames), "fps": 5, "width": 128, "height": 96}
+    cfg = parse_config(daemon_config(tmp_path, tiny_bundle, source, TOKEN))
     d = Daemon(cfg)
     d.start()
     yield d

@@ -28,6 +28,7 @@ from lucida.overlay.render import (
     ScaleBarRenderer,
     TextRenderer,
 )
+from lucida.runtime.stats import percentiles_ms
 
 DISPLAY = (1920, 1080)
 CAMERA = (1920, 1080)
@@ -106,11 +107,6 @@ def synthetic_he(probs: np.ndarray, size=CAMERA, seed: int = 0) -> np.ndarray:
             cv2.LINE_AA,
         )
     return cv2.GaussianBlur(img, (0, 0), 1.2)
-
-
-def _pct(ns: np.ndarray) -> dict:
-    p50, p90, p99 = np.percentile(ns / 1e6, [50, 90, 99])
-    return {"p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3)}
 
 
 def _peer(mask: np.ndarray):
@@ -202,8 +198,8 @@ def run_overlay_bench(args) -> dict:
         contour_ar.compose(r, objective="10x", um_per_px=UM_PER_PX)
         split[i] = (t1 - t0, time.perf_counter_ns() - t1)
 
-    ours_p = _pct(times["ours"])
-    fill_p = _pct(times["ours_fill"])
+    ours_p = percentiles_ms(times["ours"], "ms")
+    fill_p = percentiles_ms(times["ours_fill"], "fill_ms")
     result = {
         "bench": "overlay",
         "mode": "ar",
@@ -215,27 +211,23 @@ def run_overlay_bench(args) -> dict:
         "contour_points": int(sum(len(p) for p in regions.all_polygons())),
         "runs": runs,
         "warmup": warmup,
-        "ms_p50": ours_p["p50"],
-        "ms_p90": ours_p["p90"],
-        "ms_p99": ours_p["p99"],
+        **ours_p,
         "extract_ms_p50": round(float(np.percentile(split[:, 0], 50)) / 1e6, 3),
         "compose_ms_p50": round(float(np.percentile(split[:, 1], 50)) / 1e6, 3),
         "cpu_ms_p50": round(float(np.percentile(cpu["ours"], 50)) / 1e6, 3),
-        "fill_ms_p50": fill_p["p50"],
-        "fill_ms_p99": fill_p["p99"],
+        "fill_ms_p50": fill_p["fill_ms_p50"],
+        "fill_ms_p99": fill_p["fill_ms_p99"],
         "target_ms_p50": TARGET_MS_P50,
     }
     if peer is not None:
-        peer_p = _pct(times["peer"])
+        peer_p = percentiles_ms(times["peer"], "peer_ms")
         result.update(
             {
                 "peer": f"supervision {peer_version} MaskAnnotator+PolygonAnnotator",
-                "peer_ms_p50": peer_p["p50"],
-                "peer_ms_p90": peer_p["p90"],
-                "peer_ms_p99": peer_p["p99"],
+                **peer_p,
                 "peer_cpu_ms_p50": round(float(np.percentile(cpu["peer"], 50)) / 1e6, 3),
-                "peer_ratio": round(peer_p["p50"] / ours_p["p50"], 2),
-                "peer_ratio_fill": round(peer_p["p50"] / fill_p["p50"], 2),
+                "peer_ratio": round(peer_p["peer_ms_p50"] / ours_p["ms_p50"], 2),
+                "peer_ratio_fill": round(peer_p["peer_ms_p50"] / fill_p["fill_ms_p50"], 2),
                 "target_peer_ratio": TARGET_PEER_RATIO,
             }
         )

@@ -6,12 +6,10 @@ health check and only then swaps it in; on any failure it keeps the running mode
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 
 def register(sub) -> None:
@@ -38,30 +36,20 @@ def request(
     length: int | None = None,
     timeout: float = 120.0,
 ) -> dict:
-    """POST to the daemon; returns its JSON answer or raises DeployError with its message."""
-    u = urlsplit(url)
-    if u.scheme != "http" or not u.hostname:
-        raise DeployError(f"--to {url!r}: expected http://HOST:PORT")
-    conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
-    headers = {"Authorization": f"Bearer {token or ''}"}
-    if length is not None:
-        headers["Content-Length"] = str(length)
-        headers["Content-Type"] = "application/gzip"
+    """POST to the daemon (with the HIL bench's client); its JSON answer, or DeployError."""
+    from .hil.client import DaemonClient, DeviceError
+
+    headers = None if length is None else {"Content-Length": str(length)}
     try:
-        conn.request("POST", path, body=body, headers=headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-    except OSError as exc:
-        raise DeployError(f"{url}: cannot reach the daemon ({exc})") from None
-    finally:
-        conn.close()
-    try:
-        answer = json.loads(raw or b"{}")
-    except ValueError:
-        answer = {"error": raw[:200].decode(errors="replace")}
-    if resp.status >= 400:
-        raise DeployError(f"device refused ({resp.status}): {answer.get('error', answer)}")
-    return answer
+        status, answer = DaemonClient(url, token, timeout_s=timeout).request(
+            "POST", path, body, headers=headers
+        )
+    except DeviceError as exc:
+        raise DeployError(str(exc)) from None
+    if status >= 400:
+        message = answer.get("error", answer) if isinstance(answer, dict) else answer
+        raise DeployError(f"device refused ({status}): {message}")
+    return answer if isinstance(answer, dict) else {"answer": answer}
 
 
 class _Progress:

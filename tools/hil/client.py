@@ -37,16 +37,21 @@ class DaemonClient:
             raise DeviceError(f"device URL {url!r}: expected http://HOST:PORT")
         self.url, self._host, self._port = url.rstrip("/"), u.hostname, u.port or 80
 
-    def request(self, method: str, path: str, body=None, timeout_s: float | None = None):
-        """(status, parsed JSON or text); raises DeviceError when the device cannot be reached."""
-        headers = {}
+    def request(
+        self, method: str, path: str, body=None, timeout_s: float | None = None, headers=None
+    ):
+        """(status, parsed JSON or text); raises DeviceError when the device cannot be reached.
+
+        body: a dict (sent as JSON), bytes (a bundle), or a file-like object (give its
+        Content-Length in `headers`)."""
+        headers = dict(headers or {})
         if method != "GET":
             headers["Authorization"] = f"Bearer {self.token or ''}"
         if isinstance(body, dict):
             body = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        elif isinstance(body, (bytes, bytearray)):
-            headers["Content-Type"] = "application/gzip"
+        elif isinstance(body, (bytes, bytearray)) or hasattr(body, "read"):
+            headers.setdefault("Content-Type", "application/gzip")
         conn = http.client.HTTPConnection(
             self._host, self._port, timeout=timeout_s or self.timeout_s
         )
