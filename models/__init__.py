@@ -2,7 +2,7 @@
 
 from .bundle import Bundle, BundleError, load_bundle, pack_bundle, write_bundle
 from .manifest import Manifest
-from .registry import Registry, Resolved, shipped_bundle
+from .registry import Registry, Resolved, resolve_bundle, shipped_bundle
 
 __all__ = [
     "Bundle",
@@ -12,6 +12,7 @@ __all__ = [
     "Resolved",
     "load_bundle",
     "pack_bundle",
+    "resolve_bundle",
     "shipped_bundle",
     "write_bundle",
 ]

@@ -123,3 +123,8 @@ class Registry:
 def shipped_bundle(name: str) -> Bundle:
     """A bundle shipped with the package (e.g. "lymph-m")."""
     return Registry().get(name)
+
+
+def resolve_bundle(spec: str) -> Bundle:
+    """A bundle folder or .tar.gz path, or the name of a shipped bundle (e.g. "lymph-m")."""
+    return load_bundle(spec) if Path(spec).exists() else shipped_bundle(spec)

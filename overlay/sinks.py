@@ -365,6 +365,82 @@ class PngSink(Sink):
         return write_png(Path(path), self._latest)
 
 
+class JpegStream(Sink):
+    """The newest canvas and its JPEG, encoded at most once per shown frame for every viewer.
+
+    `show()` only keeps the canvas (no encoding when nobody watches); `wait_jpeg(after_seq)`
+    returns (seq, JPEG bytes) of the first frame newer than after_seq, encoding it on the first
+    request and handing the same bytes to every later viewer. `max_width` (px) downscales first.
+    `encodes` counts JPEG encodings, `seq` the frames shown.
+    """
+
+    name = "jpeg"
+
+    def __init__(self, quality: int = 80, max_width: int | None = None) -> None:
+        super().__init__()
+        self.quality, self.max_width = int(quality), max_width
+        self.encodes = 0
+        self._cond = threading.Condition()
+        self._latest: np.ndarray | None = None
+        self._seq = 0
+        self._closed = False
+        self._jpeg: tuple[int, bytes] | None = None
+        self._enc_lock = threading.Lock()
+
+    @property
+    def canvas(self) -> np.ndarray | None:
+        """The newest HxWx3 RGB canvas shown, or None before the first."""
+        return self._latest
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def open(self) -> None:
+        with self._cond:
+            self._closed = False
+
+    def show(self, canvas_rgb: np.ndarray, t_capture_ns: int | None = None) -> None:
+        canvas = check_canvas(canvas_rgb)
+        with self._cond:
+            self._latest = canvas
+            self._seq += 1
+            self._cond.notify_all()
+        self._shown(t_capture_ns)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def wait_jpeg(self, after_seq: int, timeout: float) -> tuple[int, bytes] | None:
+        """(seq, JPEG) of the first frame newer than after_seq; None on timeout or close."""
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: self._closed or (self._latest is not None and self._seq != after_seq),
+                timeout=timeout,
+            )
+            if not ok or self._closed:
+                return None
+            seq, canvas = self._seq, self._latest
+        with self._enc_lock:
+            if self._jpeg is None or self._jpeg[0] < seq:
+                self._jpeg = (seq, self._encode(canvas))
+            return self._jpeg
+
+    def _encode(self, canvas: np.ndarray) -> bytes:
+        h, w = canvas.shape[:2]
+        if self.max_width and w > self.max_width:
+            size = (self.max_width, round(h * self.max_width / w))
+            canvas = cv2.resize(canvas, size, interpolation=cv2.INTER_AREA)
+        bgr = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
+        ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise OverlayError("JPEG encoding failed")
+        self.encodes += 1
+        return data.tobytes()
+
+
 class MjpegSink(Sink):
     """Motion JPEG over HTTP (multipart/x-mixed-replace) from a background thread.
 
@@ -382,11 +458,8 @@ class MjpegSink(Sink):
         self.quality = int(quality)
         self.name = f"mjpeg:{host}:{port}"
         self.clients = 0
-        self._cond = threading.Condition()
-        self._latest: np.ndarray | None = None
-        self._seq = 0
-        self._jpeg: tuple[int, bytes] | None = None
-        self._enc_lock = threading.Lock()
+        self.frames_jpeg = JpegStream(quality=quality)
+        self._clients_lock = threading.Lock()
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -410,7 +483,7 @@ class MjpegSink(Sink):
                 if route == "/stream.mjpg":
                     sink._stream(self)
                 elif route == "/snapshot.jpg":
-                    jpeg = sink._wait_jpeg(-1, timeout=2.0)
+                    jpeg = sink.frames_jpeg.wait_jpeg(-1, timeout=2.0)
                     if jpeg is None:
                         self.send_error(503, "no frame yet")
                         return
@@ -439,6 +512,7 @@ class MjpegSink(Sink):
             ) from None
         server.daemon_threads = True
         self._stop.clear()
+        self.frames_jpeg.open()
         self._server = server
         self.port = server.server_address[1]
         self.name = f"mjpeg:{self.host}:{self.port}"
@@ -454,31 +528,8 @@ class MjpegSink(Sink):
     def show(self, canvas_rgb: np.ndarray, t_capture_ns: int | None = None) -> None:
         if self._server is None:
             self.open()
-        canvas = check_canvas(canvas_rgb)
-        with self._cond:
-            self._latest = canvas
-            self._seq += 1
-            self._cond.notify_all()
+        self.frames_jpeg.show(canvas_rgb)
         self._shown(t_capture_ns)
-
-    def _wait_jpeg(self, after_seq: int, timeout: float) -> tuple[int, bytes] | None:
-        """The JPEG of the first frame newer than after_seq, or None on timeout or stop."""
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: (
-                    self._stop.is_set() or (self._latest is not None and self._seq != after_seq)
-                ),
-                timeout=timeout,
-            )
-            if not ok or self._stop.is_set():
-                return None
-            seq, canvas = self._seq, self._latest
-        with self._enc_lock:
-            if self._jpeg is None or self._jpeg[0] != seq:
-                bgr = cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)
-                ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-                self._jpeg = (seq, data.tobytes())
-            return self._jpeg
 
     def _stream(self, handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
@@ -486,12 +537,12 @@ class MjpegSink(Sink):
         handler.send_header("Cache-Control", "no-cache, private")
         handler.send_header("Pragma", "no-cache")
         handler.end_headers()
-        with self._cond:
+        with self._clients_lock:
             self.clients += 1
         seq = -1
         try:
             while not self._stop.is_set():
-                jpeg = self._wait_jpeg(seq, timeout=0.5)
+                jpeg = self.frames_jpeg.wait_jpeg(seq, timeout=0.5)
                 if jpeg is None:
                     continue
                 seq, data = jpeg
@@ -504,15 +555,14 @@ class MjpegSink(Sink):
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass
         finally:
-            with self._cond:
+            with self._clients_lock:
                 self.clients -= 1
 
     def close(self) -> None:
         if self._server is None:
             return
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self.frames_jpeg.close()
         self._server.shutdown()
         self._server.server_close()
         if self._thread is not None:

@@ -18,14 +18,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-import cv2
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
-LIVE_WIDTH = 960  # px, the live view is downscaled to keep JPEG encoding cheap
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -140,8 +138,10 @@ def make_app(daemon) -> web.Application:
                 if daemon.live.seq == seq or daemon.live.canvas is None:
                     await asyncio.sleep(interval / 2)
                     continue
-                seq, canvas = daemon.live.seq, daemon.live.canvas
-                jpeg = await in_thread(_encode_jpeg, canvas)
+                got = await in_thread(daemon.live.wait_jpeg, seq, 0.0)  # shared by all viewers
+                if got is None:
+                    continue
+                seq, jpeg = got
                 await resp.write(
                     b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                     + str(len(jpeg)).encode()
@@ -149,7 +149,7 @@ def make_app(daemon) -> web.Application:
                     + jpeg
                     + b"\r\n"
                 )
-        except (ConnectionResetError, asyncio.CancelledError):
+        except (ConnectionResetError, asyncio.CancelledError, RuntimeError):  # RuntimeError: shutdown
             pass
         return resp
 
@@ -253,18 +253,6 @@ def make_app(daemon) -> web.Application:
         ]
     )
     return app
-
-
-def _encode_jpeg(canvas_rgb) -> bytes:
-    h, w = canvas_rgb.shape[:2]
-    if w > LIVE_WIDTH:
-        canvas_rgb = cv2.resize(
-            canvas_rgb, (LIVE_WIDTH, round(h * LIVE_WIDTH / w)), interpolation=cv2.INTER_AREA
-        )
-    ok, buf = cv2.imencode(
-        ".jpg", cv2.cvtColor(canvas_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80]
-    )
-    return buf.tobytes()
 
 
 class HttpServer:

@@ -22,7 +22,7 @@ from lucida.models import Bundle, Registry, load_bundle
 from lucida.models.registry import SHIPPED_DIR
 from lucida.overlay.compose import ARComposer, PreviewComposer
 from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
-from lucida.overlay.sinks import make_sink
+from lucida.overlay.sinks import JpegStream, make_sink
 
 from .config import ConfigError, DaemonConfig, load_config
 from .engine import Engine
@@ -37,24 +37,7 @@ from .systemd import sd_notify, watchdog_interval_s
 
 log = logging.getLogger(__name__)
 
-
-class LatestCanvas:
-    """A sink that keeps the newest canvas (for the HTTP live view); `seq` counts frames shown."""
-
-    name = "latest"
-
-    def __init__(self):
-        self.canvas: np.ndarray | None = None
-        self.seq = 0
-
-    def open(self):
-        pass
-
-    def show(self, canvas, t_capture_ns=None):
-        self.canvas, self.seq = canvas, self.seq + 1
-
-    def close(self):
-        pass
+LIVE_WIDTH = 960  # px: the /live view is downscaled to keep JPEG encoding cheap
 
 
 def build_source(cfg) -> FrameSource:
@@ -121,7 +104,7 @@ class Daemon:
         self.events = EventLog(config.log.events)
         self.store = BundleStore(config.state_dir)
         self.token = config.token() or self._generated_token()
-        self.live = LatestCanvas()
+        self.live = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live: one encode per frame
         self.results = ResultLog()
         self.started_ns = time.monotonic_ns()
         self._swap_lock = threading.Lock()

@@ -10,10 +10,10 @@ import ctypes
 import logging
 import os
 import platform
-import time
 from dataclasses import dataclass
 
 from .backends import Backend
+from .retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ def load_edgetpu_delegate(
         ctypes.CDLL(lib)
     except OSError as exc:
         last, attempts = exc, 0
+    backoff = Backoff(retry_delay_s)
     for attempt in range(1, attempts + 1):
         try:
             delegate = backend.load_delegate(lib, opts)
@@ -85,7 +86,7 @@ def load_edgetpu_delegate(
             if _classify(exc) == "missing-library":
                 break
             if attempt < attempts:
-                time.sleep(retry_delay_s)
+                backoff.wait()
     reason = _classify(last) if last else "failed"
     hint = {
         "missing-library": "libedgetpu is not installed or not on the library path",

@@ -25,6 +25,7 @@ from lucida.overlay.regions import Regions
 from .engine import ModelInput
 from .frame import Frame, Heatmap
 from .models import ActiveModel, ModelSelector
+from .retry import Backoff
 from .slots import LatestSlot
 from .sources import FrameSource, SourceError
 from .stats import percentiles_ms
@@ -331,18 +332,18 @@ class Pipeline:
 
     # -- stages (their own threads) --------------------------------------------------------------
     def _capture_loop(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0)
         while not self._stop.is_set():
             if not self._source_ok:
                 try:
                     self.source.open()
-                    self._source_ok, backoff = True, 0.1
+                    self._source_ok = True
+                    backoff.reset()
                     self.on_event("source_open", source=self.source.name)
                 except (SourceError, OSError) as exc:
                     self.stats.count("source_errors")
                     self.on_event("error", where="source", message=str(exc))
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    backoff.wait(self._stop)
                     continue
             t0 = time.monotonic_ns()
             try:

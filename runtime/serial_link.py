@@ -28,6 +28,7 @@ try:
 except ImportError:  # not POSIX
     termios = None
 
+from .retry import Backoff
 from .serial_protocol import (
     PARSERS,
     Ack,
@@ -312,19 +313,17 @@ class SerialLink:
     # -- the thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff = self.backoff_s[0]
+        backoff = Backoff(*self.backoff_s)
         first = True
         while not self._stop.is_set():
-            if not first:
-                if self._stop.wait(backoff):
-                    break
-                backoff = min(backoff * 2, self.backoff_s[1])
+            if not first and backoff.wait(self._stop):
+                break
             first = False
             try:
                 if not self._open():
                     continue
                 if self._session():
-                    backoff = self.backoff_s[0]  # it answered: the next outage starts afresh
+                    backoff.reset()  # it answered: the next outage starts afresh
             except Exception as exc:  # a bug must not end the link; log it and start over
                 log.exception("serial link: unexpected error")
                 self._error(f"unexpected: {exc!r}")

@@ -7,15 +7,21 @@ from typing import Iterable
 import numpy as np
 
 
-def percentiles_ms(samples_ns: Iterable[int] | np.ndarray, prefix: str = "ms") -> dict:
-    """{prefix_p50, prefix_p90, prefix_p99} in ms from durations in ns (empty -> NaN-free zeros)."""
-    a = np.asarray(
-        list(samples_ns) if not isinstance(samples_ns, np.ndarray) else samples_ns, float
-    )
+def percentiles(values: Iterable[float] | np.ndarray, prefix: str = "", ndigits: int = 3) -> dict:
+    """{prefix p50, p90, p99} of the values, in their own unit, rounded; {} when empty."""
+    a = np.asarray(values if isinstance(values, np.ndarray) else list(values), float)
     if a.size == 0:
-        return {f"{prefix}_p50": 0.0, f"{prefix}_p90": 0.0, f"{prefix}_p99": 0.0}
-    p50, p90, p99 = np.percentile(a / 1e6, [50, 90, 99])
-    return {f"{prefix}_p{q}": round(float(v), 3) for q, v in ((50, p50), (90, p90), (99, p99))}
+        return {}
+    return {
+        f"{prefix}p{q}": round(float(v), ndigits)
+        for q, v in zip((50, 90, 99), np.percentile(a, [50, 90, 99]))
+    }
+
+
+def percentiles_ms(samples_ns: Iterable[int] | np.ndarray, prefix: str = "ms") -> dict:
+    """{prefix_p50, prefix_p90, prefix_p99} in ms from durations in ns (empty -> zeros)."""
+    a = np.asarray(samples_ns if isinstance(samples_ns, np.ndarray) else list(samples_ns), float)
+    return percentiles(a / 1e6, f"{prefix}_") or {f"{prefix}_p{q}": 0.0 for q in (50, 90, 99)}
 
 
 def roc_auc(labels, scores) -> float | None:

@@ -23,9 +23,9 @@ def _calib(n=24, size=64, seed=0):
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """An int8 (uint8 I/O) 64x64 fully-convolutional bundle with golden I/O, objectives 10x/20x."""
-    from lucida.tools.bundling import build_bundle
-    from lucida.tools.quantize import quantize_keras
-    from lucida.tools.tiny_models import tiny_fcn
+    from lucida.tools.demo.tiny_models import tiny_fcn
+    from lucida.tools.toolchain.bundle import build_bundle
+    from lucida.tools.toolchain.convert import quantize_keras
 
     samples = _calib()
     tfl = quantize_keras(tiny_fcn((64, 64)), samples)

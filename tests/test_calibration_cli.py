@@ -85,7 +85,7 @@ def _run(args, capsys):
 
 def test_photo_without_pattern_exits_3(tmp_path, capsys):
     _, png = _pattern(tmp_path)
-    from lucida.tools.calib_sim import fallback_tissue
+    from lucida.tools.calibrate.simulate import fallback_tissue
 
     photo = tmp_path / "tissue.png"
     write_image(photo, fallback_tissue(np.random.default_rng(0), (640, 480)))
@@ -111,7 +111,7 @@ def test_glimpse_of_pattern_exits_4(tmp_path, capsys):
 
 
 def test_degenerate_homography_exits_5(tmp_path, capsys):
-    from lucida.tools.calib_sim import project_pattern
+    from lucida.tools.calibrate.simulate import project_pattern
 
     spec, png = _pattern(tmp_path)
     g = np.array([[1.0, 0, 0], [0, 1.0, 0], [0.0008, 0, 1.0]])
@@ -175,7 +175,7 @@ def test_blank_micrometer_exits_9(tmp_path, capsys):
 
 
 def test_profile_without_objective_is_bad_input(tmp_path, capsys):
-    from lucida.tools.calib_sim import micrometer_image
+    from lucida.tools.calibrate.simulate import micrometer_image
 
     write_image(tmp_path / "m.png", micrometer_image(1, size=(480, 360)).image)
     rc, err = _run(

@@ -14,7 +14,7 @@ from lucida.calibration import (
     lab_stats,
     normalizer_from_manifest,
 )
-from lucida.tools.calib_sim import fallback_tissue
+from lucida.tools.calibrate.simulate import fallback_tissue
 
 
 @pytest.fixture(scope="module")

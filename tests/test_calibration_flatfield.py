@@ -12,7 +12,7 @@ from lucida.calibration import (
     grey_world,
     nonuniformity,
 )
-from lucida.tools.calib_bench import _virtual_camera
+from lucida.tools.calibrate.accuracy import _virtual_camera
 
 
 @pytest.fixture(scope="module")

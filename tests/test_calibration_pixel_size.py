@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from lucida.calibration import MeasurementError, measure_pixel_size
-from lucida.tools.calib_sim import micrometer_image
+from lucida.tools.calibrate.simulate import micrometer_image
 
 
 @pytest.mark.parametrize("seed", [0, 3, 4, 11])  # includes 7 px and 61 px pitches
@@ -34,7 +34,7 @@ def test_longer_every_fifth_tick_does_not_fool_the_pitch():
 
 
 def test_no_rulings_is_a_clear_error():
-    from lucida.tools.calib_sim import fallback_tissue
+    from lucida.tools.calibrate.simulate import fallback_tissue
 
     rng = np.random.default_rng(0)
     noise = np.clip(rng.normal(128, 20, (300, 400, 3)), 0, 255).astype(np.uint8)

@@ -16,7 +16,7 @@ from lucida.calibration import (
     render_pattern,
     save_pattern,
 )
-from lucida.tools.calib_sim import (
+from lucida.tools.calibrate.simulate import (
     GEOMETRIES,
     pattern_for,
     random_homography,
@@ -64,7 +64,7 @@ def test_pattern_sidecar_roundtrip(tmp_path):
 
 def test_photo_without_the_pattern_is_reported():
     rng = np.random.default_rng(0)
-    from lucida.tools.calib_sim import fallback_tissue
+    from lucida.tools.calibrate.simulate import fallback_tissue
 
     with pytest.raises(PatternNotFoundError):
         register_display(fallback_tissue(rng, (640, 480)), make_pattern((1280, 720)))
@@ -84,7 +84,7 @@ def test_a_glimpse_of_the_pattern_is_too_few_points():
 def test_a_view_with_the_horizon_in_the_frame_is_degenerate():
     """Strong perspective: the fitted map sends part of the camera frame to infinity,
     which no microscope's camera -> display map can do."""
-    from lucida.tools.calib_sim import project_pattern
+    from lucida.tools.calibrate.simulate import project_pattern
 
     spec = make_pattern((1280, 720))
     g = np.array([[1.0, 0, 0], [0, 1.0, 0], [0.0008, 0, 1.0]])  # display -> camera

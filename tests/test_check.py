@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tflite_fakes as fakes
 from lucida.tools.cli import main
-from lucida.tools.tflite_reader import TFLiteReadError, read_tflite
+from lucida.tools.toolchain.tflite_reader import TFLiteReadError, read_tflite
 
 SIZE = 16
 pytestmark = pytest.mark.tf

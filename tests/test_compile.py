@@ -8,7 +8,7 @@ import stat
 
 import pytest
 from lucida.tools.cli import main
-from lucida.tools.compile_edgetpu import parse_compiler_log
+from lucida.tools.toolchain.compile import parse_compiler_log
 
 # What edgetpu_compiler 16 prints with -s (written for these tests in the compiler's format).
 LOG_ALL_MAPPED = """\

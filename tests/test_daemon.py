@@ -207,3 +207,43 @@ def test_events_are_json_lines(daemon):
     lines = Path(daemon.config.log.events).read_text().splitlines()
     kinds = [json.loads(line)["event"] for line in lines]
     assert "daemon_ready" in kinds and "overlay" in kinds
+
+
+def _read_live_frames(d, n: int, out: list) -> None:
+    """Read n JPEG parts from GET /live, appending their bytes to out."""
+    host, port = d.http.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/live", headers={"Authorization": f"Bearer {TOKEN}"})
+    r = conn.getresponse()
+    while len(out) < n:
+        line = r.fp.readline()
+        if line.lower().startswith(b"content-length:"):
+            size = int(line.split(b":")[1])
+            r.fp.readline()
+            out.append(r.fp.read(size))
+    conn.close()
+
+
+def test_live_view_encodes_each_frame_once_whatever_the_number_of_viewers(daemon):
+    import threading
+
+    def watch(viewers: int, frames: int) -> tuple[float, list]:
+        wait_for(lambda: daemon.live.canvas is not None)
+        seq0, enc0 = daemon.live.seq, daemon.live.encodes
+        got = [[] for _ in range(viewers)]
+        threads = [
+            threading.Thread(target=_read_live_frames, args=(daemon, frames, g)) for g in got
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        shown = daemon.live.seq - seq0 + 1  # the frame shown just before the window counts too
+        return (daemon.live.encodes - enc0) / shown, got
+
+    one, _ = watch(1, 30)
+    three, got = watch(3, 30)
+    assert all(len(g) == 30 and g[0].startswith(b"\xff\xd8") for g in got)
+    # JPEG encodes per displayed frame: at most one, and 3 viewers cost what 1 costs (+10 %).
+    assert 0.5 < one <= 1.0 and three <= 1.0
+    assert three <= one * 1.1

@@ -45,7 +45,7 @@ def test_shipped_bundle_manifest_holds_measured_accuracy_and_latency(name):
 
 def test_lymph_m_finds_tumour_on_a_small_held_out_slide():
     from lucida.runtime.virtual.tissue import SyntheticSlide
-    from lucida.tools.evaluate import evaluate
+    from lucida.tools.demo.evaluate import evaluate
 
     slide = SyntheticSlide(1010, size_um=(3000.0, 2400.0), tumour_fraction=0.25)
     res = evaluate({"m": shipped_bundle("lymph-m")}, ["20x"], [slide], per_slide=8)["m"]["20x"]

@@ -171,9 +171,9 @@ def test_engine_applies_manifest_normalization(tiny_bundle, tmp_path):
 @pytest.fixture(scope="module")
 def float_fcn_pair(tmp_path_factory):
     """The same float FCN as a 64x64-tile bundle and as a 160x224 whole-frame model."""
-    from lucida.tools.bundling import build_bundle
-    from lucida.tools.quantize import convert_float
-    from lucida.tools.tiny_models import tiny_fcn
+    from lucida.tools.demo.tiny_models import tiny_fcn
+    from lucida.tools.toolchain.bundle import build_bundle
+    from lucida.tools.toolchain.convert import convert_float
 
     model = tiny_fcn(size=None, seed=3)
     d = tmp_path_factory.mktemp("float")

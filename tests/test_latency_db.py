@@ -10,10 +10,10 @@ import pytest
 from conftest import daemon_config, replay_frames
 from lucida.runtime.config import parse_config
 from lucida.runtime.daemon import Daemon
-from lucida.tools import profile_cmd
 from lucida.tools.cli import main
-from lucida.tools.latency_db import LatencyDB, LatencyDBError, Measurement, local_target
-from lucida.tools.profile_cmd import HostDrift, measure, profile_local, profile_remote
+from lucida.tools.latency import profile as profile_cmd
+from lucida.tools.latency.db import LatencyDB, LatencyDBError, Measurement, local_target
+from lucida.tools.latency.profile import HostDrift, measure, profile_local, profile_remote
 
 TOKEN = "bench-token"
 FAST = dict(runs=5, seconds=0.05, window_s=0.01)
@@ -69,9 +69,9 @@ def test_another_target_or_force_measures_again(tiny_bundle, db, counted):
 @pytest.fixture(scope="module")
 def other_bundle(tmp_path_factory):
     """A second, different int8 model (width 4) as a bundle."""
-    from lucida.tools.bundling import build_bundle
-    from lucida.tools.quantize import quantize_keras
-    from lucida.tools.tiny_models import tiny_fcn
+    from lucida.tools.demo.tiny_models import tiny_fcn
+    from lucida.tools.toolchain.bundle import build_bundle
+    from lucida.tools.toolchain.convert import quantize_keras
 
     rng = np.random.default_rng(1)
     samples = [rng.integers(0, 256, (64, 64, 3)).astype(np.float32) for _ in range(3)]

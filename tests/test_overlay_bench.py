@@ -7,7 +7,7 @@ import argparse
 import cv2
 import numpy as np
 import pytest
-from lucida.tools import bench_overlay
+from lucida.tools.bench import overlay as bench_overlay
 
 
 def test_overlay_bench_reports_ours_and_the_peer_side_by_side():

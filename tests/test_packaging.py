@@ -75,6 +75,39 @@ def test_rooms_do_not_import_what_they_must_not(room):
     assert not bad, bad
 
 
+# tools/ rooms import each other only through these (README's design section says why).
+TOOLS_SHARED = {
+    "lucida.tools.cli",  # the one entry point (the HIL bench starts `lucida run` through it)
+    "lucida.tools.toolchain.convert",  # Keras -> int8 TFLite (demo models, latency candidates)
+    "lucida.tools.toolchain.bundle",  # build a bundle from TFLite bytes
+    "lucida.tools.toolchain.tflite_reader",  # TF-free flatbuffer reader (op costs, features)
+    "lucida.tools.toolchain.compile",  # the compiler-log parser (predictor features)
+    "lucida.tools.toolchain.deploy",  # POST to a device's daemon (remote profiling)
+    "lucida.tools.hil.client",  # the HTTP client of a device's daemon (deploy)
+}
+TOOLS_ROOMS = sorted(p.name for p in (ROOT / "tools").iterdir() if (p / "__init__.py").is_file())
+
+
+def test_tools_has_rooms_and_nothing_loose():
+    loose = sorted(
+        p.name for p in (ROOT / "tools").glob("*.py") if p.name not in ("__init__.py", "cli.py")
+    )
+    assert not loose, f"modules at tools/ level: {loose}"
+    assert {"toolchain", "latency", "calibrate", "demo", "bench", "hil"} <= set(TOOLS_ROOMS)
+
+
+@pytest.mark.parametrize("room", TOOLS_ROOMS)
+def test_tools_rooms_import_each_other_only_through_shared_modules(room):
+    bad = []
+    for path in (ROOT / "tools" / room).rglob("*.py"):
+        for name in _imports(path):
+            if not name.startswith("lucida.tools.") or name.startswith(f"lucida.tools.{room}"):
+                continue
+            if name not in TOOLS_SHARED:
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, bad
+
+
 def test_pycoral_from_pypi_is_never_a_dependency():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")

@@ -7,16 +7,16 @@ import json
 
 import numpy as np
 import pytest
-from lucida.tools.candidates import (
+from lucida.tools.cli import main
+from lucida.tools.latency.candidates import (
     CandidateSpec,
     is_held_out,
     quantize_spec,
     spec_for_seed,
     write_candidate,
 )
-from lucida.tools.cli import main
-from lucida.tools.latency_db import LatencyDB, Measurement
-from lucida.tools.predictor import (
+from lucida.tools.latency.db import LatencyDB, Measurement
+from lucida.tools.latency.kernels import (
     PredictorError,
     evaluate,
     fit_kernel_model,

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from lucida.tools import calib_data as cd
-from lucida.tools.quant_report import compare, verdict
+from lucida.tools.toolchain import representative as cd
+from lucida.tools.toolchain.quant_report import compare, verdict
 
 
 def test_class_scores_report_accuracy_and_auc():

@@ -62,7 +62,7 @@ def tiles(tmp_path_factory):
 def task(tiles):
     """The tile folders plus model.keras: the tiny float model trained on the task (~5 s)."""
     import keras
-    from lucida.tools.tiny_models import tiny_fcn
+    from lucida.tools.demo.tiny_models import tiny_fcn
 
     rng = np.random.default_rng(3)
     xs, ys = [], []
@@ -221,7 +221,7 @@ def test_saved_model_with_normalization_and_dynamic_size(tmp_path, tiles, capsys
 
 
 def test_dynamic_input_needs_a_size(tmp_path, tiles, capsys):
-    from lucida.tools.tiny_models import tiny_fcn
+    from lucida.tools.demo.tiny_models import tiny_fcn
 
     path = tmp_path / "dyn.keras"
     tiny_fcn(None).save(path)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from lucida.models.bundle import update_manifest
 from lucida.tools.cli import main
-from lucida.tools.latency_db import LatencyDB, Measurement
-from lucida.tools.select_cmd import (
+from lucida.tools.latency.db import LatencyDB, Measurement
+from lucida.tools.latency.select import (
     DEFAULT_OVERHEAD_MS,
     Choice,
     NothingFits,
@@ -35,9 +35,9 @@ MEASURED = ("fam-s", "fam-m", "fam-l")
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
     """Three different int8 models as bundles with fov_auc metrics written into the manifests."""
-    from lucida.tools.bundling import build_bundle
-    from lucida.tools.quantize import quantize_keras
-    from lucida.tools.tiny_models import tiny_fcn
+    from lucida.tools.demo.tiny_models import tiny_fcn
+    from lucida.tools.toolchain.bundle import build_bundle
+    from lucida.tools.toolchain.convert import quantize_keras
 
     rng = np.random.default_rng(0)
     samples = [rng.integers(0, 256, (64, 64, 3)).astype(np.float32) for _ in range(4)]

@@ -16,25 +16,45 @@ import importlib
 import logging
 import sys
 
-# Modules under lucida.tools that add a subcommand. Keep sorted by command name.
+# Modules under lucida.tools that add a subcommand (`lucida run` is here, in cli). Keep sorted by
+# command name.
 COMMAND_MODULES = [
-    "lucida.tools.bench",
-    "lucida.tools.bundle_cmd",
-    "lucida.tools.calibrate_cli",
-    "lucida.tools.candidates",
-    "lucida.tools.check",
-    "lucida.tools.compile_edgetpu",
-    "lucida.tools.demo",
-    "lucida.tools.deploy_cmd",
-    "lucida.tools.evaluate",
-    "lucida.tools.hil_cmd",
-    "lucida.tools.predict_cmd",
-    "lucida.tools.profile_cmd",
-    "lucida.tools.quantize_cmd",
-    "lucida.tools.run_cmd",
-    "lucida.tools.select_cmd",
-    "lucida.tools.train_demo",
+    "lucida.tools.bench.command",
+    "lucida.tools.toolchain.bundle",
+    "lucida.tools.calibrate.commands",
+    "lucida.tools.latency.candidates",
+    "lucida.tools.toolchain.check",
+    "lucida.tools.toolchain.compile",
+    "lucida.tools.demo.embedded",
+    "lucida.tools.toolchain.deploy",
+    "lucida.tools.demo.evaluate",
+    "lucida.tools.hil.command",
+    "lucida.tools.latency.predict",
+    "lucida.tools.latency.profile",
+    "lucida.tools.toolchain.quantize",
+    "lucida.tools.cli",
+    "lucida.tools.latency.select",
+    "lucida.tools.demo.recipe",
 ]
+
+
+def register(sub) -> None:
+    """`lucida run --config FILE`: start the on-device daemon (see lucida.runtime.daemon)."""
+    p = sub.add_parser("run", help="run the on-device daemon (pipeline, serial link, HTTP API)")
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--check", action="store_true", help="validate the config and exit")
+    p.set_defaults(func=run_daemon)
+
+
+def run_daemon(args) -> int:
+    from lucida.runtime.config import load_config
+    from lucida.runtime.daemon import Daemon
+
+    config = load_config(args.config)
+    if args.check:
+        print(f"{args.config}: valid")
+        return 0
+    return Daemon(config, args.config).run_forever()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,17 +16,6 @@ import numpy as np
 FOV_TUMOUR_FRACTION = 0.01  # a field of view "has tumour" when >= 1 % of it is tumour
 
 
-def percentiles(values, prefix: str = "") -> dict:
-    """{prefix p50, p90, p99} of a list of numbers (rounded to 0.1), {} when empty."""
-    a = np.asarray(list(values), float)
-    if a.size == 0:
-        return {}
-    return {
-        f"{prefix}p{q}": round(float(v), 1)
-        for q, v in zip((50, 90, 99), np.percentile(a, [50, 90, 99]))
-    }
-
-
 def overlays(records, t0_ns: int | None = None, t1_ns: int | None = None) -> list[dict]:
     """Overlay records displayed in [t0_ns, t1_ns) (device clock), in display order."""
     out = [

@@ -15,9 +15,11 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from lucida.runtime.stats import percentiles
+
 from .client import DeviceError, Recorder
 from .dut import Dut
-from .metrics import Tally, latencies_ms, percentiles
+from .metrics import Tally, latencies_ms
 from .scenario import Scenario, Step
 
 log = logging.getLogger(__name__)
@@ -319,7 +321,7 @@ class Bench:
             "steps": [asdict(r) for r in self.results],
             "series": {
                 "latency_ms": [round(x, 2) for x in lat],
-                "latency_percentiles_ms": percentiles(lat),
+                "latency_percentiles_ms": percentiles(lat, ndigits=1),
                 "fps": [list(x) for x in self.fps_series],
                 "rss_mb": [list(x) for x in self.rss_series],
                 "restarts_s": self.restarts,

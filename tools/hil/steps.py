@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from lucida.runtime.stats import percentiles
 
 from .client import DeviceError
-from .metrics import Tally, clearing, median_thirds, overlays, percentiles, window_fps
+from .metrics import Tally, clearing, median_thirds, overlays, window_fps
 from .runner import Bench, Checks
 
 
@@ -216,7 +217,7 @@ def measure(b: Bench, p, c: Checks) -> None:
     t1 = t0 + int(total * 1e9)
     shown = overlays(recs, t0, t1)
     lat = [(r["t_display_ns"] - r["t_capture_ns"]) / 1e6 for r in shown]
-    pct = percentiles(lat, "latency_ms_")
+    pct = percentiles(lat, "latency_ms_", ndigits=1)
     for k, f in enumerate(fps):
         b.fps_series.append((b.t_rel(t0 + int((k + 0.5) * p.window_s * 1e9)), f, "measure"))
     med = float(np.median(fps))

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .edgetpu_ops import DEFAULT_RUNTIME_VERSION
+from lucida.tools.toolchain.edgetpu_ops import DEFAULT_RUNTIME_VERSION
 
 COMPILER = "edgetpu_compiler"
 ENV_COMPILER = "LUCIDA_EDGETPU_COMPILER"
@@ -143,7 +143,7 @@ def compile_model(
     Adds "edgetpu_model" (path of the compiled file), "command" and "returncode".
     Raises CompilerNotFound (exit 3) or CompileError (exit 1, with the compiler's error line).
     """
-    from .tflite_reader import read_tflite
+    from lucida.tools.toolchain.tflite_reader import read_tflite
 
     model = Path(model)
     read_tflite(model)  # a clear exit-2 message for a missing or broken file, before compiling

@@ -157,7 +157,7 @@ def build_keras(spec: CandidateSpec):
 
 def quantize_spec(spec: CandidateSpec, n_calib: int = 10) -> bytes:
     """Full-int8 TFLite bytes (uint8 I/O) of a spec, calibrated on random images."""
-    from .quantize import quantize_keras
+    from lucida.tools.toolchain.convert import quantize_keras
 
     rng = np.random.default_rng(spec.seed)
     w, h = spec.size
@@ -168,8 +168,7 @@ def quantize_spec(spec: CandidateSpec, n_calib: int = 10) -> bytes:
 def write_candidate(out_dir: str | os.PathLike, spec: CandidateSpec, tflite: bytes):
     """A minimal bundle folder for a candidate: cpu.tflite + candidate.json, no golden pair."""
     from lucida.models import write_bundle
-
-    from .tflite_reader import read_tflite
+    from lucida.tools.toolchain.tflite_reader import read_tflite
 
     m = read_tflite(tflite)
     qi, qo = m.inputs[0], m.outputs[0]

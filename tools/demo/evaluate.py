@@ -324,7 +324,7 @@ class _PictureKeeper:
             self.best = (frame, seen[self.key][1])
 
     def save(self, path, bundle_name: str) -> int:
-        from .fov_picture import fov_picture, save_png
+        from lucida.tools.demo.fov_picture import fov_picture, save_png
 
         frame, regions = self.best
         um = frame.meta["um_per_px"]
@@ -338,10 +338,8 @@ class _PictureKeeper:
 
 
 def run(args) -> int:
-    from lucida.models import load_bundle
+    from lucida.models import load_bundle, resolve_bundle
     from lucida.models.bundle import update_manifest
-
-    from .bench import resolve_bundle
 
     bundle = resolve_bundle(args.bundle)
     objectives = (

@@ -190,7 +190,7 @@ def float_ops(tflite: bytes) -> list[str]:
 
     The culprits come first; the (DE)QUANTIZE ops that the converter wraps around them follow.
     """
-    from .tflite_reader import read_tflite
+    from lucida.tools.toolchain.tflite_reader import read_tflite
 
     found, wrappers = [], []
     for op in read_tflite(tflite).ops:

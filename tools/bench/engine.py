@@ -1,59 +1,13 @@
-"""`lucida bench engine|pipeline|overlay`: ours against the limit (or a peer) in one run, as JSON.
+"""`lucida bench engine`: the engine's work around invoke against the raw interpreter, same calls.
 
-Each benchmark discards the first inference after a model load and reports p50/p90/p99.
+The first inference after a model load is discarded; times are ns per call, reported as p50/p90/p99.
 """
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
-
-BENCHES = ("engine", "pipeline", "overlay")
-
-
-def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: ours vs the limit or a peer, one JSON line")
-    p.add_argument("which", choices=BENCHES)
-    p.add_argument(
-        "--bundle", default="lymph-m", help="bundle folder or shipped name (default lymph-m)"
-    )
-    p.add_argument("--runs", type=int, default=200, help="timed runs per variant")
-    p.add_argument("--seconds", type=float, default=10.0, help="pipeline: how long to run")
-    p.add_argument(
-        "--threads", type=int, default=None, help="interpreter threads (default: all cores)"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object only")
-    p.set_defaults(func=run)
-
-
-def resolve_bundle(spec: str):
-    """A bundle folder or .tar.gz path, or the name of a shipped bundle."""
-    from pathlib import Path
-
-    from lucida.models import load_bundle, shipped_bundle
-
-    return load_bundle(spec) if Path(spec).exists() else shipped_bundle(spec)
-
-
-def run(args) -> int:
-    if args.which == "engine":
-        result = bench_engine(resolve_bundle(args.bundle), args.runs, args.threads)
-    elif args.which == "pipeline":
-        from .bench_pipeline import bench_pipeline
-
-        result = bench_pipeline(resolve_bundle(args.bundle), args.seconds, args.threads)
-    else:
-        from .bench_overlay import run_overlay_bench
-
-        result = run_overlay_bench(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
-    return 0
 
 
 def _interleaved(fns: dict, runs: int) -> dict:

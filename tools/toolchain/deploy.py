@@ -37,7 +37,7 @@ def request(
     timeout: float = 120.0,
 ) -> dict:
     """POST to the daemon (with the HIL bench's client); its JSON answer, or DeployError."""
-    from .hil.client import DaemonClient, DeviceError
+    from lucida.tools.hil.client import DaemonClient, DeviceError
 
     headers = None if length is None else {"Content-Length": str(length)}
     try:

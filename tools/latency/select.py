@@ -30,8 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from .latency_db import LatencyDB, resolve_target
+from lucida.tools.latency.db import LatencyDB, resolve_target
 
 FRAME = (1920, 1080)  # px, the camera frame the budget is for
 # Capture + render per frame (ms) when neither --overhead-ms nor the DB say: render_ms_p50 1.65 ms
@@ -161,9 +160,9 @@ def gather(
     predicted_only: bool = False,
 ) -> tuple[list[Choice], list[str]]:
     """Choices for the bundles, and notes on those left out (no accuracy, no latency)."""
-    from .predict_cmd import load_predictor
-    from .predictor import PredictorError, model_features, predict
-    from .profile_cmd import resolve_bundle
+    from lucida.models import resolve_bundle
+    from lucida.tools.latency.kernels import PredictorError, model_features, predict
+    from lucida.tools.latency.predict import load_predictor
 
     choices, notes = [], []
     predictor = None

@@ -284,7 +284,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m lucida.tools.bench_overlay`: run the bench alone, print one JSON line."""
+    """`python -m lucida.tools.bench.overlay`: run the bench alone, print one JSON line."""
     parser = argparse.ArgumentParser(prog="bench_overlay", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
     add_arguments(parser)

@@ -15,8 +15,14 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 
-from . import edgetpu_ops as E
-from .tflite_reader import OpInfo, TensorInfo, TFLiteModel, TFLiteReadError, read_tflite
+from lucida.tools.toolchain import edgetpu_ops as E
+from lucida.tools.toolchain.tflite_reader import (
+    OpInfo,
+    TensorInfo,
+    TFLiteModel,
+    TFLiteReadError,
+    read_tflite,
+)
 
 EIGHT_BIT = ("int8", "uint8")
 CONST_OK = ("int32", "int64")  # biases, shapes, axes, paddings

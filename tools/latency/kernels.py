@@ -113,7 +113,7 @@ def model_features(
     source: str | os.PathLike | bytes, compiler_log: str | os.PathLike | None = None
 ) -> dict:
     """Predictor features of a TFLite model: per-op rows, totals, Edge TPU compiler figures."""
-    from .tflite_reader import read_tflite
+    from lucida.tools.toolchain.tflite_reader import read_tflite
 
     m = read_tflite(source)
     ops = [op_features(op) for op in m.ops]
@@ -135,7 +135,7 @@ def model_features(
     if compiler_log is None and not isinstance(source, (bytes, bytearray, memoryview)):
         compiler_log = find_compiler_log(source)
     if compiler_log is not None:
-        from .compile_edgetpu import parse_compiler_log
+        from lucida.tools.toolchain.compile import parse_compiler_log
 
         log = parse_compiler_log(Path(compiler_log).read_text(errors="replace"))
         feats["edgetpu"] = {

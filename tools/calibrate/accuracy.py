@@ -28,8 +28,7 @@ def _pct(values, q) -> float:
 
 def evaluate_registration(trials: int, seed: int = 0) -> dict:
     from lucida.calibration import CalibrationError, corner_error, register_display
-
-    from .calib_sim import pattern_for, registration_trial
+    from lucida.tools.calibrate.simulate import pattern_for, registration_trial
 
     errors, per_trial, times, failures = [], [], [], []
     by_geometry: dict[str, list[float]] = {}
@@ -78,8 +77,7 @@ def evaluate_registration(trials: int, seed: int = 0) -> dict:
 
 def evaluate_pixel_size(trials: int, seed: int = 0, spacing_um: float = 10.0) -> dict:
     from lucida.calibration import CalibrationError, measure_pixel_size
-
-    from .calib_sim import micrometer_image
+    from lucida.tools.calibrate.simulate import micrometer_image
 
     rel, failures, covered = [], [], 0
     for i in range(trials):
@@ -122,7 +120,7 @@ def _virtual_camera(size: tuple[int, int], vignetting: float, seed: int):
         )
         return cam.apply, (lambda: cam.dark((size[1], size[0]))), "lucida.runtime.virtual.camera"
     except Exception:
-        from .calib_sim import camera_expose, vignette_map
+        from lucida.tools.calibrate.simulate import camera_expose, vignette_map
 
         rng = np.random.default_rng(seed)
         vig = vignette_map(size, vignetting)

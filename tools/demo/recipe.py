@@ -36,8 +36,8 @@ class TrainDemoError(ValueError):
 
 def build_variant_bundles(variant, model, calib, out_dir: Path, work_dir: Path, history: dict):
     """Quantize, convert and bundle one trained variant: (int8 Bundle, float Bundle)."""
-    from .bundling import build_bundle
-    from .quantize import convert_float, quantize_keras, tensor_quant
+    from lucida.tools.toolchain.bundle import build_bundle
+    from lucida.tools.toolchain.convert import convert_float, quantize_keras, tensor_quant
 
     v = variant
     name = f"{TASK}-{v.name}"
@@ -97,11 +97,10 @@ def register(sub) -> None:
 def run(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from lucida.models.bundle import update_manifest
-
-    from .demo_data import DataRecipe, cached_patches
-    from .demo_net import VARIANTS
-    from .demo_train import mosaics, train
-    from .evaluate import HELD_OUT_SEEDS, evaluate, latency, metrics_for_manifest
+    from lucida.tools.demo.evaluate import HELD_OUT_SEEDS, evaluate, latency, metrics_for_manifest
+    from lucida.tools.demo.fit import mosaics, train
+    from lucida.tools.demo.net import VARIANTS
+    from lucida.tools.demo.patches import DataRecipe, cached_patches
 
     names = [n.strip().lower() for n in args.variants.split(",") if n.strip()]
     bad = [n for n in names if n not in VARIANTS]

@@ -12,9 +12,8 @@ import math
 import time
 
 import numpy as np
-
-from .demo_data import flip_rot, stain_jitter
-from .demo_net import VARIANTS, Variant, build
+from lucida.tools.demo.net import VARIANTS, Variant, build
+from lucida.tools.demo.patches import flip_rot, stain_jitter
 
 log = logging.getLogger(__name__)
 

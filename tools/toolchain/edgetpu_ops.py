@@ -3,7 +3,7 @@
 Source: Coral, "TensorFlow models on the Edge TPU", section "Supported operations"
 (https://coral.ai/docs/edgetpu/models-intro/#supported-operations), and its "Model requirements":
 tensors 8-bit quantized, static sizes, at most 3 non-trivial (innermost) dimensions, one subgraph.
-Names are TFLite builtin op names (as `lucida.tools.tflite_reader` reports them); the number is
+Names are TFLite builtin op names (as `lucida.tools.toolchain.tflite_reader` reports them); the number is
 the lowest Edge TPU runtime version that maps the op (1 = every version). Ops not listed run on
 the CPU, and so does everything after the first of them in the graph.
 """

@@ -72,10 +72,16 @@ def quantize_to_bundle(
     0..255 pixels (written to the manifest; the runtime applies it). input_size: (W, H) px for
     models with a dynamic spatial size.
     """
-    from . import calib_data as cd
-    from .bundling import REPORT_FILE, build_bundle
-    from .quant_report import Int8Runner, compare, format_report, layer_errors, verdict
-    from .quantize import QuantizeError, convert_int8, load_float_model
+    from lucida.tools.toolchain import representative as cd
+    from lucida.tools.toolchain.bundle import REPORT_FILE, build_bundle
+    from lucida.tools.toolchain.convert import QuantizeError, convert_int8, load_float_model
+    from lucida.tools.toolchain.quant_report import (
+        Int8Runner,
+        compare,
+        format_report,
+        layer_errors,
+        verdict,
+    )
 
     model = Path(model)
     available = cd.list_images(calib_dir)  # fail fast, before TensorFlow loads the model

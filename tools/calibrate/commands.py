@@ -330,8 +330,7 @@ def cmd_simulate(args) -> int:
     import numpy as np
     from lucida.calibration.imageio import write_image
     from lucida.calibration.pattern import load_pattern, render_pattern
-
-    from .calib_sim import GEOMETRIES, random_homography, simulate_capture
+    from lucida.tools.calibrate.simulate import GEOMETRIES, random_homography, simulate_capture
 
     spec = load_pattern(args.pattern)
     rng = np.random.default_rng(args.seed)
@@ -375,8 +374,7 @@ def cmd_simulate(args) -> int:
 
 def cmd_simulate_micrometer(args) -> int:
     from lucida.calibration.imageio import write_image
-
-    from .calib_sim import micrometer_image
+    from lucida.tools.calibrate.simulate import micrometer_image
 
     m = micrometer_image(args.seed, period_px=args.period_px)
     write_image(args.out, m.image)
@@ -389,7 +387,7 @@ def cmd_simulate_micrometer(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .calib_bench import evaluate
+    from lucida.tools.calibrate.accuracy import evaluate
 
     res = evaluate(args.trials, args.pixel_trials, args.seed, args.flat_frames)
     if not args.per_trial:

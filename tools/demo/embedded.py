@@ -12,8 +12,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-
-from .evaluate import FOV_SCORE_PERCENTILE, FOV_TUMOUR_FRACTION
+from lucida.tools.demo.evaluate import FOV_SCORE_PERCENTILE, FOV_TUMOUR_FRACTION
 
 STALL_TIMEOUT_MS = 2000  # the virtual camera renders a new field cold for ~1 s after a jump
 TOUR_PAUSE_S = 2.0  # the demo's stage rests this long on each field, as a pathologist would
@@ -105,14 +104,14 @@ def write_pictures(shown: LastOverlay, ar, preview, out: Path, width: int = 1920
 def tour(slide, objective: str, seed: int, stops: int = 40):
     """A looping stage path over fields with and without tumour, resting on each."""
     from lucida.runtime.virtual.stage import StagePath, Waypoint
-
-    from .evaluate import fov_positions
+    from lucida.tools.demo.evaluate import fov_positions
 
     points = fov_positions(slide, objective, stops, np.random.default_rng(seed))
     return StagePath([Waypoint(x, y, None, TOUR_PAUSE_S) for x, y in points], loop=True)
 
 
 def run(args) -> int:
+    from lucida.models import resolve_bundle
     from lucida.overlay.compose import ARComposer, PreviewComposer
     from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
     from lucida.overlay.sinks import MjpegSink, VideoSink
@@ -120,8 +119,6 @@ def run(args) -> int:
     from lucida.runtime.pipeline import Pipeline
     from lucida.runtime.virtual.camera import CameraConfig
     from lucida.runtime.virtual.scope import VirtualMicroscope
-
-    from .bench import resolve_bundle
 
     bundle = resolve_bundle(args.bundle)
     out = Path(args.out)

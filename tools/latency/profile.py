@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from .latency_db import LatencyDB, Measurement, default_clock, resolve_target
+from lucida.models import resolve_bundle
+from lucida.tools.latency.db import LatencyDB, Measurement, default_clock, resolve_target
 
 WINDOW_S = 0.025  # s, one interleaving window per bundle
 
@@ -144,19 +144,11 @@ def measure(
     return out
 
 
-# -- bundles ---------------------------------------------------------------------------------
-def resolve_bundle(spec: str):
-    """A bundle folder or .tar.gz path, or the name of a shipped bundle."""
-    from lucida.models import load_bundle, shipped_bundle
-
-    return load_bundle(spec) if Path(spec).exists() else shipped_bundle(spec)
-
-
 def model_record(bundle, model_file: str = "cpu.tflite") -> dict:
     """What the DB keeps about a bundle's model: name, path, kind, candidate seed/spec, features,
     metrics."""
-    from .candidates import read_spec
-    from .predictor import model_features
+    from lucida.tools.latency.candidates import read_spec
+    from lucida.tools.latency.kernels import model_features
 
     spec = read_spec(bundle)
     path = bundle.file(model_file)
@@ -347,9 +339,8 @@ def profile_remote(
     progress: bool = False,
 ) -> list[dict]:
     """Profile bundles installed on a device through its daemon's POST /benchmark."""
+    from lucida.tools.toolchain.deploy import request
     from tqdm import tqdm
-
-    from .deploy_cmd import request
 
     target = resolve_target(url)
     rows = []

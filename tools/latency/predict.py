@@ -14,13 +14,13 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .latency_db import LatencyDB, resolve_target
-from .predictor import PredictorError, evaluate, model_features, predict
+from lucida.tools.latency.db import LatencyDB, resolve_target
+from lucida.tools.latency.kernels import PredictorError, evaluate, model_features, predict
 
 
 def training_rows(db: LatencyDB, target: str) -> tuple[list, str]:
     """(features, p50, p90, held_out) of the candidates measured on target, and their backend."""
-    from .candidates import is_held_out
+    from lucida.tools.latency.candidates import is_held_out
 
     pairs = [(m, x) for m, x in db.measurements(target, kind="candidate") if m["features"]]
     if not pairs:
@@ -61,7 +61,7 @@ def model_file(spec: str) -> Path:
     p = Path(spec)
     if p.is_file() and p.suffix == ".tflite":
         return p
-    from .profile_cmd import resolve_bundle
+    from lucida.models import resolve_bundle
 
     return resolve_bundle(spec).file("cpu.tflite")
 

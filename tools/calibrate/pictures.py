@@ -1,7 +1,7 @@
 """Pictures for docs/calibration.md: the pattern, the camera's view of it over tissue,
 and the overlay before and after registration, as the eye would see it.
 
-    python -m lucida.tools.calib_docs docs/
+    python -m lucida.tools.calibrate.pictures docs/
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from lucida.calibration import make_pattern, register_display, render_pattern
 from lucida.calibration.homography import corner_error
 from lucida.calibration.imageio import write_image
 from lucida.calibration.manual import nominal_homography
-
-from .calib_sim import random_homography, simulate_capture
+from lucida.tools.calibrate.simulate import random_homography, simulate_capture
 
 
 def _tissue_with_tumour(size: tuple[int, int], seed: int):
@@ -37,7 +36,7 @@ def _tissue_with_tumour(size: tuple[int, int], seed: int):
                 best = (score, x, y)
         return slide.render(best[1], best[2], size[0], size[1], 1.0)
     except Exception:
-        from .calib_sim import fallback_tissue
+        from lucida.tools.calibrate.simulate import fallback_tissue
 
         rgb = fallback_tissue(np.random.default_rng(seed), size)
         return rgb, cv2.GaussianBlur(rgb[..., 1], (0, 0), 25) < 150

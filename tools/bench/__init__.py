@@ -1,0 +1,1 @@
+"""Benchmarks (`lucida bench ...`): ours against the limit or a peer in one run, as p50/p90/p99."""

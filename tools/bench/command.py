@@ -1,0 +1,48 @@
+"""`lucida bench engine|pipeline|overlay`: ours against the limit (or a peer) in one run, as JSON.
+
+Each benchmark discards the first inference after a model load and reports p50/p90/p99.
+"""
+
+from __future__ import annotations
+
+import json
+
+BENCHES = ("engine", "pipeline", "overlay")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks: ours vs the limit or a peer, one JSON line")
+    p.add_argument("which", choices=BENCHES)
+    p.add_argument(
+        "--bundle", default="lymph-m", help="bundle folder or shipped name (default lymph-m)"
+    )
+    p.add_argument("--runs", type=int, default=200, help="timed runs per variant")
+    p.add_argument("--seconds", type=float, default=10.0, help="pipeline: how long to run")
+    p.add_argument(
+        "--threads", type=int, default=None, help="interpreter threads (default: all cores)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object only")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from lucida.models import resolve_bundle
+
+    if args.which == "engine":
+        from lucida.tools.bench.engine import bench_engine
+
+        result = bench_engine(resolve_bundle(args.bundle), args.runs, args.threads)
+    elif args.which == "pipeline":
+        from lucida.tools.bench.pipeline import bench_pipeline
+
+        result = bench_pipeline(resolve_bundle(args.bundle), args.seconds, args.threads)
+    else:
+        from lucida.tools.bench.overlay import run_overlay_bench
+
+        result = run_overlay_bench(args)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>24}: {v}")
+    return 0

@@ -1,0 +1,1 @@
+"""Latency-aware selection: candidates, the latency database, `lucida profile`, `predict` and `select`."""
