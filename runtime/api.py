@@ -149,7 +149,11 @@ def make_app(daemon) -> web.Application:
                     + jpeg
                     + b"\r\n"
                 )
-        except (ConnectionResetError, asyncio.CancelledError, RuntimeError):  # RuntimeError: shutdown
+        except (
+            ConnectionResetError,
+            asyncio.CancelledError,
+            RuntimeError,
+        ):  # RuntimeError: shutdown
             pass
         return resp
 
