@@ -20,6 +20,7 @@ import numpy as np
 from lucida.calibration.atomic import atomic_write_bytes, atomic_write_text
 from pydantic import ValidationError
 
+from .archive import ArchiveError, ArchiveLimits, check_archive, short
 from .manifest import Manifest
 
 MANIFEST = "manifest.json"
@@ -133,31 +134,42 @@ def load_bundle(path: str | os.PathLike, unpack_dir: str | os.PathLike | None = 
     return Bundle(path=path.resolve(), manifest=manifest)
 
 
-def unpack_archive(archive: Path, dest: Path, max_bytes: int = MAX_UNPACKED_BYTES) -> Path:
+def unpack_archive(
+    archive: Path,
+    dest: Path,
+    max_bytes: int = MAX_UNPACKED_BYTES,
+    limits: ArchiveLimits | None = None,
+) -> Path:
     """Unpack a bundle .tar.gz into dest safely; return the folder holding manifest.json.
 
-    Refuses absolute paths, `..`, links, devices and anything but regular files and folders, and
-    archives that unpack to more than `max_bytes`.
+    Every member header is checked first, streaming (see models.archive: extension header
+    size, name length, member count, total size <= `max_bytes`, types); then absolute paths,
+    `..`, links and devices are refused before anything is written.
     """
+    limits = limits or ArchiveLimits(max_total_bytes=max_bytes)
+    try:
+        check_archive(archive, limits)
+    except ArchiveError as exc:
+        raise BundleError(str(exc)) from None
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()
-            total = 0
             for m in members:
                 name = m.name
                 parts = Path(name).parts
                 if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-                    raise BundleError(f"{archive.name}: unsafe path {name!r} in archive")
+                    raise BundleError(f"{archive.name}: unsafe path {short(name)} in archive")
                 if not (m.isfile() or m.isdir()):
-                    raise BundleError(f"{archive.name}: {name!r} is a link or device, not a file")
-                total += max(m.size, 0)
-                if total > max_bytes:
-                    raise BundleError(f"{archive.name}: unpacks to more than {max_bytes} bytes")
+                    raise BundleError(
+                        f"{archive.name}: {short(name)} is a link or device, not a file"
+                    )
             dest.mkdir(parents=True, exist_ok=True)
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, members=members, **kwargs)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BundleError(f"{archive.name}: not a readable .tar.gz ({exc})") from None
+        raise BundleError(
+            f"{archive.name}: not a readable .tar.gz ({short(str(exc), 120)})"
+        ) from None
     candidates = [p.parent for p in dest.rglob(MANIFEST)]
     if len(candidates) != 1:
         raise BundleError(f"{archive.name}: expected one {MANIFEST}, found {len(candidates)}")
