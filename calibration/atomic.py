@@ -19,7 +19,20 @@ def _read_umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file
+_FILE_MODE = 0o666 & ~_read_umask()  # what open() would give a new file (umask at import)
+
+
+def _file_mode() -> int:
+    """What open() would give a new file under the umask in force now (Linux: read from
+    /proc without touching the umask, which other threads share); else the one at import."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _FILE_MODE
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -35,13 +48,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically; returns the path."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
+    """Write `data` to `path` atomically; returns the path. `mode`: the file's permissions
+    from its creation (e.g. 0o600 for a secret); default: what the umask gives."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; keep the usual permissions
+        # mkstemp makes 0600; give the usual permissions (or `mode`) before any byte is written
+        os.fchmod(fd, _file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -57,9 +72,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write UTF-8 `text` to `path` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, mode: int | None = None) -> Path:
+    """Write UTF-8 `text` to `path` atomically (`mode` as in atomic_write_bytes)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:

@@ -75,7 +75,7 @@ def _checksum_ok(header: bytes) -> bool:
 def _pax_records(data: bytes) -> dict[str, str]:
     """'LEN key=value\\n' records of a PAX header (already bounded in size)."""
     out, pos = {}, 0
-    while pos < len(data) and data[pos:pos + 1] not in (b"\0", b""):
+    while pos < len(data) and data[pos : pos + 1] not in (b"\0", b""):
         sp = data.find(b" ", pos, pos + 24)
         if sp < 0:
             raise ArchiveError("malformed PAX header record")
@@ -121,7 +121,9 @@ def check_archive(archive: str | Path, limits: ArchiveLimits = ArchiveLimits()) 
     except ArchiveError as exc:
         raise ArchiveError(f"{archive.name}: {exc}") from None
     except (OSError, EOFError, zlib.error) as exc:
-        raise ArchiveError(f"{archive.name}: not a readable .tar.gz ({short(str(exc), 120)})") from None
+        raise ArchiveError(
+            f"{archive.name}: not a readable .tar.gz ({short(str(exc), 120)})"
+        ) from None
 
 
 def _walk(r: _Reader, lim: ArchiveLimits) -> int:

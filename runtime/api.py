@@ -1,19 +1,25 @@
 """The daemon's HTTP API (aiohttp), on its own thread and event loop.
 
-GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events,
-/results?since=I&truth=1 (display records on the device clock, see runtime.results).
-POST (bearer token required, compared in constant time): /snapshot, /overlay, /objective,
+GET: / (live page), /status, /metrics (Prometheus); with the token (bearer, the page's cookie
+from POST /login, or a signed URL from GET /live/url): /live (MJPEG of preview mode),
+/events?before=I&limit=N (paginated), /results?since=I&truth=1 (display records on the device
+clock, see runtime.results). Every request's Host header must name this daemon (see
+runtime.guard). POST (bearer token required, compared in constant time): /snapshot, /overlay,
+/objective,
 /calibration/manual (ARM-style circles and cross, nudged, saved into the profile),
 /models (upload a bundle .tar.gz), /models/{name}/activate, /models/rollback, /benchmark,
 /health (golden check of the running bundle), /virtual (drive a virtual microscope: HIL bench).
-Every error is JSON {"error": "..."} with a 4xx status; the pipeline keeps running.
+Every error is JSON {"error": "..."} (one line, bounded in size) with a 4xx status for client
+input; the pipeline keeps running. Bodies are validated by runtime.requests before anything
+changes; connections are capped and slow ones closed (runtime.netlimits).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -22,12 +28,36 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from . import guard
+from .events import bounded
+from .netlimits import capped_factory, connection_cap
+from .requests import (
+    BenchmarkBody,
+    LoginBody,
+    ManualBody,
+    ObjectiveBody,
+    OverlayBody,
+    RequestError,
+    VirtualBody,
+    parse,
+)
+
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
+JSON_BODY_MAX = 64 * 1024  # bytes of a JSON request body
+ERROR_CHARS = 500  # longest error message sent back (chars)
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return web.json_response({"error": bounded(message, ERROR_CHARS)}, status=status)
+
+
+class UploadRefused(OSError):
+    """An upload refused before it is unpacked (size, disk space, one at a time)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class StatusCollector:
@@ -66,31 +96,77 @@ class StatusCollector:
         )
         up.add_metric([str(st["model"]), str(st["delegate"])], 1.0)
         yield up
+        disk = self.daemon.store.disk()
+        for key, help_ in (
+            ("free_mb", "free space on the state folder's file system (MiB)"),
+            ("state_mb", "space used by the state folder (MiB)"),
+            ("incoming_files", "files left in incoming/ (partial uploads)"),
+        ):
+            g = GaugeMetricFamily(f"lucida_disk_{key}", help_)
+            g.add_metric([], float(disk[key]))
+            yield g
 
 
 def make_app(daemon) -> web.Application:
-    token = daemon.token
     registry = CollectorRegistry()
     registry.register(StatusCollector(daemon))
     max_upload = int(daemon.config.http.max_upload_mb * 1024 * 1024)
 
+    http_cfg = daemon.config.http
+    bind = http_cfg.bind
+    hosts = guard.allowed_hosts(bind, http_cfg.allowed_hosts)
+    uploads = asyncio.Semaphore(1)  # one bundle upload (body in flight) at a time
+    errors = daemon.http_errors
+
     @web.middleware
-    async def auth(request, handler):
+    async def privacy(request, handler):
+        """Host check (DNS rebinding), then the token for state changes and private data."""
+        if not guard.host_ok(request.headers.get("Host"), hosts, bind):
+            return _error(421, "Host header does not name this device (DNS rebinding?)")
+        token = daemon.token  # read per request: a reload may change it
         if request.method not in ("GET", "HEAD", "OPTIONS"):
-            header = request.headers.get("Authorization", "")
-            given = header[7:] if header.startswith("Bearer ") else ""
-            if not given:
+            ok = guard.bearer_ok(request.headers.get("Authorization", ""), token)
+            if request.path == "/login":
+                ok = True  # the body carries the token
+            if ok is None:
                 return _error(401, "missing bearer token (Authorization: Bearer TOKEN)")
-            if not hmac.compare_digest(given.encode(), token.encode()):
+            if not ok:
                 return _error(403, "wrong token")
+        elif guard.private(request.path):
+            ok = guard.bearer_ok(request.headers.get("Authorization", ""), token)
+            if not ok and request.cookies.get(guard.COOKIE):
+                ok = guard.cookie_ok(request.cookies[guard.COOKIE], token)
+            if not ok and "sig" in request.query:
+                ok = guard.signature_ok(
+                    token, request.path, request.query.get("exp", ""), request.query["sig"]
+                )
+            if not ok:
+                return _error(
+                    401,
+                    "this holds patient images: give the token (Authorization: Bearer TOKEN, "
+                    "the page's login, or a signed URL from GET /live/url)",
+                )
+        return await handler(request)
+
+    @web.middleware
+    async def errors_as_json(request, handler):
         try:
             return await handler(request)
         except web.HTTPException:
             raise
+        except UploadRefused as exc:
+            daemon.events("error", where=request.path, message=str(exc))
+            return _error(exc.status, str(exc))
         except (ValueError, OSError) as exc:  # bad input: one readable message
             daemon.events("error", where=request.path, message=str(exc))
-            status = 422 if type(exc).__name__ == "HealthCheckError" else 400
+            status = 422 if type(exc).__name__ in ("HealthCheckError", "SandboxError") else 400
             return _error(status, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug: one line, rate-limited; never a traceback to clients
+            errors(f"handler:{type(exc).__name__}", f"{request.path}: {type(exc).__name__}: {exc}")
+            daemon.events("error", where=request.path, message=f"{type(exc).__name__}: {exc}")
+            return _error(500, f"internal error ({type(exc).__name__}); see the event log")
 
     async def in_thread(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -105,12 +181,19 @@ def make_app(daemon) -> web.Application:
         body = await in_thread(generate_latest, registry)
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    async def results(request):
+    def query_int(request, key: str, default: int, lo: int, hi: int) -> int:
+        raw = request.query.get(key, str(default))
         try:
-            since = int(request.query.get("since", "0"))
-            limit = int(request.query.get("limit", "1000"))
+            value = int(raw)
         except ValueError:
-            raise ValueError("'since' and 'limit' must be integers") from None
+            raise RequestError(f"'{key}' must be an integer, got {bounded(raw, 40)!r}") from None
+        if not lo <= value <= hi:
+            raise RequestError(f"'{key}' must be {lo}..{hi}, got {value}")
+        return value
+
+    async def results(request):
+        since = query_int(request, "since", 0, 0, 2**62)
+        limit = query_int(request, "limit", 1000, 1, 10000)
         truth = request.query.get("truth", "0") not in ("0", "", "false")
         return web.json_response(await in_thread(daemon.results.since, since, truth, limit))
 
@@ -118,11 +201,35 @@ def make_app(daemon) -> web.Application:
         return web.json_response(await in_thread(daemon.health))
 
     async def virtual(request):
-        return web.json_response(await in_thread(daemon.virtual, await json_body(request)))
+        body = parse(VirtualBody, await json_body(request))
+        return web.json_response(
+            await in_thread(daemon.virtual, body.model_dump(exclude_unset=True))
+        )
 
     async def events(request):
-        n = int(request.query.get("n", "50"))
-        return web.json_response(daemon.events.recent[-n:])
+        limit = query_int(request, "limit", query_int(request, "n", 50, 1, 500), 1, 500)
+        before = (
+            query_int(request, "before", 2**62, 0, 2**62) if "before" in request.query else None
+        )
+        return web.json_response(daemon.events.page(before, limit))
+
+    async def live_url(request):
+        ttl = query_int(request, "ttl_s", 60, 1, guard.SIGNED_URL_MAX_S)
+        return web.json_response({"url": guard.sign_path(daemon.token, "/live", ttl), "ttl_s": ttl})
+
+    async def login(request):
+        body = parse(LoginBody, await json_body(request))
+        if not guard.bearer_ok("Bearer " + body.token, daemon.token):
+            return _error(403, "wrong token")
+        resp = web.json_response({"ok": True})
+        resp.set_cookie(
+            guard.COOKIE,
+            guard.session_value(daemon.token),
+            httponly=True,
+            samesite="Strict",
+            max_age=12 * 3600,
+        )
+        return resp
 
     async def live(request):
         resp = web.StreamResponse(
@@ -160,39 +267,56 @@ def make_app(daemon) -> web.Application:
     async def json_body(request) -> dict:
         if not request.can_read_body:
             return {}
+        if (request.content_length or 0) > JSON_BODY_MAX:
+            raise UploadRefused(413, f"JSON body over {JSON_BODY_MAX} bytes")
+        raw = b""
+        while len(raw) <= JSON_BODY_MAX:
+            chunk = await asyncio.wait_for(request.content.readany(), http_cfg.idle_timeout_s)
+            if not chunk:
+                break
+            raw += chunk
+        if len(raw) > JSON_BODY_MAX:
+            raise UploadRefused(413, f"JSON body over {JSON_BODY_MAX} bytes")
+        if not raw.strip():
+            return {}
+        import json
+
         try:
-            body = await request.json()
-        except ValueError:
-            raise ValueError("request body is not JSON") from None
+            body = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):
+            raise RequestError("request body is not JSON") from None
         if not isinstance(body, dict):
-            raise ValueError("request body must be a JSON object")
+            raise RequestError("request body must be a JSON object")
         return body
 
     async def snapshot(_request):
         return web.json_response(await in_thread(daemon.snapshot))
 
     async def overlay(request):
-        body = await json_body(request)
-        if "enabled" in body:
-            if not isinstance(body["enabled"], bool):
-                raise ValueError("'enabled' must be true or false")
-            daemon.pipeline.set_overlay(body["enabled"])
-        if "threshold" in body:
-            daemon.pipeline.set_threshold(float(body["threshold"]))
+        body = parse(OverlayBody, await json_body(request))
+        if body.enabled is not None:
+            daemon.pipeline.set_overlay(body.enabled)
+        if body.threshold is not None:
+            daemon.pipeline.set_threshold(body.threshold)
         await in_thread(daemon.save_settings)
         return web.json_response(
             {"overlay": daemon.pipeline.overlay_enabled, "threshold": daemon.pipeline.threshold}
         )
 
     async def calibration_manual(request):
-        return web.json_response(
-            await in_thread(daemon.manual_registration, await json_body(request))
-        )
+        body = parse(ManualBody, await json_body(request))
+        return web.json_response(await in_thread(daemon.manual_registration, body.command()))
 
     async def objective(request):
-        body = await json_body(request)
-        daemon.pipeline.set_objective(body.get("objective"))
-        return web.json_response({"objective": body.get("objective")})
+        body = parse(ObjectiveBody, await json_body(request))
+        known = daemon.objectives()
+        if body.objective not in known:
+            raise RequestError(
+                f"objective {bounded(body.objective, 20)!r} is not configured on this "
+                f"microscope; expected one of {', '.join(sorted(known))}"
+            )
+        daemon.pipeline.set_objective(body.objective)
+        return web.json_response({"objective": body.objective})
 
     async def upload(request):
         if request.content_length is not None and request.content_length > max_upload:
@@ -201,26 +325,44 @@ def make_app(daemon) -> web.Application:
                 f"bundle upload of {request.content_length} bytes exceeds the "
                 f"{max_upload} byte limit",
             )
-        incoming = Path(daemon.config.state_dir, "incoming")
-        incoming.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=incoming, suffix=".tar.gz", delete=False) as tmp:
-            path = Path(tmp.name)
-            size = 0
-            try:
-                async for chunk in request.content.iter_chunked(1 << 16):
-                    size += len(chunk)
-                    if size > max_upload:
-                        return _error(413, f"bundle upload exceeds the {max_upload} byte limit")
-                    tmp.write(chunk)
-            except BaseException:
+        if uploads.locked():
+            raise UploadRefused(503, "another bundle upload is in progress: try again after it")
+        async with uploads:
+            free_mb = shutil.disk_usage(daemon.config.state_dir).free / 2**20
+            need_mb = http_cfg.min_free_mb + 5 * max_upload / 2**20
+            if free_mb < need_mb:
+                raise UploadRefused(
+                    507,
+                    f"only {free_mb:.0f} MiB free on the state folder; uploads need "
+                    f"{need_mb:.0f} MiB (http.min_free_mb + room to unpack)",
+                )
+            incoming = daemon.store.incoming
+            fd, name = tempfile.mkstemp(dir=incoming, prefix="upload-", suffix=".tar.gz")
+            path = Path(name)
+            try:  # the partial file goes on every path out: error, 413, client gone, crash
+                size = 0
+                with os.fdopen(fd, "wb") as tmp:
+                    while True:
+                        chunk = await asyncio.wait_for(
+                            request.content.readany(), http_cfg.idle_timeout_s
+                        )
+                        if not chunk:
+                            break
+                        size += len(chunk)
+                        if size > max_upload:
+                            raise UploadRefused(
+                                413, f"bundle upload exceeds the {max_upload} byte limit"
+                            )
+                        tmp.write(chunk)
+                if size == 0:
+                    raise ValueError("empty upload: send a bundle .tar.gz as the request body")
+                return web.json_response(await in_thread(daemon.deploy, path))
+            except asyncio.TimeoutError:
+                raise UploadRefused(
+                    408, f"upload stalled: no data for {http_cfg.idle_timeout_s:g} s"
+                ) from None
+            finally:
                 path.unlink(missing_ok=True)
-                raise
-        try:
-            if size == 0:
-                raise ValueError("empty upload: send a bundle .tar.gz as the request body")
-            return web.json_response(await in_thread(daemon.deploy, path))
-        finally:
-            path.unlink(missing_ok=True)
 
     async def activate(request):
         return web.json_response(await in_thread(daemon.activate, request.match_info["name"]))
@@ -229,13 +371,10 @@ def make_app(daemon) -> web.Application:
         return web.json_response(await in_thread(daemon.rollback))
 
     async def benchmark(request):
-        body = await json_body(request)
-        runs = int(body.get("runs", 50))
-        if not 1 <= runs <= 10000:
-            raise ValueError("'runs' must be 1..10000")
-        return web.json_response(await in_thread(daemon.benchmark, body.get("bundle"), runs))
+        body = parse(BenchmarkBody, await json_body(request))
+        return web.json_response(await in_thread(daemon.benchmark, body.bundle, body.runs))
 
-    app = web.Application(middlewares=[auth], client_max_size=max_upload)
+    app = web.Application(middlewares=[privacy, errors_as_json], client_max_size=JSON_BODY_MAX)
     app.add_routes(
         [
             web.get("/", index),
@@ -243,6 +382,8 @@ def make_app(daemon) -> web.Application:
             web.get("/metrics", metrics),
             web.get("/events", events),
             web.get("/live", live),
+            web.get("/live/url", live_url),
+            web.post("/login", login),
             web.get("/results", results),
             web.post("/health", health),
             web.post("/virtual", virtual),
@@ -279,19 +420,37 @@ class HttpServer:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._runner = web.AppRunner(make_app(self.daemon), access_log=None)
+        cfg = self.daemon.config.http
+        errors = self.daemon.http_errors
+        self._loop.set_exception_handler(errors.loop_handler)
+        self.cap = connection_cap(cfg.max_connections)
+        self.refused: dict[str, int] = {}
+
+        def refused(kind: str) -> None:
+            self.refused[kind] = self.refused.get(kind, 0) + 1
+            errors(f"refused:{kind}", f"HTTP connection refused: {kind} (cap {self.cap})")
+
+        self._runner = web.AppRunner(
+            make_app(self.daemon), access_log=None, keepalive_timeout=cfg.idle_timeout_s
+        )
         try:
             self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, self.host, self.port)
-            self._loop.run_until_complete(site.start())
-            port = site._server.sockets[0].getsockname()[1]
-            self.url = f"http://{self.host}:{port}"
+            factory = capped_factory(
+                self._runner.server, self.cap, cfg.header_timeout_s, on_refuse=refused
+            )
+            self._server = self._loop.run_until_complete(
+                self._loop.create_server(factory, self.host, self.port, backlog=128)
+            )
+            port = self._server.sockets[0].getsockname()[1]
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            self.url = f"http://{host}:{port}"
         except BaseException as exc:  # port in use, bad address
             self._error = exc
             self._ready.set()
             return
         self._ready.set()
         self._loop.run_forever()
+        self._server.close()
         self._loop.run_until_complete(self._runner.cleanup())
 
     def stop(self) -> None:

@@ -8,9 +8,12 @@ Example (every key optional except where noted):
     display: {width: 1920, height: 1080, eyepiece: true}
     sinks: {ar: ["window"], preview: []}
     serial: {port: auto, protocol: olympus, positions: {1: 4x, 2: 10x, 3: 20x, 4: 40x}}
-    http: {bind: 127.0.0.1, port: 8080, token_file: /etc/lucida/token}
+    http: {bind: 127.0.0.1, port: 8080, token_file: /etc/lucida/token, allowed_hosts: [scope.lan]}
     state_dir: /var/lib/lucida
     log: {events: /var/log/lucida/events.jsonl, timings_every: 30}
+
+Every key is bounded; `runtime.preflight` cross-checks what a schema cannot (paths, devices,
+bundles, calibration), and `lucida run --check` runs exactly that validation.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -28,19 +31,25 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+OBJECTIVE = r"^\d{1,3}(\.\d{1,2})?x$"  # "20x", "2.5x"
+MAX_W, MAX_H = 7680, 4320  # px: 8K is the largest camera or display accepted
 
 
 class SourceConfig(_Strict):
     type: Literal["virtual", "opencv", "replay", "picamera"] = "virtual"
-    seed: int = 1001  # virtual: slide seed
-    objective: str = "10x"  # the objective until a nosepiece reports one (virtual: starting one)
+    seed: int = Field(default=1001, ge=0, le=2**31)  # virtual: slide seed
+    # the objective until a nosepiece reports one (virtual: starting one)
+    objective: str = Field(default="10x", pattern=OBJECTIVE)
     device: Union[int, str] = 0  # opencv: index, file, URL or GStreamer pipeline
-    path: Optional[str] = None  # replay: folder of images
+    path: Optional[str] = Field(default=None, max_length=4096)  # replay: folder of images
     fps: float = Field(default=15.0, gt=0, le=240)
-    stall_timeout_ms: float = Field(default=500.0, gt=0)  # no frame for this long: display blanks
-    width: int = Field(default=1920, gt=0)
-    height: int = Field(default=1080, gt=0)
+    # no frame for this long: display blanks (ms)
+    stall_timeout_ms: float = Field(default=500.0, gt=0, le=60000)
+    width: int = Field(default=1920, ge=16, le=MAX_W)
+    height: int = Field(default=1080, ge=16, le=MAX_H)
 
     @model_validator(mode="after")
     def _replay_needs_path(self):
@@ -49,51 +58,95 @@ class SourceConfig(_Strict):
         return self
 
 
+class SandboxConfig(_Strict):
+    """Limits of the child process that first loads an untrusted bundle (runtime.sandbox)."""
+
+    memory_mb: int = Field(default=1536, ge=256, le=65536)  # address space (MiB)
+    cpu_s: int = Field(default=60, ge=1, le=3600)  # CPU time (s)
+    timeout_s: float = Field(default=90.0, gt=0, le=3600)  # wall clock (s)
+
+
+class ArchiveConfig(_Strict):
+    """Caps on an uploaded bundle archive (models.archive)."""
+
+    max_members: int = Field(default=64, ge=2, le=10000)
+    max_unpacked_mb: float = Field(default=256, gt=0, le=8192)
+    max_name_bytes: int = Field(default=255, ge=16, le=4096)
+    max_ext_header_kb: int = Field(default=64, ge=1, le=1024)
+
+
 class ModelsConfig(_Strict):
-    task: str = "lymph"
+    task: str = Field(default="lymph", min_length=1, max_length=64)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|edgetpu|usb:\d+|pci:\d+)$")
-    num_threads: Optional[int] = Field(default=None, ge=1)
+    num_threads: Optional[int] = Field(default=None, ge=1, le=64)
     dirs: List[str] = Field(
-        default_factory=list
+        default_factory=list, max_length=32
     )  # extra bundle folders, searched after deployed ones
     overrides: Optional[Dict[str, Dict[str, Dict[str, object]]]] = None  # registry config
+    # start (or reload) even when no bundle claims source.objective: the overlay stays off
+    allow_no_model: bool = False
+    keep_bundles: int = Field(default=3, ge=2, le=100)  # installed bundles kept on disk
+    sandbox: SandboxConfig = SandboxConfig()
+    archive: ArchiveConfig = ArchiveConfig()
 
 
 class CalibrationConfig(_Strict):
-    profile: Optional[str] = None
+    profile: Optional[str] = Field(default=None, max_length=4096)
 
 
 class DisplayConfig(_Strict):
-    width: int = Field(default=1920, gt=0)
-    height: int = Field(default=1080, gt=0)
+    width: int = Field(default=1920, ge=16, le=MAX_W)
+    height: int = Field(default=1080, ge=16, le=MAX_H)
     eyepiece: Union[bool, Tuple[float, float, float]] = True  # True: inscribed circle
 
 
 class SinksConfig(_Strict):
-    ar: List[str] = Field(default_factory=list)  # e.g. ["window"], ["fb:/dev/fb0"]
-    preview: List[str] = Field(default_factory=list)  # e.g. ["video:/tmp/rec.mp4"]
+    ar: List[str] = Field(default_factory=list, max_length=8)  # e.g. ["window"], ["fb:/dev/fb0"]
+    preview: List[str] = Field(default_factory=list, max_length=8)  # e.g. ["video:/tmp/rec.mp4"]
 
 
 class SerialConfig(_Strict):
-    port: Optional[str] = None  # None: no nosepiece; "auto": detect a USB serial adapter
+    # None: no nosepiece; "auto": detect a USB serial adapter
+    port: Optional[str] = Field(default=None, max_length=4096)
     protocol: Literal["olympus", "simple"] = "olympus"
     positions: Dict[int, str] = Field(
-        default_factory=lambda: {1: "4x", 2: "10x", 3: "20x", 4: "40x", 5: "2x"}
+        default_factory=lambda: {1: "4x", 2: "10x", 3: "20x", 4: "40x", 5: "2x"},
+        min_length=1,
+        max_length=12,
     )
     poll_interval_s: float = Field(default=0.2, gt=0, le=5)
 
+    @field_validator("positions")
+    @classmethod
+    def _positions(cls, v):
+        import re
+
+        for pos, obj in v.items():
+            if not 1 <= pos <= 12:
+                raise ValueError(f"nosepiece position {pos}: expected 1..12")
+            if not re.match(OBJECTIVE, str(obj)):
+                raise ValueError(f"position {pos}: objective {obj!r} is not like '20x'")
+        return v
+
 
 class HttpConfig(_Strict):
-    bind: str = "127.0.0.1"
+    bind: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     port: int = Field(default=8080, ge=0, le=65535)
-    token: Optional[str] = None
-    token_file: Optional[str] = None
-    max_upload_mb: float = Field(default=64, gt=0)
+    token: Optional[str] = Field(default=None, min_length=1, max_length=512, pattern=r"^[!-~]+$")
+    token_file: Optional[str] = Field(default=None, max_length=4096)
+    max_upload_mb: float = Field(default=64, gt=0, le=1024)
+    # Host header names accepted besides loopback, the bound address and this host's name
+    allowed_hosts: List[str] = Field(default_factory=list, max_length=32)
+    max_connections: int = Field(default=64, ge=4, le=4096)  # open HTTP connections
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)  # to send a request header (s)
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)  # keep-alive, body stalls (s)
+    min_free_mb: float = Field(default=200, ge=0, le=1e6)  # uploads refused below this (MiB)
 
 
 class LogConfig(_Strict):
-    events: Optional[str] = None  # JSON-lines file; None: stderr
-    timings_every: int = Field(default=30, ge=0)  # log stage timings of every Nth frame (0: never)
+    events: Optional[str] = Field(default=None, max_length=4096)  # JSON-lines file; None: stderr
+    # log stage timings of every Nth frame (0: never)
+    timings_every: int = Field(default=30, ge=0, le=100000)
 
 
 class DaemonConfig(_Strict):
@@ -104,7 +157,7 @@ class DaemonConfig(_Strict):
     sinks: SinksConfig = SinksConfig()
     serial: SerialConfig = SerialConfig()
     http: HttpConfig = HttpConfig()
-    state_dir: str = "/var/lib/lucida"
+    state_dir: str = Field(default="/var/lib/lucida", min_length=1, max_length=4096)
     log: LogConfig = LogConfig()
 
     def token(self) -> str | None:
@@ -135,8 +188,7 @@ def parse_config(data: object, origin: str = "config") -> DaemonConfig:
         return DaemonConfig.model_validate(data)
     except ValidationError as exc:
         errs = exc.errors()
-        more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-        raise ConfigError(f"{origin}: {_describe(errs[0])}{more}") from None
+        raise ConfigError(f"{origin}: {'; '.join(_describe(e) for e in errs[:20])}") from None
 
 
 def load_config(path: str | os.PathLike) -> DaemonConfig:

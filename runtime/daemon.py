@@ -1,12 +1,17 @@
 """`lucida run`: the pipeline as a long-running service with a serial nosepiece and an HTTP API.
 
-Signals: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the config (a bad new config is reported
-and the running one kept). Under systemd (Type=notify) it reports READY, WATCHDOG and STOPPING.
+Signals: SIGTERM/SIGINT stop cleanly, SIGHUP reloads the config: the new one is fully checked
+first (runtime.preflight: paths, devices, bundles in a sandbox, calibration), and if it still
+fails to start the old one is built and started again; either way the event log says why.
+Under systemd (Type=notify) it reports READY, WATCHDOG and STOPPING. Files it creates are
+private (umask 077: 0600 files, 0700 folders); untrusted bundles are golden-checked in a child
+process (runtime.sandbox) before they are loaded here.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import logging
 import os
@@ -26,8 +31,10 @@ from lucida.overlay.sinks import JpegStream, make_sink
 
 from .config import ConfigError, DaemonConfig, load_config
 from .engine import Engine
-from .events import EventLog
+from .events import EventLog, bounded
+from .guard import is_loopback
 from .models import ActiveModel, ModelSelector
+from .netlimits import RateLimitedLog
 from .pipeline import Optics, Pipeline, nominal_um_per_px
 from .results import ResultLog
 from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource
@@ -100,9 +107,15 @@ def versions() -> dict:
 
 class Daemon:
     def __init__(self, config: DaemonConfig, config_path: str | Path | None = None):
+        os.umask(0o077)  # patient images, tokens, logs: private from creation
         self.config, self.config_path = config, config_path
         self.events = EventLog(config.log.events)
         self.store = BundleStore(config.state_dir)
+        if self.store.swept:
+            self.events("incoming_swept", files=self.store.swept)
+        self.http_errors = RateLimitedLog(log)
+        self._verified: set = set()  # (path, sha256) of bundles that passed the sandbox
+        self._snap_seq = itertools.count()
         self.token = config.token() or self._generated_token()
         self.live = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live: one encode per frame
         self.results = ResultLog()
@@ -121,8 +134,7 @@ class Daemon:
         if not path.exists():
             from lucida.calibration.atomic import atomic_write_text
 
-            atomic_write_text(path, secrets.token_urlsafe(24) + "\n")
-            path.chmod(0o600)
+            atomic_write_text(path, secrets.token_urlsafe(24) + "\n", mode=0o600)
         self.events("token", generated=str(path))
         return path.read_text().strip()
 
@@ -345,7 +357,30 @@ class Daemon:
                     self.events("error", where="manual registration", message=str(exc))
 
     # -- lifecycle --------------------------------------------------------------------------------
+    def objectives(self) -> set[str]:
+        """Objectives this microscope is configured with (POST /objective accepts only these)."""
+        from .preflight import objectives
+
+        return objectives(self.config)
+
+    def _exposed_warning(self) -> None:
+        bind = self.config.http.bind
+        if not is_loopback(bind):
+            msg = (
+                f"HTTP API bound to {bind}: reachable from the network, not only this machine; "
+                "patient images are served to anyone with the token (use bind: 127.0.0.1 and an "
+                "SSH tunnel unless the network is trusted)"
+            )
+            log.warning(msg)
+            self.events("warning", where="http.bind", message=msg)
+
     def start(self) -> None:
+        from .preflight import check_config
+
+        check_config(
+            self.config, str(self.config_path or "config"), verified=self._verified
+        )  # raises PreflightError (a ConfigError): nothing started
+        self._exposed_warning()
         objectives = set(self.config.serial.positions.values()) if self.serial else set()
         loaded = self.models.preload(objectives | {self.config.source.objective})
         self.events("models_loaded", models=loaded)
@@ -372,26 +407,64 @@ class Daemon:
         self.events.close()
 
     def reload(self) -> bool:
-        """Re-read the config file; keep running on the old one when the new one is bad."""
+        """Re-read the config file and switch to it only when it is up; else keep the old one.
+
+        The new config is checked in full first (preflight, with http.bind/port, state_dir
+        and log.events refused when changed: they need a restart). If building or starting it
+        still fails, the old config is built and started again. A new token applies at once.
+        """
+        from .preflight import check_config
+
         sd_notify("RELOADING=1")
         try:
             new = load_config(self.config_path)
+            check_config(new, str(self.config_path), running=self.config, verified=self._verified)
+            for key in ("state_dir",):
+                if getattr(new, key) != getattr(self.config, key):
+                    raise ConfigError(f"key '{key}': cannot change while running: restart")
+            if new.log.events != self.config.log.events:
+                raise ConfigError("key 'log.events': cannot change while running: restart")
+            token = new.token() or self._generated_token()
         except ConfigError as exc:
             self.events("error", where="reload", message=str(exc))
+            self.events("reload_refused", config=str(self.config_path), reason=str(exc))
             sd_notify("READY=1")
             return False
+        old = self.config
+        self._stop_pipeline()
+        try:
+            self.config = new
+            self._build()
+            self._restore_settings()
+            self.pipeline.start()
+            if self.serial is not None:
+                self.serial.start()
+        except (ValueError, OSError, RuntimeError) as exc:
+            self._stop_pipeline()
+            self.config = old
+            self._build()
+            self._restore_settings()
+            self.pipeline.start()
+            if self.serial is not None:
+                self.serial.start()
+            self.events("error", where="reload", message=f"new config failed to start: {exc}")
+            self.events(
+                "reload_refused",
+                config=str(self.config_path),
+                reason=f"failed to start ({bounded(exc, 500)}); the previous config runs again",
+            )
+            sd_notify("READY=1")
+            return False
+        changed = token != self.token
+        self.token = token
+        self.events("reload", config=str(self.config_path), token_changed=changed)
+        sd_notify("READY=1")
+        return True
+
+    def _stop_pipeline(self) -> None:
         if self.serial is not None:
             self.serial.stop()
         self.pipeline.stop()
-        self.config = new
-        self._build()
-        self._restore_settings()
-        self.pipeline.start()
-        if self.serial is not None:
-            self.serial.start()
-        self.events("reload", config=str(self.config_path))
-        sd_notify("READY=1")
-        return True
 
     def run_forever(self) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
@@ -432,6 +505,9 @@ class Daemon:
             rss_mb=rss_mb(),
             versions=versions(),
             pid=os.getpid(),
+            disk=self.store.disk(),
+            http_exposed=not is_loopback(self.config.http.bind),
+            http_refused=dict(getattr(self.http, "refused", {}) or {}),
         )
         return st
 
@@ -513,7 +589,7 @@ class Daemon:
 
         folder = Path(self.config.state_dir, "snapshots")
         folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(self._snap_seq):04d}"
         out = {}
         if self.live.canvas is not None:
             out["preview"] = str(write_png(folder / f"preview-{stamp}.png", self.live.canvas))
@@ -521,8 +597,12 @@ class Daemon:
         return out
 
     def _activate(self, bundle: Bundle) -> dict:
-        """Load, health-check, then swap in between two frames; on failure nothing changes."""
+        """Golden-check in a child process, then load and health-check here, then swap in
+        between two frames; on failure nothing changes."""
+        from .preflight import sandbox_check
+
         with self._swap_lock:
+            sandbox_check(bundle, self.config, verified=self._verified)  # SandboxError: refused
             engine = Engine(
                 bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
             )
@@ -541,13 +621,26 @@ class Daemon:
         }
 
     def deploy(self, archive: Path) -> dict:
-        max_bytes = int(self.config.http.max_upload_mb * 1024 * 1024) * 4
-        bundle = self.store.install(archive, max_bytes=max_bytes)
+        from lucida.models.archive import ArchiveLimits
+
+        a = self.config.models.archive
+        max_bytes = int(min(a.max_unpacked_mb, self.config.http.max_upload_mb * 4) * 1024 * 1024)
+        limits = ArchiveLimits(
+            max_members=a.max_members,
+            max_total_bytes=max_bytes,
+            max_name_bytes=a.max_name_bytes,
+            max_ext_header_bytes=a.max_ext_header_kb * 1024,
+        )
+        bundle = self.store.install(archive, max_bytes=max_bytes, limits=limits)
         try:
-            return self._activate(bundle)
+            out = self._activate(bundle)
         except BaseException:
             self.store.discard(bundle)
             raise
+        removed = self.store.collect(self.config.models.keep_bundles)
+        if removed:
+            self.events("bundles_collected", removed=removed)
+        return out
 
     def activate(self, key: str) -> dict:
         try:

@@ -2,19 +2,36 @@
 
 Layout under `state_dir`: bundles/<name>-<manifest sha12>/ (one folder per installed bundle) and
 deployed.json {"active": path, "previous": path} written atomically, so a crash mid-deploy
-leaves the device on the bundle it was running.
+leaves the device on the bundle it was running. incoming/ (uploads being received or unpacked)
+is emptied when the store opens: whatever is there was left by a crash. `collect` keeps the
+newest `keep` installed bundles and never removes the active or previous one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from lucida.calibration.atomic import atomic_write_text
 from lucida.models import Bundle, BundleError, load_bundle
+from lucida.models.archive import ArchiveLimits
 from lucida.models.bundle import MANIFEST, sha256_file, unpack_archive
+
+
+def _tree_bytes(folder: Path) -> tuple[int, int]:
+    """(bytes, files) under folder, not following links."""
+    total = files = 0
+    for dirpath, _, names in os.walk(folder):
+        for n in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, n)).st_size
+                files += 1
+            except OSError:
+                pass
+    return total, files
 
 
 class BundleStore:
@@ -25,17 +42,30 @@ class BundleStore:
         self.state_file = self.root / "deployed.json"
         for d in (self.bundles, self.incoming):
             d.mkdir(parents=True, exist_ok=True)
+        self.swept = self.sweep()
 
-    def install(self, archive: Path, max_bytes: int) -> Bundle:
+    def sweep(self) -> int:
+        """Remove everything in incoming/ (left by a crash mid-upload); returns how many."""
+        n = 0
+        for p in self.incoming.iterdir():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            n += 1
+        return n
+
+    def install(self, archive: Path, max_bytes: int, limits: ArchiveLimits | None = None) -> Bundle:
         """Unpack and verify an uploaded .tar.gz; returns the installed bundle (not yet active)."""
         work = Path(tempfile.mkdtemp(prefix="unpack-", dir=self.incoming))
         try:
-            folder = unpack_archive(archive, work, max_bytes=max_bytes)
+            folder = unpack_archive(archive, work, max_bytes=max_bytes, limits=limits)
             bundle = load_bundle(folder)
             # the manifest's hash covers every file's hash: same folder name, same bytes
             dest = self.bundles / f"{bundle.name}-{sha256_file(folder / MANIFEST)[:12]}"
             if not dest.exists():
                 folder.rename(dest)
+            os.utime(dest)  # newest install: the last one `collect` removes
             return load_bundle(dest)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -45,6 +75,38 @@ class BundleStore:
         path = Path(bundle.path)
         if path.parent == self.bundles and str(path) not in self.state().values():
             shutil.rmtree(path, ignore_errors=True)
+
+    def collect(self, keep: int) -> list[str]:
+        """Remove installed bundles beyond the newest `keep` (by install time), never the active
+        or the previous one; returns the folder names removed."""
+        protected = {str(Path(p)) for p in self.state().values() if p}
+        folders = sorted(
+            (p for p in self.bundles.iterdir() if p.is_dir()),
+            key=lambda p: p.stat().st_mtime,
+            reverse=True,
+        )
+        removed, kept = [], 0
+        for p in folders:
+            if str(p) in protected or str(p.resolve()) in protected:
+                continue
+            kept += 1
+            if kept + len(protected) > keep:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+        return removed
+
+    def disk(self) -> dict:
+        """Disk use of the state folder and free space on its file system (MiB)."""
+        du = shutil.disk_usage(self.root)
+        used, _ = _tree_bytes(self.root)
+        _, incoming = _tree_bytes(self.incoming)
+        return {
+            "free_mb": round(du.free / 2**20, 1),
+            "total_mb": round(du.total / 2**20, 1),
+            "state_mb": round(used / 2**20, 1),
+            "bundles": sum(1 for p in self.bundles.iterdir() if p.is_dir()),
+            "incoming_files": incoming,
+        }
 
     def state(self) -> dict:
         try:

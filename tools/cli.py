@@ -42,7 +42,11 @@ def register(sub) -> None:
     """`lucida run --config FILE`: start the on-device daemon (see lucida.runtime.daemon)."""
     p = sub.add_parser("run", help="run the on-device daemon (pipeline, serial link, HTTP API)")
     p.add_argument("--config", required=True, help="YAML config file")
-    p.add_argument("--check", action="store_true", help="validate the config and exit")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config as a start would (paths, devices, bundles in a sandbox) and exit",
+    )
     p.set_defaults(func=run_daemon)
 
 
@@ -51,7 +55,10 @@ def run_daemon(args) -> int:
     from lucida.runtime.daemon import Daemon
 
     config = load_config(args.config)
-    if args.check:
+    if args.check:  # the very validation a start and a SIGHUP reload run
+        from lucida.runtime.preflight import check_config
+
+        check_config(config, args.config)
         print(f"{args.config}: valid")
         return 0
     return Daemon(config, args.config).run_forever()
