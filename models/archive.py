@@ -148,8 +148,8 @@ def _walk(r: _Reader, lim: ArchiveLimits) -> int:
         shown = short((prefix + b"/" + raw_name if prefix else raw_name).decode("utf-8", "replace"))
         if kind is None:
             raise ArchiveError(
-                f"member {shown} has type {short(header[156:157])}: only files and folders "
-                f"(and PAX/GNU long-name headers) are allowed"
+                f"member {shown} is a link or device (type {short(header[156:157])}), not a "
+                f"file or folder (only those and PAX/GNU long-name headers are allowed)"
             )
         size = _octal(header[124:136], "size")
         if kind in ("pax", "longname"):

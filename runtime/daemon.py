@@ -508,6 +508,11 @@ class Daemon:
             disk=self.store.disk(),
             http_exposed=not is_loopback(self.config.http.bind),
             http_refused=dict(getattr(self.http, "refused", {}) or {}),
+            http_limits={
+                "max_connections": getattr(self.http, "cap", None),
+                "header_timeout_s": self.config.http.header_timeout_s,
+                "idle_timeout_s": self.config.http.idle_timeout_s,
+            },
         )
         return st
 

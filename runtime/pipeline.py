@@ -132,6 +132,26 @@ class Stats:
         return out
 
 
+def moving_banner(image: np.ndarray) -> np.ndarray:
+    """A copy of the camera frame (RGB uint8) with a "stage moving" banner along its top."""
+    import cv2
+
+    out = image.copy()
+    h = max(14, image.shape[0] // 18)
+    out[:h] = out[:h] // 3
+    cv2.putText(
+        out,
+        "stage moving",
+        (h // 3, int(h * 0.75)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        h / 30,
+        (255, 200, 0),
+        max(1, h // 15),
+        cv2.LINE_AA,
+    )
+    return out
+
+
 class Pipeline:
     """Source -> (correct) -> engine -> contours -> AR display and preview sinks.
 
@@ -426,6 +446,8 @@ class Pipeline:
             gen, active, optics = self._generation, self._active, self._optics
         if frame.moving or self.turret_moving:
             self.clear("stage moving")
+            # the preview keeps showing the camera (no overlay, a banner) instead of freezing
+            self.results.put(Result(frame=frame, generation=gen, clear_reason="stage moving"))
             return
         if active is None or not self.overlay_enabled:
             self.results.put(Result(frame=frame, generation=gen, clear_reason="no overlay"))
@@ -476,8 +498,9 @@ class Pipeline:
             for s in self.ar_sinks:
                 s.show(blank, None)
         if frame is not None:
+            image = moving_banner(frame.image) if reason == "stage moving" else frame.image
             for s in self.preview_sinks:
-                s.show(frame.image, frame.t_capture_ns)
+                s.show(image, frame.t_capture_ns)
         if self._showing_overlay:
             self.stats.count("cleared")
             self.on_event("overlay_cleared", reason=reason)

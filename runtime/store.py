@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 from lucida.calibration.atomic import atomic_write_text
 from lucida.models import Bundle, BundleError, load_bundle
-from lucida.models.archive import ArchiveLimits
+from lucida.models.archive import ArchiveLimits, short
 from lucida.models.bundle import MANIFEST, sha256_file, unpack_archive
 
 
@@ -115,7 +116,13 @@ class BundleStore:
             return {}
 
     def get(self, key: str) -> Bundle:
-        """A bundle by path, installed folder name ("lymph-m-0123abcd4567") or name (newest)."""
+        """A bundle by path, installed folder name ("lymph-m-0123abcd4567") or name (newest);
+        a path must be an installed folder, a name a plain name (no folders, no '..')."""
+        if Path(key).is_absolute():
+            if Path(key).parent != self.bundles:
+                raise BundleError(f"{short(key)} is not an installed bundle on this device")
+        elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", key):
+            raise BundleError(f"bundle name {short(key)}: expected letters, digits, '.', '_', '-'")
         path = Path(key) if Path(key).is_absolute() else self.bundles / key
         if not path.is_dir():
             matches = sorted(

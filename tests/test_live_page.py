@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 import pytest
-from test_daemon import daemon, wait_for  # noqa: F401  (fixture)
+from test_daemon import TOKEN, daemon, wait_for  # noqa: F401  (fixture)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -50,7 +50,7 @@ def test_page_screenshot_shows_the_stream(daemon, tmp_path):  # noqa: F811
         "--virtual-time-budget=4000",
         "--window-size=1280,720",
         f"--screenshot={shot}",
-        daemon.http.url + "/",
+        daemon.http.url + "/#token=" + TOKEN,  # the stream needs the token (issue 20)
     )
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (720, 1280)

@@ -1,6 +1,6 @@
 """Talking to a device's daemon: JSON over HTTP, its clock, and a recorder of what it displayed.
 
-`DaemonClient` calls the API (bearer token on POSTs). `clock_offset()` estimates device
+`DaemonClient` calls the API (bearer token on every request when it has one). `clock_offset()` estimates device
 monotonic time minus host monotonic time from the quickest of a few round trips (the error is
 at most half that round trip); bench actions are stamped with it, while every latency and fps
 figure comes from the device's own timestamps. `Recorder` polls GET /results in the
@@ -45,7 +45,7 @@ class DaemonClient:
         body: a dict (sent as JSON), bytes (a bundle), or a file-like object (give its
         Content-Length in `headers`)."""
         headers = dict(headers or {})
-        if method != "GET":
+        if method != "GET" or self.token:  # GET /results, /events carry patient data: token too
             headers["Authorization"] = f"Bearer {self.token or ''}"
         if isinstance(body, dict):
             body = json.dumps(body).encode()

@@ -233,6 +233,28 @@ class SigKill(_Fault):
     restart_after_s: float = Field(default=1.0, ge=0, le=60)
 
 
+class HostileStep(_Strict):
+    """The red team's catalogue (tools/hil/hostile.py), each attack judged alone: refused,
+    daemon survived with the old model serving, max display gap (ms, device clock) and, for
+    uploads, memory peak above the baseline (MiB); nothing left in incoming/ at the end.
+    Attacks needing the daemon's process (reload_bad_configs, kill9_mid_deploy) are skipped
+    on a remote device."""
+
+    attacks: Optional[List[str]] = None  # default: all
+    max_display_gap_ms: float = Field(default=500.0, gt=0)
+    upload_memory_mb_max: float = Field(default=200.0, gt=0)
+
+    @field_validator("attacks")
+    @classmethod
+    def _known(cls, v):
+        from .hostile import ATTACKS
+
+        for a in v or []:
+            if a not in ATTACKS:
+                raise ValueError(f"unknown attack {a!r}; known: {', '.join(ATTACKS)}")
+        return v
+
+
 FaultStep = Union[
     SourceStall,
     SourceUnplug,
@@ -258,6 +280,7 @@ STEP_KINDS: dict[str, type] = {
     "measure": MeasureStep,
     "soak": SoakStep,
     "fault": _FaultHolder,
+    "hostile": HostileStep,
 }
 
 

@@ -516,6 +516,12 @@ FAULTS = {
     "sigkill": sigkill,
 }
 
+def hostile(b: Bench, p, c: Checks) -> None:
+    from .hostile import run
+
+    run(b, p, c)
+
+
 HANDLERS = {
     "health": health,
     "deploy": deploy,
@@ -526,4 +532,5 @@ HANDLERS = {
     "measure": measure,
     "soak": soak,
     "fault": fault,
+    "hostile": hostile,
 }
