@@ -134,6 +134,8 @@ def make_app(daemon) -> web.Application:
                 return _error(403, "wrong token")
         elif guard.private(request.path):
             ok = guard.bearer_ok(request.headers.get("Authorization", ""), token)
+            if ok is False:
+                return _error(403, "wrong token")
             if not ok and request.cookies.get(guard.COOKIE):
                 ok = guard.cookie_ok(request.cookies[guard.COOKIE], token)
             if not ok and "sig" in request.query:

@@ -430,36 +430,45 @@ class Daemon:
             self.events("reload_refused", config=str(self.config_path), reason=str(exc))
             sd_notify("READY=1")
             return False
-        old = self.config
-        self._stop_pipeline()
-        try:
+        old = (self.config, self.models, self.profile, self.pipeline, self.serial)
+        try:  # build the new one beside the running one, its models loaded, then swap
             self.config = new
             self._build()
+            self.models.preload(self.objectives())
+        except (ValueError, OSError, RuntimeError) as exc:
+            self.config, self.models, self.profile, self.pipeline, self.serial = old
+            return self._reload_failed(f"failed to build ({bounded(exc, 500)})")
+        built = (self.pipeline, self.serial)
+        self.pipeline, self.serial = old[3], old[4]
+        self._stop_pipeline()
+        self.pipeline, self.serial = built
+        try:
             self._restore_settings()
             self.pipeline.start()
             if self.serial is not None:
                 self.serial.start()
         except (ValueError, OSError, RuntimeError) as exc:
             self._stop_pipeline()
-            self.config = old
+            self.config = old[0]
             self._build()
             self._restore_settings()
             self.pipeline.start()
             if self.serial is not None:
                 self.serial.start()
-            self.events("error", where="reload", message=f"new config failed to start: {exc}")
-            self.events(
-                "reload_refused",
-                config=str(self.config_path),
-                reason=f"failed to start ({bounded(exc, 500)}); the previous config runs again",
+            return self._reload_failed(
+                f"failed to start ({bounded(exc, 500)}); the previous config runs again"
             )
-            sd_notify("READY=1")
-            return False
         changed = token != self.token
         self.token = token
         self.events("reload", config=str(self.config_path), token_changed=changed)
         sd_notify("READY=1")
         return True
+
+    def _reload_failed(self, reason: str) -> bool:
+        self.events("error", where="reload", message=f"new config {reason}")
+        self.events("reload_refused", config=str(self.config_path), reason=reason)
+        sd_notify("READY=1")
+        return False
 
     def _stop_pipeline(self) -> None:
         if self.serial is not None:

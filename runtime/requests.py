@@ -23,7 +23,7 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
-Finite = Annotated[float, Field(strict=False, allow_inf_nan=False)]  # ints allowed, not NaN/inf
+Finite = Annotated[float, Field(allow_inf_nan=False)]  # strict: a number (int ok), not "1"
 
 
 class OverlayBody(_Body):
@@ -73,7 +73,7 @@ class BenchmarkBody(_Body):
 class VirtualBody(_Body):
     """POST /virtual: drive the virtual microscope (emulated benches only)."""
 
-    action: Literal["stall", "unplug", "replug", "objective", "tour", "hold"]
+    action: str = Field(min_length=1, max_length=32)  # the daemon names the known ones
     seconds: Annotated[Finite, Field(gt=0, le=600)] = 1.0
     objective: Optional[str] = Field(default=None, min_length=1, max_length=16)
     where: Union[

@@ -106,6 +106,10 @@ def _limit(memory_mb: int, cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    try:
+        os.nice(10)  # the display process it protects keeps the CPU first
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ def sd_notify(state: str) -> bool:
         addr = "\0" + addr[1:]  # abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)  # a listener that does not read must never stall the daemon
             s.connect(addr)
             s.sendall(state.encode())
         return True

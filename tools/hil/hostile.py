@@ -168,6 +168,7 @@ def _stream(b: Bench, nbytes: int) -> tuple[int, str]:
 
 
 def upload(b: Bench, kind: str, tmp: Path) -> tuple[bool, str]:
+    tmp.mkdir(parents=True, exist_ok=True)
     if kind == "oversized":
         status, msg = _stream(b, 80 << 20)
     else:
@@ -386,11 +387,13 @@ def reload_bad_configs(b: Bench) -> tuple[bool, str]:
             offset = events.stat().st_size
             os.kill(pid, signal.SIGHUP)
             end, verdict = time.monotonic() + 60, None
+            dut._drain_notify()  # RELOADING=1 / READY=1, as systemd reads them
             while verdict is None and time.monotonic() < end:
                 time.sleep(0.2)
                 for e in _events_since(events, offset):
                     if e.get("event") in ("reload_refused", "reload"):
                         verdict = e["event"]
+                dut._drain_notify()
             st = b.status()
             if verdict != "reload_refused" or not dut.alive or st.get("model") != model:
                 bad.append(f"{kind}: {verdict}, alive {dut.alive}, model {st.get('model')}")
@@ -413,9 +416,13 @@ def kill9_mid_deploy(b: Bench, tmp: Path) -> tuple[bool, str]:
     before = b.status()
     target = resolve_bundle(b, "lymph-m" if before.get("model") != "lymph-m" else "lymph-s")
     data = _archive(target, tmp)
-    t = threading.Thread(
-        target=lambda: b.dut.client.request("POST", "/models", data, timeout_s=60), daemon=True
-    )
+    def send():
+        try:
+            b.dut.client.request("POST", "/models", data, timeout_s=60)
+        except DeviceError:
+            pass  # killed mid-request: expected
+
+    t = threading.Thread(target=send, daemon=True)
     t.start()
     time.sleep(0.6)  # mid-deploy: unpacking or golden-checking in the sandbox
     b.dut.kill()
@@ -458,8 +465,8 @@ def run(b: Bench, p, c: Checks) -> None:
                         refused, detail = reload_bad_configs(b)
                     else:
                         refused, detail = globals()[name](b)
-                except DeviceError as exc:
-                    refused, detail = False, f"device error: {exc}"
+                except (DeviceError, OSError, ValueError, RuntimeError) as exc:
+                    refused, detail = False, f"{type(exc).__name__}: {exc}"
             t1 = b.device_now()
             b.settle(0.3)
             st = b.wait_status(lambda s: s.get("model"), 10)
