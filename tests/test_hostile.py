@@ -188,7 +188,7 @@ def test_reload_with_each_failing_config_keeps_the_old_one(tiny_bundle, tmp_path
             refused = [e for e in d.events.recent if e["event"] == "reload_refused"][-1]
             assert key in refused["reason"], (name, refused["reason"])
             assert d.pipeline.running and d.status()["model"] == "tiny", name
-            assert wait_for(lambda: d.pipeline.stats.counts["displayed"] > n0), name
+            assert wait_for(lambda n0=n0: d.pipeline.stats.counts["displayed"] > n0), name
             if name == "port change":
                 continue  # only a change against the running config; valid for a fresh start
             # --check says exactly what the reload said
@@ -401,9 +401,7 @@ def test_connection_flood_at_a_low_fd_limit(tiny_bundle, tmp_path):
     cfg["http"].update(max_connections=400, header_timeout_s=1.0)
     path.write_text(yaml.safe_dump(cfg))
     err = open(tmp_path / "stderr.txt", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", FLOOD_CHILD, str(path)], stderr=err, stdout=err
-    )
+    proc = subprocess.Popen([sys.executable, "-c", FLOOD_CHILD, str(path)], stderr=err, stdout=err)
     socks = []
     try:
         url = None

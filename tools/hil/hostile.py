@@ -416,6 +416,7 @@ def kill9_mid_deploy(b: Bench, tmp: Path) -> tuple[bool, str]:
     before = b.status()
     target = resolve_bundle(b, "lymph-m" if before.get("model") != "lymph-m" else "lymph-s")
     data = _archive(target, tmp)
+
     def send():
         try:
             b.dut.client.request("POST", "/models", data, timeout_s=60)

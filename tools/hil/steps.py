@@ -516,6 +516,7 @@ FAULTS = {
     "sigkill": sigkill,
 }
 
+
 def hostile(b: Bench, p, c: Checks) -> None:
     from .hostile import run
 
