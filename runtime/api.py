@@ -425,6 +425,10 @@ class HttpServer:
         cfg = self.daemon.config.http
         errors = self.daemon.http_errors
         self._loop.set_exception_handler(errors.loop_handler)
+        for name in ("aiohttp.server", "aiohttp.web", "aiohttp.access", "asyncio"):
+            logger = logging.getLogger(name)
+            if not any(getattr(f, "lucida", False) for f in logger.filters):
+                logger.addFilter(errors.filter())
         self.cap = connection_cap(cfg.max_connections)
         self.refused: dict[str, int] = {}
 

@@ -79,6 +79,8 @@ class RateLimitedLog:
         outer = self
 
         class _Filter(logging.Filter):
+            lucida = True
+
             def filter(self, record: logging.LogRecord) -> bool:
                 exc = record.exc_info[1] if record.exc_info else None
                 kind = f"{record.name}:{type(exc).__name__ if exc else record.msg}"

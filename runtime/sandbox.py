@@ -47,7 +47,8 @@ def check_in_child(
     limits: SandboxLimits = SandboxLimits(),
 ) -> dict:
     """Load `bundle_path` (a verified bundle folder), allocate it and run its golden check in
-    a child process; the health dict ({"ok": True, "max_abs_error": ...}) or SandboxError."""
+    a child process; the health dict ({"ok": True, "max_abs_error": ...}) or SandboxError.
+    A bare .tflite file is loaded, allocated and invoked once on zeros instead."""
     cmd = [
         sys.executable,
         "-m",
@@ -112,6 +113,21 @@ def _limit(memory_mb: int, cpu_s: int) -> None:
         pass
 
 
+def _run_tflite(path: Path, threads: int) -> dict:
+    """Child side for a bare model: load, allocate, invoke once on zeros."""
+    import numpy as np
+
+    from .backends import select_backend
+
+    interp = select_backend().Interpreter(model_path=str(path), num_threads=threads)
+    interp.allocate_tensors()
+    for d in interp.get_input_details():
+        interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
+    interp.invoke()
+    outs = [interp.get_tensor(d["index"]).shape for d in interp.get_output_details()]
+    return {"ok": True, "outputs": [list(map(int, s)) for s in outs]}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Child side: limits first, then load + golden check; one JSON line on stdout."""
     import argparse
@@ -127,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     sys.stdout = sys.stderr  # library chatter must not mix with the answer
     try:
+        if Path(args.bundle).is_file():
+            answer = {"health": _run_tflite(Path(args.bundle), args.threads)}
+            out.write(json.dumps(answer, default=str) + "\n")
+            out.flush()
+            return 0
         from lucida.models import load_bundle
 
         from .engine import Engine

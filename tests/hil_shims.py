@@ -9,6 +9,8 @@ never_clear  oracle, and the display is never blanked (Pipeline.clear and Pipeli
              nothing): the safety rule broken.
 health_lies  oracle, and Engine.health_check always says ok: a bundle whose golden check fails
              is deployed instead of refused.
+open_door    the daemon before issue 20's privacy rules: patient data served without the
+             token, any Host header accepted (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -57,10 +59,18 @@ def _health_lies() -> None:
     engine.Engine.health_check = lambda self, raise_on_fail=True: {"ok": True, "lies": True}
 
 
+def _open_door() -> None:
+    from lucida.runtime import guard
+
+    guard.private = lambda path: False
+    guard.host_ok = lambda header, allowed, bind: True
+
+
 MODES = {
     "oracle": [_oracle],
     "never_clear": [_oracle, _never_clear],
     "health_lies": [_oracle, _health_lies],
+    "open_door": [_open_door],
 }
 
 

@@ -235,7 +235,7 @@ def _raw(b: Bench, method: str, path: str, body, headers=None) -> int:
     try:
         conn.request(method, path, body=body, headers=h)
         r = conn.getresponse()
-        r.read()
+        r.read(65536)  # never to the end: an open /live would stream forever
         return r.status
     finally:
         conn.close()

@@ -164,6 +164,10 @@ class SoakStep(_Strict):
     seconds: float = Field(gt=0, le=7 * 86400)
     sample_s: float = Field(default=10.0, gt=0)
     rss_growth_mb_max: Optional[float] = Field(default=64.0, gt=0)
+    # memory growth as a percentage, judged on samples after `warmup_s` only (the first
+    # minutes fill caches and pools): last third vs first third of those, medians
+    rss_growth_pct_max: Optional[float] = Field(default=None, gt=0)
+    warmup_s: float = Field(default=0.0, ge=0)
     fps_drop_max: Optional[float] = Field(default=0.25, gt=0, le=1)
     fps_min: Optional[float] = Field(default=None, ge=0)
 

@@ -243,7 +243,7 @@ def soak(b: Bench, p, c: Checks) -> None:
     pid0 = st0.get("pid")
     t_start = b.device_now()
     end = time.monotonic() + p.seconds
-    rss, fps, down = [], [], 0
+    rss, fps, down, t_rss = [], [], 0, []
     last = t_start
     while time.monotonic() < end:
         time.sleep(min(p.sample_s, max(0.0, end - time.monotonic())))
@@ -261,6 +261,7 @@ def soak(b: Bench, p, c: Checks) -> None:
         f = round(n / dt, 2) if dt > 0 else 0.0
         fps.append(f)
         rss.append(st.get("rss_mb"))
+        t_rss.append((now - t_start) / 1e9)
         b.fps_series.append((b.t_rel((last + now) // 2), f, "soak"))
         last = now
     r0, r1 = median_thirds(rss)
@@ -269,6 +270,19 @@ def soak(b: Bench, p, c: Checks) -> None:
     drop = None if not f0 else round(1 - f1 / f0, 3)
     c.metrics.update(samples=len(rss), rss_mb=rss, fps=fps, rss_growth_mb=growth, fps_drop=drop)
     c.check("device stayed up (same process, always answering)", down == 0, down, "0 outages")
+    if p.rss_growth_pct_max is not None:
+        warm = [r for t, r in zip(t_rss, rss) if t >= p.warmup_s]
+        w0, w1 = median_thirds(warm)
+        pct = None if not w0 else round(100 * (w1 - w0) / w0, 2)
+        c.metrics.update(rss_after_warmup_mb=[w0, w1], rss_growth_pct=pct, warmup_s=p.warmup_s)
+        if pct is None:
+            c.skip("memory growth (%)", f"fewer than 3 samples after the {p.warmup_s:g} s warm-up")
+        else:
+            c.at_most(
+                f"memory growth after {p.warmup_s:g} s (%, last third vs first)",
+                pct,
+                p.rss_growth_pct_max,
+            )
     if p.rss_growth_mb_max is not None:
         if growth is None:
             c.skip("memory growth", "fewer than 3 samples with memory figures")

@@ -246,6 +246,9 @@ def verify_bundle(path: str | os.PathLike) -> dict:
             json.loads(bundle.file(REPORT_FILE).read_text())
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise BundleError(f"bundle {bundle.name}: {REPORT_FILE} is not valid JSON") from None
+    from lucida.runtime.sandbox import check_in_child
+
+    check_in_child(bundle.path)  # a crafted model crashes a child process, never this one
     engine = Engine(bundle, device="cpu", num_threads=1)  # model matches the manifest
     health = engine.health_check(raise_on_fail=True)
     return {

@@ -288,6 +288,12 @@ def register(sub) -> None:
     p.add_argument("model", help="a .tflite file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
+        "--run",
+        action="store_true",
+        help="also load, allocate and invoke the model once, in a child process with time and "
+        "memory limits (a crash is reported, never suffered)",
+    )
+    p.add_argument(
         "--runtime-version",
         type=int,
         default=E.DEFAULT_RUNTIME_VERSION,
@@ -303,8 +309,15 @@ def run(args) -> int:
         if args.json:
             print(json.dumps({"path": str(args.model), "readable": False, "error": str(exc)}))
         raise
+    ran = None
+    if args.run:
+        from lucida.runtime.sandbox import check_in_child
+
+        ran = check_in_child(args.model)  # SandboxError: one line, exit 2
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), **({"run": ran} if ran else {})}, indent=2))
     else:
         format_report(report)
+        if ran:
+            print(f"ran once in a child process: outputs {ran['outputs']}")
     return 0 if report.compatible else 1
