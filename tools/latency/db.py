@@ -262,6 +262,16 @@ class LatencyDB:
         row = self.conn.execute(q + " ORDER BY measured_at DESC LIMIT 1", args).fetchone()
         return _measurement(row) if row else None
 
+    def on_delegate(self, sha256: str, delegate_prefix: str) -> Measurement | None:
+        """The newest measurement of this model on any target whose delegate starts with the
+        prefix (e.g. 'edgetpu': an Edge TPU device profiled through its daemon)."""
+        row = self.conn.execute(
+            "SELECT * FROM latency WHERE sha256 = ? AND delegate LIKE ? "
+            "ORDER BY measured_at DESC LIMIT 1",
+            (sha256, delegate_prefix + "%"),
+        ).fetchone()
+        return _measurement(row) if row else None
+
     def measurements(self, target: str, kind: str | None = None) -> list[tuple[dict, Measurement]]:
         """(model, measurement) pairs on a target, optionally only models of one kind."""
         q = "SELECT m.*, l.* FROM latency l JOIN models m ON m.sha256 = l.sha256 WHERE l.target = ?"
@@ -307,7 +317,6 @@ class LatencyDB:
             q, args = q + " AND backend = ?", (target, backend)
         row = self.conn.execute(q + " ORDER BY fitted_at DESC LIMIT 1", args).fetchone()
         return json.loads(row["json"]) if row else None
-
 
     def put_kernel_predictor(self, target: str, backend: str, predictor: dict) -> None:
         """Store the kernel-level predictor (see kernel_model) of a target."""

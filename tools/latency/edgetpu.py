@@ -27,8 +27,8 @@ left on the CPU, TRANSITION_MS and CPU_FACTOR are not calibrated by them. `lucid
 from __future__ import annotations
 
 import csv
+import functools
 import io
-import math
 from importlib import resources
 
 import numpy as np
@@ -49,8 +49,12 @@ CACHE_MB = (2.0, 8.0)  # bounds of the fitted on-chip parameter cache S
 # Rough, uncalibrated: one TPU<->CPU hand-over (ms); target CPU time / this host's CPU time
 # (devboard: median Embedded/Desktop CPU ratio of coral.ai's table is ~3.5; Pi 4 / Pi 3 guesses)
 TRANSITION_MS = 0.5
-CPU_FACTOR = {"coral-usb3/x86_64": 1.0, "coral-usb/rpi4": 2.5, "coral-usb2/rpi3": 6.0,
-              "coral-pcie/devboard": 3.5}
+CPU_FACTOR = {
+    "coral-usb3/x86_64": 1.0,
+    "coral-usb/rpi4": 2.5,
+    "coral-usb2/rpi3": 6.0,
+    "coral-pcie/devboard": 3.5,
+}
 
 
 class EdgeTPUEstimateError(ValueError):
@@ -226,9 +230,26 @@ def predict_file(path, target: str, cpu_predictor: dict | None = None) -> dict:
         )
     row = model_row(path, cpu_predictor)
     ms = estimate(fit(published()), target, row)
-    return {**row, "target": target, "p50_ms": round(ms, 3), "predicted": True,
-            "kind": "edgetpu-analytic"}
+    return {
+        **row,
+        "target": target,
+        "p50_ms": round(ms, 3),
+        "predicted": True,
+        "kind": "edgetpu-analytic",
+    }
 
 
-def median_abs(values) -> float:
-    return float(np.median(np.abs(values))) if len(values) else math.nan
+@functools.lru_cache(maxsize=1)
+def _loo() -> dict:
+    return leave_one_out()
+
+
+def margin(target: str) -> float:
+    """Safety margin of an estimate on target: the 90th percentile of its leave-one-out
+    |relative error| on the published figures."""
+    t = _loo()["targets"].get(target)
+    if t is None:
+        raise EdgeTPUEstimateError(
+            f"{target!r} is not an Edge TPU target; known: {', '.join(targets())}"
+        )
+    return round(float(np.percentile([abs(m["err_pct"]) for m in t["models"]], 90)) / 100, 4)

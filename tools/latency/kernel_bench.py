@@ -106,7 +106,9 @@ def measure_files(
         for key, (_, data) in anchors.items():
             fns["anchor:" + key] = invoker(data)
         res = measure(fns, min_runs, min_seconds, warmup_s, window_s=window_s, clock="cpu")
-        drift = HostDrift([(ref.p50_ms, res["anchor:" + k]["p50_ms"]) for k, (ref, _) in anchors.items()])
+        drift = HostDrift(
+            [(ref.p50_ms, res["anchor:" + k]["p50_ms"]) for k, (ref, _) in anchors.items()]
+        )
         for key, _ in chunk:
             r = res[key]
             scale = drift.scale(r["p50_ms"])
@@ -148,13 +150,22 @@ def anchor_points(db: LatencyDB, target: str, backend: str) -> dict[str, tuple[M
     known = {k: db.get(k, target, backend) for k in blobs}
     missing = [k for k, m in known.items() if m is None]
     if missing:
-        res = measure({k: invoker(blobs[k]) for k in blobs}, 50, 1.0, 0.2, window_s=0.01, clock="cpu")
+        res = measure(
+            {k: invoker(blobs[k]) for k in blobs}, 50, 1.0, 0.2, window_s=0.01, clock="cpu"
+        )
         for k in blobs:
             if known[k] is None:
                 m = Measurement(
-                    sha256=k, target=target, backend=backend, delegate="cpu", threads=1,
-                    host=platform.node(), machine=platform.machine(),
-                    load1=round(os.getloadavg()[0], 2), command="anchor reference", **res[k],
+                    sha256=k,
+                    target=target,
+                    backend=backend,
+                    delegate="cpu",
+                    threads=1,
+                    host=platform.node(),
+                    machine=platform.machine(),
+                    load1=round(os.getloadavg()[0], 2),
+                    command="anchor reference",
+                    **res[k],
                 )
                 db.put(m)
                 known[k] = m

@@ -67,7 +67,11 @@ def build_specs(specs: list[KernelSpec], out_dir: str | os.PathLike = KERNEL_DIR
         else:
             data = build(spec)
             atomic_write_bytes(path, data)
-        rec = {"path": str(path), "spec": spec.to_dict(), "features": {"kernels": model_kernels(data)}}
+        rec = {
+            "path": str(path),
+            "spec": spec.to_dict(),
+            "features": {"kernels": model_kernels(data)},
+        }
         items.append((spec.name, data, rec))
     return items
 

@@ -138,7 +138,9 @@ def _draw(kind: str, rng) -> KernelSpec:
     if kind == "fc":
         return KernelSpec(kind, 1, 1, _pick(rng, CH, 16), _pick(rng, CH + (1000, 1001), 8))
     if kind == "tconv":
-        return KernelSpec(kind, _pick(rng, HW, 2, 129), 0, c, _pick(rng, CH, 8, 512), 2, 2, "", 2, 2)
+        return KernelSpec(
+            kind, _pick(rng, HW, 2, 129), 0, c, _pick(rng, CH, 8, 512), 2, 2, "", 2, 2
+        )
     if kind in ("maxpool", "avgpool"):
         k, s = [(2, 2), (3, 2), (3, 1)][int(rng.integers(3))]
         return KernelSpec(kind, hw, hw, c, c, k, s)
@@ -296,7 +298,9 @@ def build(spec: KernelSpec) -> bytes:
     try:
         return conv.convert()
     except Exception as exc:  # the converter's own error types
-        raise KernelSpaceError(f"{spec.name} {spec.to_dict()}: {str(exc).splitlines()[0]}") from None
+        raise KernelSpaceError(
+            f"{spec.name} {spec.to_dict()}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def log_work(spec: KernelSpec) -> float:

@@ -147,9 +147,8 @@ def _deeplab_v3(shape, alpha: float):
     rates 6/12/18, image pooling), 1x1 projection, 21-class logits, bilinear upsampling to the
     input size, per-pixel arg-max."""
     import keras
-    from keras import layers
-
     import tensorflow as tf
+    from keras import layers
 
     inp = keras.Input(shape)
     base = keras.applications.MobileNetV2(
