@@ -12,7 +12,8 @@ predictor is JSON (no pickle) and lives in the latency database.
 
 Labels: a sampled kernel's file holds its op alone (or, for quantize/dequantize kernels, around
 a ReLU6), so its label is its measured p50 minus the per-invoke constant (the median of the
-smallest files' p50) minus the predicted cost of any other op in the file (fitted first).
+smallest files' p50) minus the predicted cost of any other op in the file (fitted first),
+divided by the number of ops of its kind in the file (a uint8 quantize file requantizes twice).
 Adaptive sampling (`weak_spots`): 5-fold cross-validated error per sampled kernel; where a kind
 has kernels off by more than 10 %, more kernels are drawn next to them.
 """
@@ -130,16 +131,17 @@ def fit(rows: list[dict], quantile: str = "p50_ms") -> dict:
         mine = [r for r in rows if r["kind"] == kind]
         shapes, ys = [], []
         for r in mine:
-            others, main = 0.0, None
+            others, main, count = 0.0, None, 0
             for k, s in r["kernels"]:
-                if k == kind and main is None:
-                    main = s
+                if k == kind:
+                    main = main or s
+                    count += 1
                 elif k in regs:
                     others += predict_kind(regs[k], k, s)
             if main is None:
                 continue
-            shapes.append(main)
-            ys.append(max(r[quantile] - c0 - others, 0.05 * r[quantile]))
+            shapes.append(main)  # a quantize file holds two of the same size: half each
+            ys.append(max(r[quantile] - c0 - others, 0.05 * r[quantile]) / count)
         if len(shapes) >= 3:
             regs[kind] = fit_kind(shapes, np.array(ys), kind)
     return {"version": VERSION, "kind": "kernel-level", "c0_ms": round(c0, 5), "kinds": regs}

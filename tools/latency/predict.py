@@ -227,6 +227,11 @@ def register(sub) -> None:
         help="sample, build and measure kernels on this CPU, fit the kernel-level predictor",
     )
     p.add_argument(
+        "--kernels-dir",
+        default=None,
+        help="--fit-kernels: where the sampled kernel .tflite files are kept (build/kernels)",
+    )
+    p.add_argument(
         "--evaluate-edgetpu",
         action="store_true",
         help="leave-one-out error of the Edge TPU estimate on Coral's published figures",
@@ -252,9 +257,9 @@ def run(args) -> int:
     progress = not args.json and sys.stderr.isatty()
     with LatencyDB(args.db) as db:
         if args.fit_kernels:
-            from lucida.tools.latency.kernel_fit import fit_kernels
+            from lucida.tools.latency.kernel_fit import KERNEL_DIR, fit_kernels
 
-            _, rep = fit_kernels(db, progress=progress)
+            _, rep = fit_kernels(db, out_dir=args.kernels_dir or KERNEL_DIR, progress=progress)
             print(json.dumps(rep) if args.json else _fit_line(rep))
         if args.evaluate:
             report = evaluate_all(db, target, progress)

@@ -201,7 +201,9 @@ def gather(
             except ValueError as exc:  # no predictor, unreadable model
                 if known is None:
                     notes.append(
-                        f"{bundle.name}: not measured on {target} and no prediction ({exc})"
+                        f"{bundle.name}: not measured on {target} and no predictor "
+                        f"({str(exc).split(';')[0]}); measure it (seconds): "
+                        f"{fill_in_command([_unmeasured(bundle)], target)}"
                     )
                     continue
         if known is not None and not predicted_only:
@@ -228,6 +230,10 @@ def gather(
             c.predicted_frame_p90_ms = round(pred["p90_ms"] * (1 + pred["margin"]) * tiles, 3)
         choices.append(c)
     return choices, notes
+
+
+def _unmeasured(bundle) -> Choice:
+    return Choice(bundle.name, str(bundle.path), 0.0, 1, 0, 0, 0, 0, "predicted")
 
 
 def fill_in_command(choices: list[Choice], target: str) -> str | None:
@@ -440,8 +446,13 @@ def run(args) -> int:
     for n in notes:
         print(f"lucida select: note: {n}", file=sys.stderr)
     if not choices:
+        from lucida.models import resolve_bundle
+
+        cmd = fill_in_command([_unmeasured(resolve_bundle(b)) for b in args.bundles], target)
         raise SelectError(
-            f"none of the {len(args.bundles)} bundles can be compared: " + "; ".join(notes)
+            f"none of the {len(args.bundles)} bundles can be compared: "
+            + "; ".join(n.split("; measure it")[0] for n in notes)
+            + f". Measure them (a few seconds per bundle): {cmd}"
         )
     if args.evaluate_regret:
         r = regret(choices, args.budgets, args.mnas_w)
