@@ -302,7 +302,13 @@ def evaluate_all(db: LatencyDB, target: str, progress: bool = False) -> dict:
             raise
         report = {"target": target, "candidates_error": str(exc)}
     if local:
-        pred = kernel_level(db, target)
+        try:
+            pred = kernel_level(db, target)
+        except PredictorError as exc:
+            if "candidates_error" in report:
+                raise PredictorError(f"{report['candidates_error']}; and {exc}") from None
+            report["real_architectures_error"] = str(exc)
+            return report
         real = evaluate_real(db, pred, progress)
         pred["margin"] = round(real["p90_abs_err_pct"] / 100, 4)
         pred["held_out_real"] = {k: real[k] for k in ("n", "within_10pct", "mape_pct", "spearman")}
@@ -355,6 +361,8 @@ def _print_report(r: dict) -> None:
         print(f"random candidates: {r['candidates_error']}")
     else:
         _print_candidates(r)
+    if "real_architectures_error" in r:
+        print(f"real architectures: {r['real_architectures_error']}")
     real = r.get("real_architectures")
     if real:
         print(

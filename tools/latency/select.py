@@ -386,8 +386,8 @@ def regret(choices: list[Choice], n_budgets: int = 20, mnas_w: float | None = No
     return {
         "bundles": len(both),
         "budgets": n_budgets,
-        "same_pick": agree,
-        "misses": misses,
+        "same_pick": int(agree),
+        "misses": int(misses),
         "rows": rows,
     }
 
