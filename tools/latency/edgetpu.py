@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import math
 import io
 from importlib import resources
 
@@ -46,6 +47,8 @@ LINK_MS_PER_MB = {"usb2": 1000 / 36.0, "usb3": 1000 / 300.0, "pcie": 1000 / 300.
 PRIOR_WEIGHT = 1.0  # residual weight of log(c_T / nominal)
 F_SCALE = 0.1  # soft-L1: relative errors beyond ~10 % count linearly, not squared
 CACHE_MB = (2.0, 8.0)  # bounds of the fitted on-chip parameter cache S
+# the chip's peak: 4 TOPS = 2 int8 TMAC/s, i.e. b >= 0.5 ms per GMAC
+PEAK_MS_PER_GMAC = 0.5
 # Rough, uncalibrated: one TPU<->CPU hand-over (ms); target CPU time / this host's CPU time
 # (devboard: median Embedded/Desktop CPU ratio of coral.ai's table is ~3.5; Pi 4 / Pi 3 guesses)
 TRANSITION_MS = 0.5
@@ -117,14 +120,14 @@ def fit(rows: list[dict]) -> dict:
     tlist = sorted({r["target"] for r in rows})
     n = len(tlist)
     prior = np.log([LINK_MS_PER_MB[LINK[t]] for t in tlist])
-    theta0 = np.r_[np.log([2.0] * n), prior, 0.0, 0.0, 6.5]
+    theta0 = np.r_[np.log([2.0] * n), prior, 0.0, 0.0, 6.5]  # b starts at 1 ms/GMAC
 
     def residuals(theta):
         consts = _unpack(theta, tlist)
         out = [(estimate(consts, r["target"], r) - r["ms"]) / r["ms"] for r in rows]
         return np.r_[out, PRIOR_WEIGHT * (theta[n : 2 * n] - prior)]
 
-    lo = np.r_[[-10.0] * (2 * n + 2), CACHE_MB[0]]
+    lo = np.r_[[-10.0] * (2 * n), math.log(PEAK_MS_PER_GMAC), -10.0, CACHE_MB[0]]
     hi = np.r_[[10.0] * (2 * n + 2), CACHE_MB[1]]
     sol = least_squares(residuals, theta0, loss="soft_l1", f_scale=F_SCALE, bounds=(lo, hi))
     return _unpack(sol.x, tlist)
