@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import csv
 import functools
-import math
 import io
+import math
 from importlib import resources
 
 import numpy as np
