@@ -18,7 +18,6 @@ import hashlib
 import os
 import platform
 import sys
-from pathlib import Path
 
 import numpy as np
 from lucida.tools.latency.db import LatencyDB, Measurement, resolve_target
@@ -170,8 +169,3 @@ def anchor_points(db: LatencyDB, target: str, backend: str) -> dict[str, tuple[M
                 db.put(m)
                 known[k] = m
     return {k: (known[k], blobs[k]) for k in blobs}
-
-
-def file_record(path: str | os.PathLike) -> dict:
-    """The DB record of a .tflite file (path and its per-op rows)."""
-    return {"path": str(Path(path))}

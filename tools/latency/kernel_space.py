@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -301,8 +300,3 @@ def build(spec: KernelSpec) -> bytes:
         raise KernelSpaceError(
             f"{spec.name} {spec.to_dict()}: {str(exc).splitlines()[0]}"
         ) from None
-
-
-def log_work(spec: KernelSpec) -> float:
-    """log10 of a kernel's MACs (for spreading samples)."""
-    return math.log10(max(spec.macs, 1.0))

@@ -252,6 +252,10 @@ def run(args) -> int:
             _print_edgetpu(r)
         return 0
     target = args.target
+    if target.startswith("coral") and not edgetpu.is_edgetpu_target(target):
+        raise edgetpu.EdgeTPUEstimateError(
+            f"--target {target}: unknown Edge TPU target; known: {', '.join(edgetpu.targets())}"
+        )
     if not edgetpu.is_edgetpu_target(target):
         target = resolve_target(args.target, args.threads, args.clock)
     progress = not args.json and sys.stderr.isatty()

@@ -220,9 +220,3 @@ def build_zoo(
             atomic_write_bytes(path, quantize(name))
         paths.append(path)
     return paths
-
-
-def zoo_files(out_dir: str | os.PathLike = DEFAULT_DIR) -> list[Path]:
-    """The zoo .tflite files that exist, in ZOO order."""
-    out = Path(out_dir)
-    return [out / f"{n}.tflite" for n in ZOO if (out / f"{n}.tflite").is_file()]
