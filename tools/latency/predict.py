@@ -212,7 +212,12 @@ def evaluate_real(db: LatencyDB, pred: dict, progress: bool = False) -> dict:
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict a model's latency on a profiled target")
     p.add_argument("model", nargs="?", help=".tflite file, bundle folder or shipped bundle name")
-    p.add_argument("--target", default="local", help="'local', http://DEVICE:PORT or a DB key")
+    p.add_argument(
+        "--target",
+        default="local",
+        help="'local', http://DEVICE:PORT, a DB key, or an Edge TPU target (coral-usb3/x86_64, "
+        "coral-usb/rpi4, coral-usb2/rpi3, coral-pcie/devboard: estimated)",
+    )
     p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (1)")
     p.add_argument("--clock", choices=("cpu", "wall"), default=None, help="local: clock")
     p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")

@@ -409,7 +409,12 @@ def register(sub) -> None:
     g.add_argument("--fps", type=float, default=None, help="frames per second to sustain")
     p.add_argument("--objective", default="20x", help="objective the model runs at (20x)")
     p.add_argument("--metric", default="fov_auc", help="manifest metric to maximize (fov_auc)")
-    p.add_argument("--target", default="local", help="'local', http://DEVICE:PORT or a DB key")
+    p.add_argument(
+        "--target",
+        default="local",
+        help="'local', http://DEVICE:PORT, a DB key, or an Edge TPU target (coral-usb3/x86_64, "
+        "coral-usb/rpi4, coral-usb2/rpi3, coral-pcie/devboard: estimated)",
+    )
     p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (1)")
     p.add_argument("--clock", choices=("cpu", "wall"), default=None, help="local: clock")
     p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")
