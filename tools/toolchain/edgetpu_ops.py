@@ -93,3 +93,7 @@ STATUS_RANK = "Tensor has unsupported rank (up to 3 innermost dimensions mapped)
 STATUS_SUBGRAPH = "More than one subgraph is not supported"
 STATUS_LIMIT = "Operation is otherwise supported, but not mapped due to some unspecified limitation"
 STATUS_VERSION = "Operation version not supported"
+
+# Highest op version compilers before 16 (runtime < 14) accepted, where logs show a refusal
+# ("Operation version not supported", "Didn't find op for builtin opcode ... version '3'").
+MAX_VERSION_BEFORE_14 = {"RESIZE_NEAREST_NEIGHBOR": 2, "RESIZE_BILINEAR": 2, "TRANSPOSE_CONV": 2}

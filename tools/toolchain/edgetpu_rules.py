@@ -101,6 +101,8 @@ def _condition(op: OpInfo, runtime: int) -> tuple[str, str, str] | None:
     """(verdict, kind, why) from the per-op conditions of Coral's table and the logs."""
     name, o = op.opcode, op.options
     a = _act(op)
+    if runtime < 14 and op.version > E.MAX_VERSION_BEFORE_14.get(name, op.version):
+        return UNCERTAIN, "version", f"version {op.version}: compilers before 16 refused it"
     out = op.outputs[0] if op.outputs else None
     if name in ("AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION") and o.get(
         "fused_activation_function"
@@ -148,8 +150,6 @@ def _condition(op: OpInfo, runtime: int) -> tuple[str, str, str] | None:
             if hw > E.MEAN_UNCERTAIN_PX:
                 return UNCERTAIN, "size", f"reduces {_t(a)}: large means stayed on the CPU"
     if name in ("RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR") and out is not None:
-        if runtime < 14 and op.version >= 3:
-            return UNCERTAIN, "version", f"version {op.version} (compiler 14 refused it)"
         hw = math.prod(out.shape[1:3]) if len(out.shape) == 4 else out.elements
         if hw > E.RESIZE_UNCERTAIN_PX:
             return UNCERTAIN, "size", f"output {_t(out)}: large resizes may stay on the CPU"
