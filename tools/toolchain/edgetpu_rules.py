@@ -203,11 +203,17 @@ def _producers(model: TFLiteModel) -> dict[int, int]:
 
 
 def partition(model: TFLiteModel, runtime: int = E.DEFAULT_RUNTIME_VERSION) -> list[OpVerdict]:
-    """Per-op verdicts with the compiler's single-subgraph partitioning applied."""
+    """Per-op verdicts with the compiler's single-subgraph partitioning applied.
+
+    A CPU op downstream of Edge TPU work blocks everything that depends on it. Input QUANTIZE
+    ops alone do not count as Edge TPU work: whether the compiler keeps them on the Edge TPU
+    or moves them to the CPU in front of a leading CPU op, the logs do not say, so they are
+    marked uncertain and what follows the leading CPU op stays mappable (an upper bound).
+    """
     prod = _producers(model)
-    verdicts: list[OpVerdict] = []
-    tpu_up: dict[int, bool] = {}  # an Edge TPU op is at or upstream of this op
-    blocked: dict[int, int | None] = {}  # the CPU op (downstream of the TPU) this op depends on
+    rows: list[list] = []  # [verdict fields...] mutable until the end
+    tpu_up: dict[int, bool] = {}  # real Edge TPU work (not only input QUANTIZE) at or upstream
+    blocked: dict[int, int | None] = {}  # the CPU op (downstream of Edge TPU work) it depends on
     for op in model.ops:
         verdict, kind, why = op_rule(op, runtime)
         parents = [prod[t.index] for t in op.inputs if t.index in prod]
@@ -219,16 +225,21 @@ def partition(model: TFLiteModel, runtime: int = E.DEFAULT_RUNTIME_VERSION) -> l
             why = f"follows CPU op {block} {model.ops[block].opcode}: one Edge TPU subgraph only"
         else:
             runs_on, uncertain = EDGETPU, verdict == UNCERTAIN
-        up = runs_on == EDGETPU or any(tpu_up.get(p) for p in parents)
-        tpu_up[op.index] = up
+        work = runs_on == EDGETPU and not (op.opcode == "QUANTIZE" and not parents)
+        tpu_up[op.index] = work or any(tpu_up.get(p) for p in parents)
         if block is not None:
             blocked[op.index] = block
         elif runs_on == CPU and any(tpu_up.get(p) for p in parents):
             blocked[op.index] = op.index
         else:
             blocked[op.index] = None
-        verdicts.append(OpVerdict(op.index, op.opcode, runs_on, why, kind, uncertain))
-    return verdicts
+        if runs_on == CPU and block is None and not blocked[op.index]:
+            for p in parents:  # a leading CPU op after an input QUANTIZE
+                r = rows[p]
+                if r[1] == "QUANTIZE" and r[2] == EDGETPU:
+                    r[3], r[5] = "may run on the CPU in front of a leading CPU op", True
+        rows.append([op.index, op.opcode, runs_on, why, kind, uncertain])
+    return [OpVerdict(*r) for r in rows]
 
 
 def op_verdicts(model: TFLiteModel, runtime_version: int = E.DEFAULT_RUNTIME_VERSION):
