@@ -41,7 +41,11 @@ def fake_compiled(cpu: bytes) -> bytes:
     op.opcodeIndex = 0
     op.inputs = list(sg.inputs)
     op.outputs = list(sg.outputs)
-    params = sum(len(m.buffers[t.buffer].data) for t in sg.tensors if t.buffer and m.buffers[t.buffer].data is not None)
+    params = sum(
+        len(m.buffers[t.buffer].data)
+        for t in sg.tensors
+        if t.buffer and m.buffers[t.buffer].data is not None
+    )
     op.customOptions = list(compiled_package(params, 0))
     sg.operators = [op]
     return save(m)
@@ -169,3 +173,29 @@ def compiled_package(on_chip: int, off_chip: int, token: int = 0x5EED, min_runti
     else:
         exes.append(executable(0, bytes(off_chip), 0, instructions=b"\x01" * 64))
     return custom_options(package(exes, min_runtime))
+
+
+def compile_prefix(cpu: bytes, last: int, on_chip: int, off_chip: int, token: int = 0x5EED):
+    """Ops 0..last replaced by one edgetpu-custom-op (as the compiler does); later ops kept."""
+    m = load(cpu)
+    sg = m.subgraphs[0]
+    m.operatorCodes.append(_custom_code("edgetpu-custom-op"))
+    op = S.OperatorT()
+    op.opcodeIndex = len(m.operatorCodes) - 1
+    op.inputs = list(sg.inputs)
+    op.outputs = list(sg.operators[last].outputs)
+    op.customOptions = list(compiled_package(on_chip, off_chip, token))
+    sg.operators = [op, *sg.operators[last + 1 :]]
+    return save(m)
+
+
+def with_custom_options(compiled: bytes, options: bytes) -> bytes:
+    """A compiled model whose edgetpu-custom-op carries other custom options (e.g. garbage)."""
+    m = load(compiled)
+    for op in m.subgraphs[0].operators:
+        if m.operatorCodes[op.opcodeIndex].customCode in (
+            b"edgetpu-custom-op",
+            "edgetpu-custom-op",
+        ):
+            op.customOptions = list(options)
+    return save(m)
