@@ -137,6 +137,7 @@ class TFLiteModel:
         d = asdict(self)
         d["macs"] = self.macs
         for op, od in zip(self.ops, d["ops"]):
+            od["custom_options"] = len(op.custom_options)  # bytes (the payload is binary)
             od["param_bytes"] = op.param_bytes
             od["activation_bytes"] = op.activation_bytes
         return d
