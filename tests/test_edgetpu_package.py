@@ -129,3 +129,19 @@ def test_compiled_model_with_corrupt_package_exits_1(cpu_models, tmp_path, capsy
     bad = _write(tmp_path, "bad_edgetpu.tflite", fakes.with_custom_options(good, b"garbage!"))
     assert main(["check", str(bad)]) == 1
     assert "unreadable Edge TPU package" in capsys.readouterr().out
+
+
+def test_ops_the_compiler_left_on_the_cpu(cpu_models, tmp_path):
+    plain, _ = cpu_models
+    ops = [op.opcode for op in read_tflite(plain).ops]  # QUANTIZE CONV_2D LOGISTIC QUANTIZE
+    tail = _write(tmp_path, "t_edgetpu.tflite", fakes.compile_prefix(plain, len(ops) - 2, MiB, 0))
+    r = check_file(tail)  # only the output QUANTIZE left behind: an expected tail
+    assert r.verdict == "mapped_except_tail"
+    assert (
+        r.ops[-1]["runs_on"] == "cpu"
+        and "left on the CPU by edgetpu_compiler" in r.ops[-1]["reason"]
+    )
+    early = _write(tmp_path, "e_edgetpu.tflite", fakes.compile_prefix(plain, 0, MiB, 0))
+    r = check_file(early)  # the convolution left on the CPU: not what a good compile looks like
+    assert r.verdict == "incompatible"
+    assert "CONV_2D was left on the CPU by edgetpu_compiler" in r.reason

@@ -71,7 +71,7 @@ LARGE_INPUT_SIDE = 1024
 # these, and what follows them, is "mapped except its tail"): arg-max of a segmentation map,
 # detection post-processing, decoders. Custom ops count when their name says post-processing.
 TAIL_OPS = frozenset(
-    {"ARG_MAX", "ARG_MIN", "DEQUANTIZE", "CAST", "TOPK_V2", "GATHER", "GATHER_ND",
+    {"ARG_MAX", "ARG_MIN", "DEQUANTIZE", "QUANTIZE", "CAST", "TOPK_V2", "GATHER", "GATHER_ND",
      "NON_MAX_SUPPRESSION_V4", "NON_MAX_SUPPRESSION_V5", "SOFTMAX"}
 )  # fmt: skip
 TAIL_CUSTOM = r"(?i)post.?process|decod|nms|non.?max"

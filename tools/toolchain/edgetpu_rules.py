@@ -92,7 +92,7 @@ def _rank_problem(op: OpInfo) -> str | None:
     for t in (*op.inputs, *op.outputs):
         if t.constant or op.opcode == "UNIDIRECTIONAL_SEQUENCE_LSTM":
             continue
-        if _nontrivial(t.shape[:-3]) if len(t.shape) > 3 else False:
+        if len(t.shape) > 3 and _nontrivial(t.shape[:-3]):
             return f"tensor '{t.name}' {_t(t)} with {_nontrivial(t.shape)} dimensions > 1"
     return None
 
@@ -141,7 +141,7 @@ def _condition(op: OpInfo, runtime: int) -> tuple[str, str, str] | None:
             axes = (op.options.get("axis", 1),) if "axis" in op.options else None
         if name == "TRANSPOSE" and axes is not None:
             axes = (0,) if axes and axes[0] != 0 else ()
-        if axes is not None and rank > 3 and 0 in axes and a.shape[0] > 0:
+        if axes is not None and rank > 3 and 0 in axes:
             return CPU, "condition", "operates on the batch dimension"
         if name == "MEAN" and a is not None and axes is not None and rank >= 3:
             if rank - 1 in axes and a.shape[-1] % 4:
@@ -211,11 +211,17 @@ def partition(model: TFLiteModel, runtime: int = E.DEFAULT_RUNTIME_VERSION) -> l
     marked uncertain and what follows the leading CPU op stays mappable (an upper bound).
     """
     prod = _producers(model)
+    compiled = any(op.custom and op.opcode == E.EDGETPU_CUSTOM_OP for op in model.ops)
     rows: list[list] = []  # [verdict fields...] mutable until the end
     tpu_up: dict[int, bool] = {}  # real Edge TPU work (not only input QUANTIZE) at or upstream
     blocked: dict[int, int | None] = {}  # the CPU op (downstream of Edge TPU work) it depends on
     for op in model.ops:
         verdict, kind, why = op_rule(op, runtime)
+        if compiled and op.opcode != E.EDGETPU_CUSTOM_OP:  # the compiler has decided already
+            why = "was left on the CPU by edgetpu_compiler" + (
+                "; it " + why if verdict == CPU else ""
+            )
+            verdict, kind = CPU, "left_on_cpu"
         parents = [prod[t.index] for t in op.inputs if t.index in prod]
         block = next((blocked[p] for p in parents if blocked.get(p) is not None), None)
         if verdict == CPU:
