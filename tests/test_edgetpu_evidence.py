@@ -177,3 +177,21 @@ def test_check_is_rarely_uncertain_on_the_evidence():
     decided = len(ROWS) - len(undecided) - sum(1 for r in ROWS if r.get("uncertain"))
     assert len(undecided) <= len(ROWS) // 8, [(r["op"], r["source"]) for r in undecided]
     assert decided >= 60
+
+
+def summary() -> dict:
+    """Counts for README/docs: rows, sources, and how check's verdicts relate to the rows."""
+    out = Counter(rows=len(ROWS), sources=len({r["source"] for r in ROWS}))
+    for r in ROWS:
+        v = _verdict(r)
+        if r.get("uncertain"):
+            out["uncertain_in_table"] += 1
+        elif v.uncertain:
+            out["check_says_uncertain"] += 1
+        else:
+            out["agree" if (v.runs_on == "edgetpu") == r["mapped"] else "disagree"] += 1
+    return dict(out)
+
+
+if __name__ == "__main__":  # python tests/test_edgetpu_evidence.py
+    print(summary())
