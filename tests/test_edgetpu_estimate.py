@@ -67,21 +67,23 @@ def test_predict_a_real_model_on_an_edgetpu_target(tmp_path, capsys):
     assert rc == 2 or "coral-usb9/mars" in capsys.readouterr().err
 
 
-def test_ops_after_the_first_unsupported_one_stay_on_the_cpu(monkeypatch):
-    from lucida.tools.toolchain import check
+def test_ops_check_leaves_on_the_cpu_are_costed_on_the_cpu(monkeypatch):
+    from dataclasses import replace
 
-    real = check.check_file
+    from lucida.tools.toolchain import edgetpu_rules
 
-    def cut(path, *a, **k):
-        rep = real(path, *a, **k)
-        rep.ops_mappable = 5
-        return rep
+    real = edgetpu_rules.op_verdicts
 
-    monkeypatch.setattr(check, "check_file", cut)
-    split = edgetpu.tpu_split(MODELS / "lymph-m" / "cpu.tflite")
+    def tail_on_cpu(model, *a, **k):  # as if op 5 on were unsupported
+        return [v if v.index < 5 else replace(v, runs_on="cpu") for v in real(model, *a, **k)]
+
+    model = MODELS / "lymph-m" / "cpu.tflite"
+    assert all(edgetpu.tpu_split(model))  # check maps every op of this model
+    monkeypatch.setattr(edgetpu_rules, "op_verdicts", tail_on_cpu)
+    split = edgetpu.tpu_split(model)
     assert split[:5] == [True] * 5 and not any(split[5:])
     with pytest.raises(edgetpu.EdgeTPUEstimateError, match="lucida predict --fit-kernels"):
-        edgetpu.model_row(MODELS / "lymph-m" / "cpu.tflite", None)
+        edgetpu.model_row(model, None)
 
 
 def _select(tmp_path, db, *extra):

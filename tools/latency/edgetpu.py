@@ -183,13 +183,13 @@ def leave_one_out(rows: list[dict] | None = None) -> dict:
 
 # -- a user's model --------------------------------------------------------------------------
 def tpu_split(path) -> list[bool]:
-    """Per op of a CPU .tflite: True where the Edge TPU compiler would map it. The one adapter
-    to `lucida check` (today: ops before the first unsupported one; swap in per-op verdicts
-    here when check gives them)."""
-    from lucida.tools.toolchain.check import check_file
+    """Per op of a CPU .tflite: True where the Edge TPU compiler would map it (the one adapter
+    to `lucida check`'s per-op verdicts, `edgetpu_rules.op_verdicts`; uncertain ops count as
+    mapped, as check counts them)."""
+    from lucida.tools.toolchain.edgetpu_rules import EDGETPU, op_verdicts
+    from lucida.tools.toolchain.tflite_reader import read_tflite
 
-    rep = check_file(path)
-    return [i < rep.ops_mappable for i in range(rep.ops_total)]
+    return [v.runs_on == EDGETPU for v in op_verdicts(read_tflite(path))]
 
 
 def model_row(path, cpu_predictor: dict | None) -> dict:
@@ -203,7 +203,7 @@ def model_row(path, cpu_predictor: dict | None) -> dict:
     on = tpu_split(path)
     tpu_ops = [op for op, t in zip(m.ops, on) if t]
     cpu_ops = [op for op, t in zip(m.ops, on) if not t]
-    transitions = sum(1 for a, b in zip(on, on[1:]) if a != b)
+    transitions = sum(1 for a, b in zip(on, on[1:]) if a != b)  # CPU<->TPU hand-overs
     cpu_ms = 0.0
     if cpu_ops:
         if cpu_predictor is None:
