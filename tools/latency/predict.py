@@ -4,7 +4,7 @@ Three predictors, one per situation:
 - kernel level (`kernel_model`, this machine's CPU): fitted on sampled kernels measured alone
   (`lucida predict --fit-kernels`: ~500 one-op .tflite files built with TF, one adaptive round);
   it has never seen a whole network;
-- whole-model kernel sum (`kernels`, any profiled target, e.g. a device's daemon): fitted on
+- whole-model kernel sum (`whole_model`, any profiled target, e.g. a device's daemon): fitted on
   the measured random candidates of that target;
 - Edge TPU analytic (`edgetpu`, targets coral-usb3/x86_64, coral-usb/rpi4, coral-usb2/rpi3,
   coral-pcie/devboard): calibrated on Coral's published figures; no device needed.
@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from lucida.tools.latency.db import LatencyDB, resolve_target
-from lucida.tools.latency.kernels import PredictorError, evaluate, model_features, predict
+from lucida.tools.latency.whole_model import PredictorError, evaluate, model_features, predict
 
 # safety margin of a kernel-level prediction until `--evaluate` has measured one (the 90th
 # percentile of its |error| on the held-out real architectures)
@@ -163,8 +163,8 @@ def evaluate_real(db: LatencyDB, pred: dict, progress: bool = False) -> dict:
     here on first use): within +/-10 %, MAPE, Spearman, worst model, per-model rows."""
     import numpy as np
     from lucida.tools.latency.kernel_bench import measure_files
-    from lucida.tools.latency.kernels import accuracy
     from lucida.tools.latency.opkinds import model_kernels
+    from lucida.tools.latency.whole_model import accuracy
     from lucida.tools.latency.zoo import build_zoo
 
     items = []
@@ -332,8 +332,8 @@ def evaluate_all(db: LatencyDB, target: str, progress: bool = False) -> dict:
 def kernel_level_on_candidates(db: LatencyDB, target: str, pred: dict) -> dict | None:
     """The kernel-level predictor on the held-out random candidates (None when none measured)."""
     from lucida.tools.latency.candidates import is_held_out
-    from lucida.tools.latency.kernels import accuracy
     from lucida.tools.latency.opkinds import model_kernels
+    from lucida.tools.latency.whole_model import accuracy
 
     pairs = [
         (m, x)

@@ -148,7 +148,7 @@ def model_record(bundle, model_file: str = "cpu.tflite") -> dict:
     """What the DB keeps about a bundle's model: name, path, kind, candidate seed/spec, features,
     metrics."""
     from lucida.tools.latency.candidates import read_spec
-    from lucida.tools.latency.kernels import model_features
+    from lucida.tools.latency.whole_model import model_features
 
     spec = read_spec(bundle)
     path = bundle.file(model_file)
