@@ -206,3 +206,16 @@ def test_every_sampled_kind_has_a_builder():
     from lucida.tools.latency.kernel_fit import DEFAULT_PLAN
 
     assert set(DEFAULT_PLAN) == set(KINDS)
+
+
+def test_held_out_zoo_covers_the_real_families():
+    from lucida.tools.latency.zoo import ZOO, ZooError, build_keras
+
+    assert len(ZOO) >= 15
+    kinds = {kind for kind, _, _ in ZOO.values()}
+    for family in ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_lite"):
+        assert family in kinds
+    assert {"resnet50", "densenet121", "inception_v3", "unet", "deeplab_v3"} <= kinds
+    assert len({px for _, px, _ in ZOO.values()}) >= 5  # several input sizes
+    with pytest.raises(ZooError, match="unknown zoo architecture"):
+        build_keras("alexnet")
