@@ -219,3 +219,19 @@ def test_held_out_zoo_covers_the_real_families():
     assert len({px for _, px, _ in ZOO.values()}) >= 5  # several input sizes
     with pytest.raises(ZooError, match="unknown zoo architecture"):
         build_keras("alexnet")
+
+
+def test_profile_anchors_are_bundles_never_sampled_kernels(tmp_path):
+    import hashlib
+
+    from lucida.tools.latency.db import LatencyDB, Measurement
+    from lucida.tools.latency.profile import pick_anchors
+
+    real = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    with LatencyDB(tmp_path / "lat.sqlite") as db:
+        for i, kind in enumerate(("kernel", "zoo", "bundle")):
+            sha = real if kind == "bundle" else f"{i:064x}"
+            db.add_model(sha, f"m{i}", str(SHIPPED), kind=kind)
+            db.put(Measurement(sha, "t", "be/cpu", "cpu", 1.0 + i, 1.1, 1.2, 60))
+        picked = pick_anchors(db, "t", {"be/cpu"}, set(), 4)
+    assert [m["kind"] for m, *_ in picked] == ["bundle"]

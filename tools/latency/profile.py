@@ -307,6 +307,7 @@ def pick_anchors(db: LatencyDB, target: str, backends: set, exclude: set, k: int
         (m, x)
         for m, x in db.measurements(target)
         if x.backend in backends
+        and m["kind"] in ("bundle", "candidate")  # not sampled kernels or zoo files: no bundle
         and m["sha256"] not in exclude
         and m["path"]
         and Path(m["path"]).is_file()
