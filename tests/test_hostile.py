@@ -584,3 +584,20 @@ def test_hostile_scenario_passes_and_catches_an_open_door(tmp_path):
     assert "private_without_token: refused" in step["message"]
     assert "dns_rebinding: refused" in step["message"]
     assert "header_bomb_pax: refused" not in step["message"]
+
+
+def test_error_logging_is_one_line_per_kind_per_interval(caplog):
+    import logging
+
+    from lucida.runtime.netlimits import RateLimitedLog
+
+    log = RateLimitedLog(logging.getLogger("lucida.test.ratelimit"), interval_s=0.2)
+    with caplog.at_level(logging.WARNING, logger="lucida.test.ratelimit"):
+        for _ in range(1000):
+            log("accept:EMFILE", "accept failed: too many open files")
+        log("other", "another kind")
+        time.sleep(0.25)
+        log("accept:EMFILE", "accept failed: too many open files")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and log.lines == 3
+    assert "999 more like it" in lines[-1]
