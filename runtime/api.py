@@ -17,6 +17,7 @@ changes; connections are capped and slow ones closed (runtime.netlimits).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -281,8 +282,6 @@ def make_app(daemon) -> web.Application:
             raise UploadRefused(413, f"JSON body over {JSON_BODY_MAX} bytes")
         if not raw.strip():
             return {}
-        import json
-
         try:
             body = json.loads(raw.decode("utf-8"))
         except (ValueError, RecursionError):
