@@ -105,6 +105,12 @@ def versions() -> dict:
     return {"lucida": lucida, "python": platform.python_version(), "numpy": np.__version__}
 
 
+def _same_but_token(a: DaemonConfig, b: DaemonConfig) -> bool:
+    """Two configs that differ at most in the token (nothing to rebuild on reload)."""
+    skip = {"http": {"token", "token_file"}}
+    return a.model_dump(exclude=skip) == b.model_dump(exclude=skip)
+
+
 class Daemon:
     def __init__(self, config: DaemonConfig, config_path: str | Path | None = None):
         os.umask(0o077)  # patient images, tokens, logs: private from creation
@@ -430,6 +436,14 @@ class Daemon:
             self.events("reload_refused", config=str(self.config_path), reason=str(exc))
             sd_notify("READY=1")
             return False
+        if _same_but_token(new, self.config):  # nothing to rebuild: the display never pauses
+            changed = token != self.token
+            self.config, self.token = new, token
+            self.events(
+                "reload", config=str(self.config_path), token_changed=changed, rebuilt=False
+            )
+            sd_notify("READY=1")
+            return True
         old = (self.config, self.models, self.profile, self.pipeline, self.serial)
         try:  # build the new one beside the running one, its models loaded, then swap
             self.config = new
@@ -460,7 +474,7 @@ class Daemon:
             )
         changed = token != self.token
         self.token = token
-        self.events("reload", config=str(self.config_path), token_changed=changed)
+        self.events("reload", config=str(self.config_path), token_changed=changed, rebuilt=True)
         sd_notify("READY=1")
         return True
 

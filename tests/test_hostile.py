@@ -240,6 +240,11 @@ def test_reload_with_each_failing_config_keeps_the_old_one(tiny_bundle, tmp_path
             dm.build_source = real
         assert "camera busy" in d.events.recent[-1]["reason"]
         assert d.config.source.fps == FPS and d.pipeline.running
+        # the same change with a camera that opens: built beside the old one, then swapped
+        assert d.reload() is True and d.config.source.fps == 10.0
+        assert [e for e in d.events.recent if e["event"] == "reload"][-1]["rebuilt"] is True
+        n0 = d.pipeline.stats.counts["displayed"]
+        assert wait_for(lambda: d.pipeline.stats.counts["displayed"] > n0 + 3)
         # a token change takes effect
         cfg = json.loads(json.dumps(good))
         cfg["http"]["token"] = "a-new-token-123"
