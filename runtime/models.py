@@ -12,6 +12,7 @@ import numpy as np
 from lucida.models import Bundle, Registry
 from lucida.overlay.contours import ContourParams
 
+from .devices import build_engine
 from .engine import Engine
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class ModelSelector:
         bundle: Bundle | None = None,
         registry: Registry | None = None,
         task: str = "lymph",
-        device: str = "auto",
+        device: str | list[str] = "auto",
         num_threads: int | None = None,
     ):
         if bundle is None and registry is None:
@@ -76,7 +77,7 @@ class ModelSelector:
         with self._lock:
             e = self._engines.get(bundle.name)
             if e is None or e.bundle.path != bundle.path:
-                e = Engine(bundle, device=self.device, num_threads=self.num_threads)
+                e = build_engine(bundle, device=self.device, num_threads=self.num_threads)
                 self._engines[bundle.name] = e
                 log.info("loaded %s on %s (%s)", bundle.name, e.info.delegate, e.info.backend)
             return e
@@ -114,7 +115,7 @@ class ModelSelector:
 
     def replace(self, bundle: Bundle) -> ActiveModel:
         """Use `bundle` from now on (a deploy or an activate): built before it is swapped in."""
-        engine = Engine(bundle, device=self.device, num_threads=self.num_threads)
+        engine = build_engine(bundle, device=self.device, num_threads=self.num_threads)
         with self._lock:
             self._engines[bundle.name] = engine
             if self.bundle is not None:
