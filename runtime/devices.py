@@ -60,7 +60,8 @@ class DeviceSlot:
         self.engine: Engine | None = None
         self.state = "starting"
         self.invokes = self.errors = self.rebuilds = 0
-        self.last_error = ""
+        self.last_error = ""  # the last invoke failure (or why the device did not open)
+        self.rebuild_error = ""  # why the last rebuild attempt failed
         self.invoke_ns: deque[int] = deque(maxlen=4096)
         self.host_cpu_ns = 0
 
@@ -73,6 +74,7 @@ class DeviceSlot:
             "errors": self.errors,
             "rebuilds": self.rebuilds,
             "last_error": self.last_error,
+            "rebuild_error": self.rebuild_error,
             **percentiles_ms(np.array(self.invoke_ns), "invoke_ms"),
         }
 
@@ -161,14 +163,14 @@ class MultiEngine(Engine):
             try:
                 slot.engine = self._open_device(slot.spec)
             except EngineError as exc:
-                slot.last_error = str(exc)
+                slot.rebuild_error = str(exc)
                 continue
             slot.rebuilds += 1
             slot.state = "ok"
             log.warning("Edge TPU %s rebuilt after a failure", slot.spec)
             return
         slot.state = "dropped"
-        log.error("Edge TPU %s dropped: %s", slot.spec, slot.last_error)
+        log.error("Edge TPU %s dropped: %s", slot.spec, slot.rebuild_error)
 
     def _work(self, slot: DeviceSlot) -> None:
         """One device's thread: take the next tile, run it, hand back the output."""

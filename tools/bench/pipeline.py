@@ -219,6 +219,10 @@ def bench_pipeline(
 ) -> dict:
     """CPU backend: one run against the honest limit. sim_edgetpu_ms: 1 simulated device, then
     `devices` of them, in one run (see module doc)."""
+    if sim_edgetpu_ms is None and devices != 1:
+        raise BenchError("--devices needs --sim-edgetpu-ms (this machine has no Edge TPU)")
+    if sim_edgetpu_ms is not None and (sim_edgetpu_ms <= 0 or devices < 1):
+        raise BenchError("--sim-edgetpu-ms must be > 0 and --devices >= 1")
     frames = _frames(8, objective)
     um = nominal_um_per_px(objective)
     head = {
@@ -228,13 +232,9 @@ def bench_pipeline(
         "frame": f"{SIZE[0]}x{SIZE[1]}",
     }
     if sim_edgetpu_ms is None:
-        if devices != 1:
-            raise BenchError("--devices needs --sim-edgetpu-ms (this machine has no Edge TPU)")
         models = ModelSelector(bundle=bundle, num_threads=threads or pipeline_threads())
         run = measure(models, frames, um, seconds, objective)
         return {**head, "threads": models.num_threads, **run}
-    if sim_edgetpu_ms <= 0 or devices < 1:
-        raise BenchError("--sim-edgetpu-ms must be > 0 and --devices >= 1")
     specs = [f"usb:{i}" for i in range(devices)]
     with _simulated_edgetpu(bundle, sim_edgetpu_ms, specs) as sim_bundle:
         runs = {}
