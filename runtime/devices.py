@@ -138,9 +138,10 @@ class MultiEngine(Engine):
             fallback_reason="" if up else "no Edge TPU of " + ", ".join(devices) + " answered",
             extra={**self.info.extra, "devices": list(devices)},
         )
+        self._lead_lock = threading.Lock()  # the first device is served by the calling thread
         self._workers = [
             threading.Thread(target=self._work, args=(s,), name=f"lucida-{s.spec}", daemon=True)
-            for s in self.slots
+            for s in self.slots[1:]
         ]
         for t in self._workers:
             t.start()
@@ -172,8 +173,34 @@ class MultiEngine(Engine):
         slot.state = "dropped"
         log.error("Edge TPU %s dropped: %s", slot.spec, slot.rebuild_error)
 
+    def _serve(self, slot: DeviceSlot, task: tuple, caller: bool) -> None:
+        """Run one queued tile on `slot`; on failure, queue it again and mark the slot for a
+        rebuild. caller: on the thread that called infer (its CPU is counted there)."""
+        job, i, tile = task
+        engine = slot.engine
+        c0, k0 = time.thread_time_ns(), engine.invoke_cpu_ns
+        try:
+            out = engine.infer_tile(tile)
+        except Exception as exc:  # the device failed: someone else runs this tile
+            slot.errors += 1
+            slot.last_error = f"{type(exc).__name__}: {exc}"
+            slot.state = "rebuilding"
+            log.warning("Edge TPU %s failed: %s", slot.spec, slot.last_error)
+            self._tasks.put(task)
+            if caller:  # the first device has no thread of its own: rebuild on a helper
+                threading.Thread(target=self._rebuild, args=(slot,), daemon=True).start()
+            return
+        slot.invokes += 1
+        slot.invoke_ns.append(engine.invoke_ns[-1])
+        self.invoke_ns.append(engine.invoke_ns[-1])
+        if caller:
+            self.invoke_cpu_ns += engine.invoke_cpu_ns - k0
+        else:
+            slot.host_cpu_ns += time.thread_time_ns() - c0 - (engine.invoke_cpu_ns - k0)
+        job.done(i, out)
+
     def _work(self, slot: DeviceSlot) -> None:
-        """One device's thread: take the next tile, run it, hand back the output."""
+        """The thread of a device other than the first: take the next tile, run it."""
         while not self._closed.is_set():
             if slot.state == "dropped":
                 return
@@ -181,49 +208,52 @@ class MultiEngine(Engine):
                 self._rebuild(slot)
                 continue
             try:
-                job, i, tile = self._tasks.get(timeout=0.2)
+                task = self._tasks.get(timeout=0.2)
             except queue.Empty:
                 continue
-            engine = slot.engine
-            c0, k0 = time.thread_time_ns(), engine.invoke_cpu_ns
-            try:
-                out = engine.infer_tile(tile)
-            except Exception as exc:  # the device failed: someone else runs this tile
-                slot.errors += 1
-                slot.last_error = f"{type(exc).__name__}: {exc}"
-                slot.state = "rebuilding"
-                log.warning("Edge TPU %s failed: %s", slot.spec, slot.last_error)
-                self._tasks.put((job, i, tile))
-                continue
-            slot.invokes += 1
-            slot.invoke_ns.append(engine.invoke_ns[-1])
-            self.invoke_ns.append(engine.invoke_ns[-1])
-            slot.host_cpu_ns += time.thread_time_ns() - c0 - (engine.invoke_cpu_ns - k0)
-            job.done(i, out)
+            self._serve(slot, task, caller=False)
 
     def _serving(self) -> bool:
         return any(s.state != "dropped" for s in self.slots)
 
     def _run(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
-        """Outputs of these tiles, in order, from whichever devices are free."""
+        """Outputs of these tiles, in order. The calling thread serves the first device itself
+        (no hand-off: as fast as one Engine), the other devices' threads take tiles as they free
+        up; with no device left, the calling thread runs what is queued on the CPU."""
         job = _Job(len(tiles))
         for i, t in enumerate(tiles):
             self._tasks.put((job, i, t))
-        with job.cond:
-            while job.left and self._serving():
-                job.cond.wait(0.05)
-        while job.left:  # no device left: the CPU interpreter runs what is queued
-            try:
-                other, i, tile = self._tasks.get_nowait()
-            except queue.Empty:
-                with job.cond:
-                    job.cond.wait(0.01)
+        lead = self.slots[0]
+        while job.left:
+            if lead.state == "ok" and self._lead_lock.acquire(blocking=False):
+                try:
+                    task = self._tasks.get_nowait()
+                except queue.Empty:
+                    task = None
+                try:
+                    if task is not None:
+                        self._serve(lead, task, caller=True)
+                        continue
+                finally:
+                    self._lead_lock.release()
+            elif not self._serving():
+                self._run_on_cpu()
                 continue
-            with self._cpu_lock:
-                out = Engine.infer_tile(self, tile)
-                self.cpu_tiles += 1
-            other.done(i, out)
+            with job.cond:
+                if job.left:
+                    job.cond.wait(0.01)
         return job.outs
+
+    def _run_on_cpu(self) -> None:
+        """No device is left: run one queued tile on the CPU interpreter, if there is one."""
+        try:
+            job, i, tile = self._tasks.get(timeout=0.01)
+        except queue.Empty:
+            return
+        with self._cpu_lock:
+            out = Engine.infer_tile(self, tile)
+            self.cpu_tiles += 1
+        job.done(i, out)
 
     # -- the Engine interface --------------------------------------------------------------------
     def infer_tile(self, tile: np.ndarray) -> np.ndarray:

@@ -117,25 +117,26 @@ def test_pass_through_mode_runs_the_real_model(tpu_bundle, fake_tpus):
     assert e.info.delegate == "edgetpu:usb:2" and e.health_check()["ok"]
 
 
+@pytest.mark.parametrize("failing", [0, 1], ids=["first-device", "second-device"])
 def test_a_failing_device_is_dropped_while_the_others_keep_serving(
-    tpu_bundle, fake_tpus, monkeypatch
+    tpu_bundle, fake_tpus, monkeypatch, failing
 ):
     monkeypatch.setenv("FAKE_EDGETPU_INVOKE_MS", "1")
     want = Engine(tpu_bundle, device="usb:0", num_threads=1).infer(_frame(), um_per_px=1.0).probs
-    monkeypatch.setenv("FAKE_EDGETPU_FAIL_DEVICE", "usb:1")
+    monkeypatch.setenv("FAKE_EDGETPU_FAIL_DEVICE", f"usb:{failing}")
     monkeypatch.setenv("FAKE_EDGETPU_FAIL_AFTER", "5")
     multi = MultiEngine(tpu_bundle, ["usb:0", "usb:1"], num_threads=1, rebuild_delay_s=0.01)
-    monkeypatch.setenv("FAKE_EDGETPU_DEVICES", "usb:0,usb:2")  # usb:1 unplugged: no rebuild
+    monkeypatch.setenv("FAKE_EDGETPU_DEVICES", f"usb:{1 - failing},usb:2")  # no rebuild possible
     try:
-        for _ in range(6):  # 72 tiles: usb:1 fails on its 6th invoke, mid-frame
+        for _ in range(6):  # 72 tiles: the device fails on its 6th invoke, mid-frame
             assert np.array_equal(multi.infer(_frame(), um_per_px=1.0).probs, want)
         deadline = time.monotonic() + 10
-        while multi.device_stats()[1]["state"] != "dropped" and time.monotonic() < deadline:
+        while multi.device_stats()[failing]["state"] != "dropped" and time.monotonic() < deadline:
             time.sleep(0.01)
-        good, bad = multi.device_stats()
+        bad, good = multi.device_stats()[failing], multi.device_stats()[1 - failing]
         assert bad["state"] == "dropped" and bad["errors"] == 1 and bad["invokes"] == 5
         assert "simulated device failure" in bad["last_error"]
-        assert "no Edge TPU answered at usb:1" in bad["rebuild_error"]
+        assert f"no Edge TPU answered at usb:{failing}" in bad["rebuild_error"]
         assert good["state"] == "ok" and good["invokes"] == 72 - 5 and multi.cpu_tiles == 0
         assert np.array_equal(multi.infer(_frame(), um_per_px=1.0).probs, want)
     finally:
