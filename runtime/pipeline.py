@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 from lucida.overlay.compose import ARComposer, PreviewComposer
 from lucida.overlay.contours import ContourExtractor, ContourParams
@@ -219,6 +220,9 @@ class Pipeline:
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
+        # the stages already run in parallel; OpenCV's own pool would add wake-ups and spinning
+        # beside them (bench pipeline: "other" CPU ms per frame), so OpenCV runs single-threaded
+        cv2.setNumThreads(1)
         for s in self.ar_sinks + self.preview_sinks:
             s.open()
         for name, fn in (
