@@ -149,6 +149,8 @@ class MultiEngine(Engine):
     # -- devices ---------------------------------------------------------------------------------
     def _open_device(self, spec: str) -> Engine:
         """An engine on exactly this device; EngineError when its delegate does not load."""
+        if not self.bundle.has_edgetpu:
+            raise EngineError(f"bundle {self.bundle.name} has no edgetpu.tflite")
         e = Engine(self.bundle, device=spec, backend=self.backend, num_threads=1)
         if e.info.delegate == "cpu":  # Engine fell back: not a device
             raise EngineError(e.info.fallback_reason or f"{spec}: no delegate")
@@ -272,7 +274,7 @@ class MultiEngine(Engine):
     def host_cpu_offset_ns(self) -> int:
         return sum(s.host_cpu_ns for s in self.slots) - self.invoke_cpu_ns
 
-    def frame_device_slots(self, tiles: int) -> int:
+    def invokes_per_frame(self, tiles: int) -> int:
         """Invokes per frame on the busiest device when `tiles` are spread over those serving."""
         n = sum(s.state == "ok" for s in self.slots)
         return math.ceil(tiles / n) if n else tiles

@@ -248,3 +248,16 @@ def test_bench_refuses_several_devices_without_the_simulation(capsys):
     assert main(["bench", "pipeline", "--devices", "2", "--seconds", "1"]) == 2
     err = capsys.readouterr().err
     assert "--devices needs --sim-edgetpu-ms" in err and "Traceback" not in err
+
+
+def test_a_bundle_without_edgetpu_model_runs_on_the_cpu_with_the_reason(tiny_bundle, fake_tpus):
+    multi = MultiEngine(tiny_bundle, ["usb:0", "usb:1"], num_threads=1)
+    try:
+        assert multi.info.delegate == "cpu" and multi.info.model_file == "cpu.tflite"
+        assert "no Edge TPU of usb:0, usb:1 answered" in multi.info.fallback_reason
+        assert all("has no edgetpu.tflite" in s["last_error"] for s in multi.device_stats())
+        cpu = Engine(tiny_bundle, device="cpu", num_threads=1).infer(_frame(), um_per_px=1.0)
+        assert np.array_equal(multi.infer(_frame(), um_per_px=1.0).probs, cpu.probs)
+        assert not fake_tpus.exists()  # no device was opened
+    finally:
+        multi.close()

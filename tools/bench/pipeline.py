@@ -181,7 +181,7 @@ def measure(models: ModelSelector, frames, um: float, seconds: float, objective:
     cpu_stages["total"] = round(total_ms, 4)
     fps = frames_of["infer"] / (t1 - t0)
     per_frame_invokes = (
-        engine.frame_device_slots(tiles) if hasattr(engine, "frame_device_slots") else tiles
+        engine.invokes_per_frame(tiles) if hasattr(engine, "invokes_per_frame") else tiles
     )
     model_fps = 1e9 / (np.median(invoke) * per_frame_invokes) if invoke.size else 0.0
     cpu_fps = 1000.0 / max(per_thread.values()) if max(per_thread.values()) > 0 else float("inf")
