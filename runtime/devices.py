@@ -216,7 +216,8 @@ class MultiEngine(Engine):
             self._serve(slot, task, caller=False)
 
     def _serving(self) -> bool:
-        return any(s.state != "dropped" for s in self.slots)
+        """A device thread may still take tiles (none does after close())."""
+        return not self._closed.is_set() and any(s.state != "dropped" for s in self.slots)
 
     def _run(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
         """Outputs of these tiles, in order. The calling thread serves the first device itself
@@ -284,7 +285,7 @@ class MultiEngine(Engine):
         return [s.stats() for s in self.slots]
 
     def close(self) -> None:
-        """Stop the device threads (the engine is unusable afterwards)."""
+        """Stop the device threads; later calls run on the first device (or the CPU) alone."""
         self._closed.set()
         for t in self._workers:
             t.join(1.0)

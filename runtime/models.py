@@ -78,9 +78,17 @@ class ModelSelector:
             e = self._engines.get(bundle.name)
             if e is None or e.bundle.path != bundle.path:
                 e = build_engine(bundle, device=self.device, num_threads=self.num_threads)
-                self._engines[bundle.name] = e
+                self._keep(bundle.name, e)
                 log.info("loaded %s on %s (%s)", bundle.name, e.info.delegate, e.info.backend)
             return e
+
+    def _keep(self, name: str, engine: Engine) -> None:
+        """Store `engine` for bundle `name`; the one it replaces releases its devices' threads
+        (a frame still running on it finishes on the calling thread)."""
+        old = self._engines.get(name)
+        self._engines[name] = engine
+        if old is not None and old is not engine:
+            old.close()
 
     def for_objective(self, objective: str | None) -> ActiveModel | None:
         pinned = self.pinned
@@ -110,14 +118,14 @@ class ModelSelector:
         """Run `bundle` (already loaded and checked as `engine`, if given) wherever it applies."""
         with self._lock:
             if engine is not None:
-                self._engines[bundle.name] = engine
+                self._keep(bundle.name, engine)
             self.pinned = bundle
 
     def replace(self, bundle: Bundle) -> ActiveModel:
         """Use `bundle` from now on (a deploy or an activate): built before it is swapped in."""
         engine = build_engine(bundle, device=self.device, num_threads=self.num_threads)
         with self._lock:
-            self._engines[bundle.name] = engine
+            self._keep(bundle.name, engine)
             if self.bundle is not None:
                 self.bundle = bundle
         return ActiveModel.of(engine, bundle.manifest.contours)
