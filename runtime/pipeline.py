@@ -160,6 +160,7 @@ class Stats:
         }
         for stage, arr in timings.items():
             out.update(percentiles_ms(arr, f"{stage}_ms"))
+        out["cpu_ms_per_frame"] = self.cpu_ms_per_frame()
         return out
 
 
