@@ -365,6 +365,7 @@ class Daemon:
         if self.serial is not None:
             self.serial.stop()
         self.pipeline.stop()
+        self.models.close()  # several Edge TPUs: their threads and delegates
         if self.http is not None:
             self.http.stop()
             self.http = None
@@ -383,6 +384,7 @@ class Daemon:
         if self.serial is not None:
             self.serial.stop()
         self.pipeline.stop()
+        self.models.close()
         self.config = new
         self._build()
         self._restore_settings()

@@ -90,6 +90,12 @@ class ModelSelector:
         if old is not None and old is not engine:
             old.close()
 
+    def close(self) -> None:
+        """Release every engine's devices (several Edge TPUs: their threads)."""
+        with self._lock:
+            for e in self._engines.values():
+                e.close()
+
     def for_objective(self, objective: str | None) -> ActiveModel | None:
         pinned = self.pinned
         if pinned is not None and (objective is None or objective in pinned.manifest.objectives):

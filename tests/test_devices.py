@@ -263,3 +263,32 @@ def test_a_bundle_without_edgetpu_model_runs_on_the_cpu_with_the_reason(tiny_bun
         assert not fake_tpus.exists()  # no device was opened
     finally:
         multi.close()
+
+
+def test_daemon_reports_each_device_in_status_and_metrics(
+    tpu_bundle, fake_tpus, monkeypatch, tmp_path
+):
+    from conftest import daemon_config, replay_frames
+    from lucida.runtime.config import parse_config
+    from lucida.runtime.daemon import Daemon
+    from test_daemon import call, wait_for
+
+    monkeypatch.setenv("FAKE_EDGETPU_INVOKE_MS", "1")
+    frames = replay_frames(tmp_path / "frames", 4, size=(200, 150))
+    source = {"type": "replay", "path": str(frames), "fps": 20, "width": 200, "height": 150}
+    cfg = daemon_config(tmp_path, tpu_bundle, source, "tok")
+    cfg["models"]["device"] = ["usb:0", "usb:1"]
+    d = Daemon(parse_config(cfg))
+    d.pipeline.set_objective("10x")
+    d.start()
+    try:
+        assert wait_for(lambda: d.pipeline.stats.counts["processed"] > 3, timeout=30)
+        code, st = call(d, "GET", "/status", token="tok")
+        assert code == 200 and st["delegate"] == "edgetpu:usb:0,usb:1"
+        assert [x["device"] for x in st["devices"]] == ["usb:0", "usb:1"]
+        assert all(x["state"] == "ok" and x["invokes"] > 0 for x in st["devices"])
+        code, text = call(d, "GET", "/metrics", token="tok")
+        assert code == 200 and 'lucida_device_up{device="usb:1"} 1.0' in text
+        assert 'lucida_device_invokes_total{device="usb:0"}' in text
+    finally:
+        d.stop()
