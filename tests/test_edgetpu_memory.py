@@ -299,7 +299,7 @@ def test_cache_size_is_the_fit_and_leave_one_out_holds():
 
 
 def test_depthwise_and_per_tensor_layouts_follow_the_rule():
-    """The rule on ops outside the evidence's families: what a user's model would get."""
+    """The documented rule on ops the evidence does not cover (depthwise: an assumption)."""
     g = _Graph()
     x = g.t("int8", (1, 8, 8, 100))
     dw = OpInfo(0, "DEPTHWISE_CONV_2D", 1, False, (x, g.t("int8", (1, 3, 3, 100), True, 100)), (x,))
