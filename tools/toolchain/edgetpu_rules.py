@@ -354,13 +354,15 @@ def parameter_layout(
     verdicts: list[OpVerdict],
     cache_bytes: int = E.PARAM_CACHE_BYTES,
     layout: ParamLayout = FITTED_LAYOUT,
+    op_cache_bytes: int = E.PARAM_OP_CACHE_BYTES,
 ) -> dict:
     """Parameter bytes of the Edge TPU part as the compiler lays them out, on-chip vs streamed.
 
     Each mapped op's parameters (`op_parameter_bytes`) are cached on chip in op order while they
     fit `cache_bytes` (the compiler's parameter cache, fitted on real logs; it did not shrink with
-    activations of up to 2.5 MiB per tensor there); an op that does not fit streams from host
-    memory at every inference. Bytes: raw (the file's constants), laid out, on-chip, off-chip.
+    activations of up to 2.5 MiB per tensor there) and the op itself is at most
+    `op_cache_bytes`; an op that is not cached streams from host memory at every inference (later
+    ops may still be cached). Bytes: raw (the file's constants), laid out, on-chip, off-chip.
     """
     on_tpu = {v.index for v in verdicts if v.runs_on == EDGETPU}
     raw = laid = on_chip = off_chip = 0
@@ -370,7 +372,7 @@ def parameter_layout(
         b, size = op_parameter_bytes(op, layout)
         raw += b
         laid += size
-        if on_chip + size <= cache_bytes:
+        if size <= op_cache_bytes and on_chip + size <= cache_bytes:
             on_chip += size
         else:
             off_chip += size
