@@ -30,7 +30,7 @@ from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
 from lucida.overlay.sinks import JpegStream, make_sink
 
 from .config import ConfigError, DaemonConfig, load_config
-from .engine import Engine
+from .devices import build_engine
 from .events import EventLog, bounded
 from .guard import is_loopback
 from .models import ActiveModel, ModelSelector
@@ -406,6 +406,7 @@ class Daemon:
         if self.serial is not None:
             self.serial.stop()
         self.pipeline.stop()
+        self.models.close()  # several Edge TPUs: their threads and delegates
         if self.http is not None:
             self.http.stop()
             self.http = None
@@ -450,11 +451,14 @@ class Daemon:
             self._build()
             self.models.preload(self.objectives())
         except (ValueError, OSError, RuntimeError) as exc:
+            if self.models is not old[1]:
+                self.models.close()
             self.config, self.models, self.profile, self.pipeline, self.serial = old
             return self._reload_failed(f"failed to build ({bounded(exc, 500)})")
         built = (self.pipeline, self.serial)
         self.pipeline, self.serial = old[3], old[4]
         self._stop_pipeline()
+        old[1].close()  # several Edge TPUs: their threads and delegates
         self.pipeline, self.serial = built
         try:
             self._restore_settings()
@@ -463,6 +467,7 @@ class Daemon:
                 self.serial.start()
         except (ValueError, OSError, RuntimeError) as exc:
             self._stop_pipeline()
+            self.models.close()
             self.config = old[0]
             self._build()
             self._restore_settings()
@@ -545,10 +550,13 @@ class Daemon:
         if active is None:
             return {"ok": False, "error": "no model is running"}
         bundle = active.engine.bundle
-        engine = Engine(
+        engine = build_engine(
             bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
         )
-        result = engine.health_check(raise_on_fail=False)
+        try:
+            result = engine.health_check(raise_on_fail=False)
+        finally:
+            engine.close()
         self.events("health", model=bundle.name, **result)
         return {
             **result,
@@ -631,7 +639,7 @@ class Daemon:
 
         with self._swap_lock:
             sandbox_check(bundle, self.config, verified=self._verified)  # SandboxError: refused
-            engine = Engine(
+            engine = build_engine(
                 bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
             )
             health = engine.health_check()  # raises HealthCheckError: the running model stays
@@ -697,7 +705,7 @@ class Daemon:
             if active is None:
                 raise ValueError("no model is running; name a bundle to benchmark")
             bundle = active.engine.bundle
-        engine = Engine(
+        engine = build_engine(
             bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
         )
         m = bundle.manifest
@@ -713,6 +721,7 @@ class Daemon:
             t0 = time.perf_counter_ns()
             engine.infer_tile(tile)
             times.append(time.perf_counter_ns() - t0)
+        engine.close()
         info = engine.info
         return {
             "bundle": bundle.name,

@@ -131,11 +131,10 @@ def sandbox_check(bundle, cfg: DaemonConfig, errors: list | None = None, verifie
     if Path(bundle.path).parent == SHIPPED_DIR or (verified is not None and key in verified):
         return {"ok": True, "trusted": True}
     sb: SandboxConfig = cfg.models.sandbox
-    device = "cpu" if cfg.models.device == "auto" else cfg.models.device
-    try:
+    try:  # on the CPU: the daemon may hold the Edge TPUs, and the file parsed is the same
         health = check_in_child(
             bundle.path,
-            device=device,
+            device="cpu",
             num_threads=1,
             limits=SandboxLimits(sb.memory_mb, sb.cpu_s, sb.timeout_s),
         )
