@@ -86,6 +86,9 @@ class ModelsConfig(_Strict):
         ],
     ] = "auto"
     num_threads: Optional[int] = Field(default=None, ge=1, le=64)
+    # several devices, a bundle per objective: each bundle on devices of its own, all loaded
+    # at start, so a turn of the nosepiece reloads nothing (docs/accelerators.md)
+    preload: bool = False
     dirs: List[str] = Field(
         default_factory=list, max_length=32
     )  # extra bundle folders, searched after deployed ones
