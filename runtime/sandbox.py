@@ -108,7 +108,7 @@ def _limit(memory_mb: int, cpu_s: int) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     try:
-        os.nice(10)  # the display process it protects keeps the CPU first
+        os.nice(19)  # the display process it protects keeps the CPU first
     except OSError:
         pass
 
