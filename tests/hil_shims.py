@@ -7,8 +7,8 @@ oracle       the model's heatmap is the virtual microscope's truth (0.15 outside
              not on a model's skill; everything else (contours, safety, API) is the real code.
 never_clear  oracle, and the display is never blanked (Pipeline.clear and Pipeline._blank do
              nothing): the safety rule broken.
-health_lies  oracle, and Engine.health_check always says ok: a bundle whose golden check fails
-             is deployed instead of refused.
+health_lies  oracle, and Engine.health_check (in the daemon and in its sandbox child) always
+             says ok: a bundle whose golden check fails is deployed instead of refused.
 open_door    the daemon before issue 20's privacy rules: patient data served without the
              token, any Host header accepted (DNS rebinding).
 """
@@ -56,7 +56,11 @@ def _never_clear() -> None:
 
 
 def _health_lies() -> None:
+    from lucida.runtime import sandbox
+
     engine.Engine.health_check = lambda self, raise_on_fail=True: {"ok": True, "lies": True}
+    # the golden check in the child process (issue 20) lies too
+    sandbox.check_in_child = lambda *a, **k: {"ok": True, "lies": True}
 
 
 def _open_door() -> None:
