@@ -112,6 +112,16 @@ class ModelSelector:
                 self._engines[bundle.name] = engine
             self.pinned = bundle
 
+    def rebuild(self, engine: Engine) -> Engine:
+        """A new engine for `engine`'s bundle (new interpreter, Edge TPU delegate reopened; the
+        CPU when the device is gone), used from now on: the watchdog's cure for a hung invoke."""
+        new = Engine(
+            engine.bundle, device=self.device, backend=engine.backend, num_threads=self.num_threads
+        )
+        with self._lock:
+            self._engines[engine.bundle.name] = new
+        return new
+
     def replace(self, bundle: Bundle) -> ActiveModel:
         """Use `bundle` from now on (a deploy or an activate): built before it is swapped in."""
         engine = Engine(bundle, device=self.device, num_threads=self.num_threads)

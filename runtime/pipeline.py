@@ -3,8 +3,11 @@
 A slow stage never queues work: each stage takes the newest item from the one before, and an
 item replaced before it was taken is counted as a drop. Safety rule (DESIGN.md): the display
 never shows an overlay for a field of view it was not computed on. It is blanked at once when
-the stage or turret moves or the model changes, and when no frame has arrived for
-`stall_timeout_ms` (a stalled or unplugged camera).
+the stage moves (measured from the image on the capture thread, runtime/motion.py, or reported
+by the source), the turret moves or the model changes, when no frame has arrived for
+`stall_timeout_ms` (a stalled or unplugged camera), and when the overlay's frame is older than
+the age limit (a slow or hung inference, runtime/safety.py). Every frame carries the display
+generation of its capture: a result from before a blank is never drawn after it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from lucida.overlay.regions import Regions
 from .engine import ModelInput
 from .frame import Frame, Heatmap
 from .models import ActiveModel, ModelSelector
+from .motion import MotionGate
 from .retry import Backoff
+from .safety import InferenceWatchdog, Safety
 from .slots import LatestSlot
 from .sources import FrameSource, SourceError
 from .stats import percentiles_ms
@@ -140,6 +145,8 @@ class Pipeline:
     with the overlay blended in. stall_timeout_ms: no frame for this long blanks the display.
     on_display(kind, t_ns, ...): told of every display update ("overlay", "blank") and every
     "clear_request", with device-clock times (runtime.results.ResultLog is one).
+    safety: motion blanking, overlay age limit, inference watchdog (runtime/safety.py);
+    motion: the image-based motion gate (default: one built from `safety`).
     """
 
     def __init__(
@@ -156,6 +163,8 @@ class Pipeline:
         on_event: Callable[..., None] | None = None,
         on_result: Callable[[Result], None] | None = None,
         on_display: Callable[..., None] | None = None,
+        safety: Safety | None = None,
+        motion: MotionGate | None = None,
     ):
         self.source, self.models = source, models
         self.ar, self.ar_sinks = ar, list(ar_sinks)
@@ -186,6 +195,17 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
         self.last_result: Result | None = None
+        self.safety = safety = safety or Safety()
+        self.motion = motion or MotionGate(
+            safety.blank_speed_um_s or 100.0, settle_frames=safety.settle_frames
+        )
+        self.watchdog = InferenceWatchdog(safety.slow_factor, safety.rebuild_after_ms)
+        self.max_age_ns = safety.max_age_ns(self.display_interval_s, None)
+        self.blank_reason: str | None = "starting"
+        self._limits_ns = 0
+        self._infer_p99_ms: float | None = None
+        self._in_motion = False
+        self._shown_track_ns = 0
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
@@ -195,6 +215,7 @@ class Pipeline:
             ("capture", self._capture_loop),
             ("infer", self._infer_loop),
             ("render", self._render_loop),
+            ("watchdog", self._watchdog_loop),
         ):
             t = threading.Thread(target=fn, name=f"lucida-{name}", daemon=True)
             t.start()
@@ -325,6 +346,7 @@ class Pipeline:
             "backend": f"{info.backend} {info.backend_version}" if info else None,
             "delegate": info.delegate if info else None,
             "fallback_reason": info.fallback_reason if info else None,
+            **self._safety_status(),
             **self.stats.snapshot(
                 {"drops_capture": self.captured.drops, "drops_result": self.results.drops}
             ),
@@ -363,7 +385,11 @@ class Pipeline:
             self.stats.time("capture_wait", time.monotonic_ns() - t0)
             self._last_capture_ns = frame.t_capture_ns
             self.stats.count("frames_in", frame.t_capture_ns)
-            self.captured.put((frame, self._prepare(frame)))
+            settled = self._gate(frame)
+            with self._lock:
+                gen = self._generation
+            prepared = self._prepare(frame) if settled is True else None
+            self.captured.put((frame, prepared, gen, settled))
 
     def _switch(self, objective: str | None) -> None:
         active = self.models.for_objective(objective)
@@ -377,14 +403,13 @@ class Pipeline:
         self.clear(f"objective {objective}")
         self.on_event("objective", objective=objective, model=active.name if active else None)
 
-    def _infer_loop(self) -> None:
-        while not self._stop.is_set():
+    def _infer_loop(self, epoch: int = 0) -> None:
+        while not self._stop.is_set() and epoch == self.watchdog.epoch:
             item = self.captured.take(timeout_s=0.1)
             if item is None:
                 continue
-            frame, prepared = item
             try:
-                self._process(frame, prepared)
+                self._process(*item)
             except Exception as exc:  # one bad frame must not stop the loop
                 log.exception("inference failed")
                 self.on_event("error", where="inference", message=str(exc))
@@ -418,23 +443,33 @@ class Pipeline:
             return None
         return self._preprocess(frame, active, optics)
 
-    def _process(self, frame: Frame, prepared: Prepared | None = None) -> None:
+    def _process(
+        self, frame: Frame, prepared: Prepared | None = None, gen: int = 0, settled=True
+    ) -> None:
+        """Infer one frame (stamped with the display generation `gen` at capture); `settled`:
+        True, or why the frame must not be inferred ("stage moving", "settling", ...)."""
         objective = self.objective_override or frame.objective
         if objective != self._objective:
             self._switch(objective)
         with self._lock:
-            gen, active, optics = self._generation, self._active, self._optics
+            active, optics = self._active, self._optics
         if frame.moving or self.turret_moving:
             self.clear("stage moving")
+            return
+        if settled is not True:
+            self.results.put(Result(frame=frame, generation=gen, clear_reason=settled))
             return
         if active is None or not self.overlay_enabled:
             self.results.put(Result(frame=frame, generation=gen, clear_reason="no overlay"))
             return
         if prepared is None or prepared.active is not active or prepared.optics is not optics:
             prepared = self._preprocess(frame, active, optics)  # the model changed meanwhile
+        epoch = self.watchdog.begin()
         t1 = time.monotonic_ns()
         heatmap = active.engine.infer_input(prepared.input)
         t2 = time.monotonic_ns()
+        if not self.watchdog.end(epoch):  # this engine was given up on while it hung
+            return
         timings = {"infer": t2 - t1}
         self.stats.time("infer", t2 - t1)
         self.stats.count("processed")
@@ -450,9 +485,14 @@ class Pipeline:
             stalled = not self._source_ok or (
                 self._last_capture_ns and now - self._last_capture_ns > self.stall_timeout_ns
             )
+            last = self.last_result if self._showing_overlay else None
             if res is None:
                 if stalled and self._showing_overlay:
                     self._blank("camera stalled")
+                elif last is not None and self._too_old(last, now):
+                    self._blank("overlay too old")
+                elif last is not None and self._track_moved():
+                    self._show(last, again=True)  # follow the field (motion compensation)
                 continue
             with self._lock:
                 current = self._generation
@@ -461,10 +501,16 @@ class Pipeline:
                 or res.generation != current
                 or stalled
                 or self.ar_override is not None
+                or self._too_old(res, now)
             ):
-                self._blank(
-                    res.clear_reason or ("camera stalled" if stalled else "stale result"), res.frame
+                reason = res.clear_reason or (
+                    "camera stalled"
+                    if stalled
+                    else "overlay too old"
+                    if self._too_old(res, now)
+                    else "stale result"
                 )
+                self._blank(reason, res.frame)
                 continue
             self._show(res)
 
@@ -482,30 +528,38 @@ class Pipeline:
             self.stats.count("cleared")
             self.on_event("overlay_cleared", reason=reason)
         self._showing_overlay = False
+        self.blank_reason = reason
         t1 = time.monotonic_ns()
         self.stats.time("render", t1 - t0)
         if self.on_display is not None:
             self.on_display("blank", t1, frame=frame, reason=reason)
 
-    def _show(self, res: Result) -> None:
-        """Contours of the result's heatmap, drawn in AR and preview mode, sent to the sinks."""
+    def _show(self, res: Result, again: bool = False) -> None:
+        """Contours of the result's heatmap, drawn in AR and preview mode, sent to the sinks.
+        again: the same result redrawn on the AR display only, shifted to where the field is."""
         frame, hm = res.frame, res.heatmap
         with self._lock:
             optics, objective, extractor = self._optics, self._objective, self._extractor
         um = optics.um_per_px or frame.meta.get("um_per_px")
         t0 = time.monotonic_ns()  # the render stage: contours, then drawing
-        res = replace(res, regions=extractor.extract(hm.probs, hm.affine, um))
+        if res.regions is None:
+            res = replace(res, regions=extractor.extract(hm.probs, hm.affine, um))
         self.stats.time("contours", time.monotonic_ns() - t0)
         fps = self.stats.fps("processed")
         canvases = []
+        shift = self._shift_for(frame, t0)
         if self.ar is not None:
+            regions, affine = res.regions, hm.affine
+            if shift is not None:
+                regions = regions.warped(np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]]))
+                affine = affine + np.array([[0, 0, shift[0]], [0, 0, shift[1]]])
             canvases.append(
                 (
                     self.ar_sinks,
                     self.ar.compose(
-                        res.regions,
+                        regions,
                         heatmap=hm.probs,
-                        heatmap_affine=hm.affine,
+                        heatmap_affine=affine,
                         objective=objective,
                         um_per_px=um,
                         model=res.model,
@@ -513,7 +567,7 @@ class Pipeline:
                     ),
                 )
             )
-        if self.preview is not None and self.preview_sinks:
+        if self.preview is not None and self.preview_sinks and not again:
             canvases.append(
                 (
                     self.preview_sinks,
@@ -539,9 +593,115 @@ class Pipeline:
         self.stats.time("latency", t2 - frame.t_capture_ns)
         self.stats.count("displayed", t2)
         self._showing_overlay = True
+        self.blank_reason = None
         self.last_result = res
         if self.on_display is not None:
-            self.on_display("overlay", t2, result=res, objective=objective)
+            self.on_display("overlay", t2, result=res, objective=objective, shift_px=shift)
+
+    # -- safety: motion, overlay age, watchdog -----------------------------------------------
+    def _gate(self, frame: Frame):
+        """On the capture thread: measure the field's motion; blank at a motion onset. Returns
+        True when this frame may be inferred, else the reason it may not."""
+        now = time.monotonic_ns()
+        if now - self._limits_ns > 1e9:
+            self._update_limits(frame)
+            self._limits_ns = now
+        um = self._optics.um_per_px or frame.meta.get("um_per_px") or nominal_um_per_px("10x")
+        st = self.motion.update(frame.image, frame.t_capture_ns, um)
+        if st.moving or frame.moving:
+            if not self._in_motion:
+                self._in_motion = True
+                self.on_event("motion", speed_um_s=round(st.speed_um_s, 1))
+                self.clear("stage moving")
+            return "stage moving"
+        self._in_motion = False
+        return True if st.settled else "settling"
+
+    def _update_limits(self, frame: Frame) -> None:
+        """Once a second: the blanking speed and the overlay age limit from measured latency."""
+        with self.stats.lock:
+            infer_ns = list(self.stats.timings["infer"])[-200:]
+        p99 = self._infer_p99_ms = percentiles_ms(infer_ns, "x")["x_p99"] or None
+        self.max_age_ns = self.safety.max_age_ns(self.display_interval_s, p99)
+        if self.safety.blank_speed_um_s is None:
+            from .motion import blank_speed_um_s
+
+            um = self._optics.um_per_px or frame.meta.get("um_per_px") or 1.0
+            cam_per_disp = self.ar.camera_px_per_display_px() if self.ar is not None else 1.0
+            latency_s = (p99 or 100.0) / 1e3 + self.display_interval_s
+            self.motion.blank_speed_um_s = blank_speed_um_s(
+                self.safety.blank_display_px, cam_per_disp, um, latency_s
+            )
+
+    def _shift_for(self, frame: Frame, now_ns: int) -> tuple[float, float] | None:
+        """Camera px to move an overlay computed on `frame` so it lies on the field now."""
+        if not self.safety.compensate:
+            return None
+        return self.motion.shift_since(frame.t_capture_ns, now_ns)
+
+    def _too_old(self, res: Result, now_ns: int) -> bool:
+        """The overlay's frame is older than the age limit."""
+        return res.frame is not None and now_ns - res.frame.t_capture_ns > self.max_age_ns
+
+    def _track_moved(self) -> bool:
+        """A newer frame than the one the overlay was last drawn for (compensation on)."""
+        last = self.motion.last
+        if not self.safety.compensate or last is None:
+            return False
+        t = self._last_capture_ns
+        moved = t != self._shown_track_ns
+        self._shown_track_ns = t
+        return moved
+
+    def _watchdog_loop(self) -> None:
+        """Report a slow inference; rebuild the engine when one hangs (see runtime/safety.py)."""
+        while not self._stop.wait(0.05):
+            action = self.watchdog.check(self._infer_p99_ms)
+            if action == "slow":
+                self.on_event("inference_slow", running_ms=round(self.watchdog.running_ms()))
+            elif action == "rebuild":
+                self._rebuild_engine()
+
+    def _rebuild_engine(self) -> None:
+        """A hung inference: blank, build a new engine, start a new inference thread."""
+        self.clear("inference hung")
+        with self._lock:
+            active = self._active
+        self.on_event("inference_hung", model=active.name if active else None)
+        if active is not None:
+            try:
+                engine = self.models.rebuild(active.engine)
+            except Exception as exc:
+                self.on_event("error", where="engine rebuild", message=str(exc))
+            else:
+                new = ActiveModel(engine, active.contours, active.normalize)
+                with self._lock:
+                    if self._active is active:
+                        self._active = new
+                self.on_event(
+                    "engine_rebuilt",
+                    model=new.name,
+                    delegate=engine.info.delegate,
+                    fallback_reason=engine.info.fallback_reason,
+                )
+        t = threading.Thread(
+            target=self._infer_loop, args=(self.watchdog.epoch,), name="lucida-infer", daemon=True
+        )
+        t.start()
+        self._threads.append(t)
+
+    def _safety_status(self) -> dict:
+        st = self.motion.last
+        return {
+            "blank_reason": self.blank_reason,
+            "motion_speed_um_s": None if st is None else round(min(st.speed_um_s, 1e9), 1),
+            "motion_confidence": None if st is None else round(st.confidence, 3),
+            "blank_speed_um_s": round(self.motion.blank_speed_um_s, 1),
+            "max_overlay_age_ms": round(self.max_age_ns / 1e6, 1),
+            "inference_running_ms": round(self.watchdog.running_ms(), 1),
+            "engine_rebuilds": self.watchdog.rebuilds,
+            "inference_slow_reports": self.watchdog.slow_reports,
+        }
 
     # -- blocking run with signals (the demo and the daemon's main thread) --------------------
     def run(self, frames: int | None = None, seconds: float | None = None) -> dict:
