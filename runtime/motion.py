@@ -136,9 +136,9 @@ class MotionGate:
     """Per-frame motion decisions and the field's track (see the module docstring).
 
     blank_speed_um_s: blank above this stage speed; settle_frames: consecutive frames below
-    `settle_ratio` x the blanking speed before the overlay may come back; predict: blank one
-    frame early when the measured acceleration would carry the speed past the blanking speed
-    by the next frame (a motion onset then blanks within one camera interval).
+    `settle_ratio` x the blanking speed before the overlay may come back; predict: blank when
+    the measured acceleration says the stage is past the blanking speed by now (a frame's
+    displacement is the mean speed over its interval, half an interval behind).
     """
 
     def __init__(
@@ -187,7 +187,7 @@ class MotionGate:
             limit = self.blank_speed_um_s
             ahead = speed
             if self.predict and math.isfinite(speed) and speed > 0.4 * limit:
-                ahead = speed + 1.5 * max(0.0, speed - self._speed)
+                ahead = speed + max(0.0, speed - self._speed)
             moving = speed > limit or ahead > limit
             onset = moving and not self._moving
             if moving:

@@ -1,4 +1,4 @@
-"""`lucida bench engine|pipeline|overlay`: ours against the limit (or a peer) in one run, as JSON.
+"""`lucida bench engine|pipeline|overlay|safety`: ours against the limit (or a peer) in one run, as JSON.
 
 Each benchmark discards the first inference after a model load and reports p50/p90/p99.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-BENCHES = ("engine", "pipeline", "overlay")
+BENCHES = ("engine", "pipeline", "overlay", "safety")
 
 
 def register(sub) -> None:
@@ -17,7 +17,12 @@ def register(sub) -> None:
         "--bundle", default="lymph-m", help="bundle folder or shipped name (default lymph-m)"
     )
     p.add_argument("--runs", type=int, default=200, help="timed runs per variant")
-    p.add_argument("--seconds", type=float, default=10.0, help="pipeline: how long to run")
+    p.add_argument(
+        "--seconds", type=float, default=10.0, help="pipeline: how long to run; safety: per tour"
+    )
+    p.add_argument(
+        "--seeds", default="1,2", help="safety: tour seeds, comma-separated (default 1,2)"
+    )
     p.add_argument(
         "--threads", type=int, default=None, help="interpreter threads (default: all cores)"
     )
@@ -36,6 +41,16 @@ def run(args) -> int:
         from lucida.tools.bench.pipeline import bench_pipeline
 
         result = bench_pipeline(resolve_bundle(args.bundle), args.seconds, args.threads)
+    elif args.which == "safety":
+        from lucida.tools.bench.safety import bench_safety
+
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds {args.seeds!r}: expected integers like 1,2") from None
+        result = bench_safety(
+            resolve_bundle(args.bundle), args.seconds, seeds, threads=args.threads
+        )
     else:
         from lucida.tools.bench.overlay import run_overlay_bench
 
