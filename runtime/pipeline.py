@@ -634,10 +634,12 @@ class Pipeline:
             )
 
     def _shift_for(self, frame: Frame, now_ns: int) -> tuple[float, float] | None:
-        """Camera px to move an overlay computed on `frame` so it lies on the field now."""
+        """Camera px to move an overlay computed on `frame` so it lies on the field while it is
+        shown: from now until the next camera frame redraws it, so aimed half an interval on."""
         if not self.safety.compensate:
             return None
-        return self.motion.shift_since(frame.t_capture_ns, now_ns)
+        lead_ns = int(self.display_interval_s * 5e8)
+        return self.motion.shift_since(frame.t_capture_ns, now_ns + lead_ns)
 
     def _too_old(self, res: Result, now_ns: int) -> bool:
         """The overlay's frame is older than the age limit."""
