@@ -5,7 +5,8 @@ Example (every key optional except where noted):
     source: {type: virtual, seed: 1001, fps: 15, objective: 10x}
     models: {task: lymph, device: auto, dirs: [], overrides: {lymph: {default: {bundle: lymph-m}}}}
     calibration: {profile: /etc/lucida/scope.yaml}
-    display: {width: 1920, height: 1080, eyepiece: true}
+    display: {width: 1920, height: 1080, eyepiece: true, max_overlay_age_ms: 250}
+    safety: {blank_display_px: 4, settle_frames: 2, compensate: true, rebuild_after_ms: 2000}
     sinks: {ar: ["window"], preview: []}
     serial: {port: auto, protocol: olympus, positions: {1: 4x, 2: 10x, 3: 20x, 4: 40x}}
     http: {bind: 127.0.0.1, port: 8080, token_file: /etc/lucida/token}
@@ -41,6 +42,8 @@ class SourceConfig(_Strict):
     stall_timeout_ms: float = Field(default=500.0, gt=0)  # no frame for this long: display blanks
     width: int = Field(default=1920, gt=0)
     height: int = Field(default=1080, gt=0)
+    report_motion: bool = True  # virtual: False = a camera like any other (no Frame.moving)
+    stage: Literal["path", "tour"] = "path"  # virtual: jumps and pans, or hand-like TourPath
 
     @model_validator(mode="after")
     def _replay_needs_path(self):
@@ -67,6 +70,7 @@ class DisplayConfig(_Strict):
     width: int = Field(default=1920, gt=0)
     height: int = Field(default=1080, gt=0)
     eyepiece: Union[bool, Tuple[float, float, float]] = True  # True: inscribed circle
+    max_overlay_age_ms: Optional[float] = Field(default=None, gt=0)  # None: 2 intervals + p99
 
 
 class SinksConfig(_Strict):
@@ -91,6 +95,19 @@ class HttpConfig(_Strict):
     max_upload_mb: float = Field(default=64, gt=0)
 
 
+class SafetyConfig(_Strict):
+    """What blanks the display beyond the camera and turret (runtime/safety.py Safety)."""
+
+    blank_speed_um_s: Optional[float] = Field(default=None, gt=0)  # None: from blank_display_px
+    blank_display_px: float = Field(default=4.0, gt=0)
+    settle_frames: int = Field(default=2, ge=1, le=30)
+    compensate: bool = True
+    slow_factor: float = Field(default=4.0, gt=1)
+    rebuild_after_ms: float = Field(default=2000.0, ge=100)
+    focus_drop: float = Field(default=0.35, ge=0, lt=1)  # 0: no focus guard
+    saturated_share: float = Field(default=0.2, gt=0, le=1)  # 1: no exposure guard
+
+
 class LogConfig(_Strict):
     events: Optional[str] = None  # JSON-lines file; None: stderr
     timings_every: int = Field(default=30, ge=0)  # log stage timings of every Nth frame (0: never)
@@ -104,6 +121,7 @@ class DaemonConfig(_Strict):
     sinks: SinksConfig = SinksConfig()
     serial: SerialConfig = SerialConfig()
     http: HttpConfig = HttpConfig()
+    safety: SafetyConfig = SafetyConfig()
     state_dir: str = "/var/lib/lucida"
     log: LogConfig = LogConfig()
 

@@ -30,6 +30,7 @@ from .events import EventLog
 from .models import ActiveModel, ModelSelector
 from .pipeline import Optics, Pipeline, nominal_um_per_px
 from .results import ResultLog
+from .safety import Safety
 from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource
 from .stats import percentiles_ms
 from .store import BundleStore
@@ -47,7 +48,20 @@ def build_source(cfg) -> FrameSource:
         from .virtual.scope import VirtualMicroscope
 
         camera = CameraConfig(resolution=(cfg.width, cfg.height), fps=cfg.fps)
-        return VirtualMicroscope(seed=cfg.seed, camera=camera, objective=cfg.objective)
+        path = None
+        if cfg.stage == "tour":
+            from .virtual.stage import TourPath
+            from .virtual.tissue import SyntheticSlide
+
+            path = TourPath(SyntheticSlide(cfg.seed), cfg.seed, duration_s=3600.0)
+        return VirtualMicroscope(
+            seed=cfg.seed,
+            camera=camera,
+            objective=cfg.objective,
+            path=path,
+            report_motion=cfg.report_motion,
+            subpixel=not cfg.report_motion,
+        )
     if cfg.type == "replay":
         source = ReplaySource(cfg.path, fps=cfg.fps)
     elif cfg.type == "opencv":
@@ -167,6 +181,9 @@ class Daemon:
             on_event=self.events,
             on_result=self._sample_timings,
             on_display=self.results,
+            safety=Safety(
+                **cfg.safety.model_dump(), max_overlay_age_ms=cfg.display.max_overlay_age_ms
+            ),
         )
         self._frames_seen = 0
         if cfg.serial.port:

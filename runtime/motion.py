@@ -65,6 +65,7 @@ class MotionEstimator:
         self._prev: np.ndarray | None = None
         self._prev_ns = 0
         self._window: np.ndarray | None = None
+        self.last_small: np.ndarray | None = None  # the newest frame's grey copy (focus guard)
 
     def small(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> float32 grey copy (green channel), 1/(stride*scale) the size."""
@@ -84,7 +85,7 @@ class MotionEstimator:
 
     def update(self, rgb: np.ndarray, t_ns: int) -> Motion | None:
         """The displacement since the previous frame given here (None for the first one)."""
-        cur = self.small(rgb)
+        cur = self.last_small = self.small(rgb)
         if self._window is None or self._window.shape != cur.shape:
             self._window = cv2.createHanningWindow(cur.shape[::-1], cv2.CV_32F)
         # windowed here: OpenCV 5's phaseCorrelate multiplies its inputs by the window in place

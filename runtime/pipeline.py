@@ -27,6 +27,7 @@ from lucida.overlay.regions import Regions
 
 from .engine import ModelInput
 from .frame import Frame, Heatmap
+from .guard import FieldGuard
 from .models import ActiveModel, ModelSelector
 from .motion import MotionGate
 from .retry import Backoff
@@ -199,6 +200,7 @@ class Pipeline:
         self.motion = motion or MotionGate(
             safety.blank_speed_um_s or 100.0, settle_frames=safety.settle_frames
         )
+        self.guard = FieldGuard(safety.focus_drop, safety.saturated_share)
         self.watchdog = InferenceWatchdog(safety.slow_factor, safety.rebuild_after_ms)
         self.max_age_ns = safety.max_age_ns(self.display_interval_s, None)
         self.blank_reason: str | None = "starting"
@@ -400,6 +402,8 @@ class Pipeline:
             if self.ar is not None and self._optics.homography is not None:
                 self.ar.set_homography(self._optics.homography)
             self._extractor = self._extractor_for(active)
+        self.motion.reset()
+        self.guard.reset()
         self.clear(f"objective {objective}")
         self.on_event("objective", objective=objective, model=active.name if active else None)
 
@@ -615,7 +619,9 @@ class Pipeline:
                 self.clear("stage moving")
             return "stage moving"
         self._in_motion = False
-        return True if st.settled else "settling"
+        if not st.settled:
+            return "settling"
+        return self.guard.check(frame.image, self.motion.estimator.last_small) or True
 
     def _update_limits(self, frame: Frame) -> None:
         """Once a second: the blanking speed and the overlay age limit from measured latency."""
@@ -699,6 +705,8 @@ class Pipeline:
             "motion_speed_um_s": None if st is None else round(min(st.speed_um_s, 1e9), 1),
             "motion_confidence": None if st is None else round(st.confidence, 3),
             "blank_speed_um_s": round(self.motion.blank_speed_um_s, 1),
+            "focus": round(self.guard.last_focus, 2),
+            "saturated_share": round(self.guard.last_saturated, 4),
             "max_overlay_age_ms": round(self.max_age_ns / 1e6, 1),
             "inference_running_ms": round(self.watchdog.running_ms(), 1),
             "engine_rebuilds": self.watchdog.rebuilds,
