@@ -42,7 +42,9 @@ class Motion:
 class MotionEstimator:
     """Phase correlation of consecutive frames on a grey copy 1/(stride*scale) of the frame's
     size (every `stride`-th green pixel, area-averaged by `scale`; 1920x1080 -> 240x128 after
-    cropping to a multiple of 16 px): well under a millisecond per 1080p frame.
+    cropping to a multiple of 16 px): well under a millisecond per 1080p frame. By default the
+    factor is chosen per frame width so the copy is about `width_px` wide (x8 at 1080p, x1 at
+    320x240).
 
     min_confidence: below this peak the displacement is not trusted; the frames then count as
     still only when they are nearly the same image (mean abs difference under `still_diff`
@@ -52,14 +54,16 @@ class MotionEstimator:
 
     def __init__(
         self,
-        scale: int = 2,
-        stride: int = 4,
+        scale: int | None = None,
+        stride: int | None = None,
         min_confidence: float = 0.05,
         still_diff: float = 0.03,
+        width_px: int = 240,
     ):
-        if scale < 1 or stride < 1:
+        if (scale is not None and scale < 1) or (stride is not None and stride < 1):
             raise ValueError(f"motion scale {scale}, stride {stride}: expected integers >= 1")
-        self.scale, self.stride = int(scale), int(stride)
+        self.scale, self.stride = scale, stride
+        self.width_px = width_px
         self.min_confidence = min_confidence
         self.still_diff = still_diff
         self._prev: np.ndarray | None = None
@@ -69,10 +73,13 @@ class MotionEstimator:
 
     def small(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> float32 grey copy (green channel), 1/(stride*scale) the size."""
-        st = self.stride
+        if self.scale is None or self.stride is None:
+            f = max(1, rgb.shape[1] // self.width_px)
+            self.stride = self.stride or max(1, f // 2)
+            self.scale = self.scale or max(1, f // self.stride)
+        st, s = self.stride, self.scale
         g = rgb[::st, ::st, 1]
         h, w = g.shape
-        s = self.scale
         out = cv2.resize(g, (max(16, w // s), max(16, h // s)), interpolation=cv2.INTER_AREA)
         # cv2.phaseCorrelate is off by half a px on odd sizes: crop to a multiple of 16
         h, w = out.shape

@@ -615,7 +615,7 @@ class Pipeline:
         if st.moving or frame.moving:
             if not self._in_motion:
                 self._in_motion = True
-                self.on_event("motion", speed_um_s=round(st.speed_um_s, 1))
+                self.on_event("motion", speed_um_s=round(st.speed_um_s, 1), seq=frame.seq)
                 self.clear("stage moving")
             return "stage moving"
         self._in_motion = False
