@@ -109,14 +109,16 @@ class Run:
     interval_s: float
 
 
-def _scope(seed: int, seconds: float, fps: float, path=None):
+def _scope(seed: int, seconds: float, fps: float, path=None, blank: float = 40.0):
     from lucida.runtime.virtual.camera import CameraConfig
     from lucida.runtime.virtual.scope import VirtualMicroscope
     from lucida.runtime.virtual.stage import TourPath
     from lucida.runtime.virtual.tissue import SyntheticSlide
 
     slide = SyntheticSlide(seed)
-    path = path or TourPath(slide, seed, duration_s=seconds + 10)
+    path = path or TourPath(
+        slide, seed, duration_s=seconds + 10, slow_um_s=(0.25 * blank, 0.9 * blank)
+    )
     cam = CameraConfig(resolution=SIZE, fps=fps, flicker=0.03)
     scope = VirtualMicroscope(
         slide, seed=seed, path=path, camera=cam, report_motion=False, subpixel=True
@@ -146,7 +148,7 @@ def _pipeline(scope, models, safety, gate, display, fps):
 
 
 def _tour(models, seed, seconds, fps, blank_speed, compensate) -> Run:
-    scope, path = _scope(seed, seconds, fps)
+    scope, path = _scope(seed, seconds, fps, blank=blank_speed)
     safety = Safety(blank_speed_um_s=blank_speed, compensate=compensate)
     gate = RecordingGate(blank_speed, settle_frames=safety.settle_frames)
     display: list = []
@@ -181,6 +183,8 @@ def _measure(run: Run) -> dict:
             "onsets": 0,
             "onsets_blank": 0,
             "onsets_blank_strict": 0,
+            "onsets_strict": 0,
+            "frame_gaps_ms": [],
             "still_frames": 0,
             "still_refused": 0,
             "err": [],
@@ -191,15 +195,26 @@ def _measure(run: Run) -> dict:
     to_s = lambda ns: (ns - t_open) / 1e9  # noqa: E731
     interval_ns = int(run.interval_s * 1e9)
     times = [d[0] for d in disp]
-    # 1. onsets: blank one interval after the first frame taken past the onset (strict: after
-    # the onset itself, which no camera can see before its next frame)
-    onsets = _onsets(run, to_s(t_first) + 1.0, to_s(t_last) - 3 * run.interval_s)
+    # 1. onsets: the first frame whose field moved faster than the blanking speed since the
+    # frame before (true stage); the display must be blank one interval after its capture.
+    # strict: one interval after the instant the hand's pan speed crossed the blanking speed
     captures = [d[0] for d in run.gate.decisions]
-    ok = strict = 0
-    for t in onsets:
-        first = captures[min(bisect_right(captures, to_ns(t)), len(captures) - 1)]
-        i = bisect_right(times, first + interval_ns) - 1
+    pos = [scope.stage_at(t) for t in captures]
+    fast = [False] + [
+        math.hypot(b.x_um - a.x_um, b.y_um - a.y_um) / ((tb - ta) / 1e9) > run.blank_speed
+        for a, b, ta, tb in zip(pos, pos[1:], captures, captures[1:])
+    ]
+    t_lo, t_hi = t_first + int(1e9), t_last - 3 * interval_ns
+    onset_frames = [
+        t for k, t in enumerate(captures) if fast[k] and not fast[k - 1] and t_lo <= t <= t_hi
+    ]
+    ok = 0
+    for t in onset_frames:
+        i = bisect_right(times, t + interval_ns) - 1
         ok += i >= 0 and disp[i][1] == "blank"
+    onsets = _onsets(run, to_s(t_lo), to_s(t_hi))
+    strict = 0
+    for t in onsets:
         i = bisect_right(times, to_ns(t) + interval_ns) - 1
         strict += i >= 0 and disp[i][1] == "blank"
     # 2. still frames refused
@@ -228,10 +243,13 @@ def _measure(run: Run) -> dict:
         true = (-(now.x_um - then.x_um) / UM_PER_PX, -(now.y_um - then.y_um) / UM_PER_PX)
         applied = rec[3] or (0.0, 0.0)
         err.append(math.hypot(true[0] - applied[0], true[1] - applied[1]))
+    gaps = np.diff(captures) / 1e6 if len(captures) > 1 else np.array([])
     return {
-        "onsets": len(onsets),
+        "onsets": len(onset_frames),
         "onsets_blank": ok,
+        "onsets_strict": len(onsets),
         "onsets_blank_strict": strict,
+        "frame_gaps_ms": gaps.tolist(),
         "still_frames": still_n,
         "still_refused": refused,
         "err": err,
@@ -350,10 +368,13 @@ def bench_safety(bundle, seconds: float = 20.0, seeds=(1, 2), fps: float = 15.0,
         "blank_within_1_interval": round(onsets_ok / onsets, 4) if onsets else None,
         "motion_onsets": onsets,
         "blank_within_1_interval_of_onset": round(
-            sum(r["onsets_blank_strict"] for r in all_runs) / onsets, 4
-        )
-        if onsets
-        else None,
+            sum(r["onsets_blank_strict"] for r in all_runs)
+            / max(1, sum(r["onsets_strict"] for r in all_runs)),
+            4,
+        ),
+        **percentiles(
+            np.concatenate([r["frame_gaps_ms"] for r in all_runs] + [[]]), "camera_interval_ms_"
+        ),
         "false_blank_share": round(refused / still, 5) if still else None,
         "still_frames": still,
         "stale_px_p95_on": None if on95 is None else round(on95, 2),
