@@ -610,7 +610,11 @@ class Pipeline:
         if now - self._limits_ns > 1e9:
             self._update_limits(frame)
             self._limits_ns = now
-        um = self._optics.um_per_px or frame.meta.get("um_per_px") or nominal_um_per_px("10x")
+        um = (
+            self._optics.um_per_px
+            or frame.meta.get("um_per_px")
+            or nominal_um_per_px(self.objective_override or frame.objective)
+        )
         st = self.motion.update(frame.image, frame.t_capture_ns, um)
         if st.moving or frame.moving:
             if not self._in_motion:
