@@ -600,12 +600,16 @@ class Pipeline:
         self.blank_reason = None
         self.last_result = res
         if self.on_display is not None:
-            self.on_display("overlay", t2, result=res, objective=objective, shift_px=shift)
+            self.on_display(
+                "overlay", t2, result=res, objective=objective, shift_px=shift, redraw=again
+            )
 
     # -- safety: motion, overlay age, watchdog -----------------------------------------------
     def _gate(self, frame: Frame):
         """On the capture thread: measure the field's motion; blank at a motion onset. Returns
         True when this frame may be inferred, else the reason it may not."""
+        if not self.source.motion_from_image:  # a slideshow of stills (replay): no motion
+            return "stage moving" if frame.moving else True
         now = time.monotonic_ns()
         if now - self._limits_ns > 1e9:
             self._update_limits(frame)

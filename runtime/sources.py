@@ -33,6 +33,9 @@ class FrameSource(ABC):
 
     name: str = "source"
     objective: str | None = None  # what the source knows of the objective (None: unknown)
+    # False only for slideshows of unrelated stills (image replay): there consecutive frames are
+    # different fields by design, so the pipeline does not measure stage motion between them
+    motion_from_image: bool = True
 
     def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire the device or file; may raise SourceError."""
@@ -69,7 +72,10 @@ class ReplaySource(FrameSource):
     """Images (a folder, or arrays in memory) replayed at `fps`, looping when `loop`.
 
     Frames carry meta "replay_index" (position in the list) and, from a folder, "replay_file"
-    (the image's file name: the HIL bench matches it with a ground-truth mask of that name)."""
+    (the image's file name: the HIL bench matches it with a ground-truth mask of that name).
+    Each image is its own field (a slideshow): no motion is measured between them."""
+
+    motion_from_image = False
 
     def __init__(
         self,
