@@ -28,9 +28,9 @@ _local = threading.local()
 def _oracle() -> None:
     process = pipeline.Pipeline._process
 
-    def _process(self, frame, prepared=None):
+    def _process(self, frame, *args, **kw):
         _local.truth = frame.meta.get("truth_mask")
-        return process(self, frame, prepared)
+        return process(self, frame, *args, **kw)
 
     def infer_input(self, x):
         fw, fh = x.frame_size
