@@ -85,6 +85,8 @@ class SerialConfig(_Strict):
         default_factory=lambda: {1: "4x", 2: "10x", 3: "20x", 4: "40x", 5: "2x"}
     )
     poll_interval_s: float = Field(default=0.2, gt=0, le=5)
+    login: bool = False  # olympus: `1LOG IN` at every session start
+    notify: bool = False  # olympus: `1SNDOB ON`, unsolicited position reports
 
 
 class HttpConfig(_Strict):

@@ -196,6 +196,8 @@ class Daemon:
                 on_objective=self.pipeline.set_objective,
                 on_command=self._serial_command,
                 poll_interval_s=cfg.serial.poll_interval_s,
+                login=cfg.serial.login,
+                notify=cfg.serial.notify,
             )
         else:
             self.serial = None
