@@ -224,7 +224,7 @@ def _measure(run: Run) -> dict:
     still_n = refused = 0
     for t_ns, moving, settled, *_ in run.gate.decisions:
         k = int(to_s(t_ns) / path.dt_s)
-        if t_ns < t_first or not 0 <= k < len(pan) or moving_recent[k]:
+        if t_ns < t_lo or not 0 <= k < len(pan) or moving_recent[k]:  # t_lo: 1 s warm-up
             continue
         still_n += 1
         refused += moving or not settled
