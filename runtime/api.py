@@ -5,7 +5,8 @@ GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode
 POST (bearer token required, compared in constant time): /snapshot, /overlay, /objective,
 /calibration/manual (ARM-style circles and cross, nudged, saved into the profile),
 /models (upload a bundle .tar.gz), /models/{name}/activate, /models/rollback, /benchmark,
-/health (golden check of the running bundle), /virtual (drive a virtual microscope: HIL bench).
+/health (golden check of the running bundle), /virtual (drive a virtual microscope: HIL bench),
+/camera (camera controls: exposure_ms, gain, auto_exposure, white_balance_k, fps; read back).
 Every error is JSON {"error": "..."} with a 4xx status; the pipeline keeps running.
 """
 
@@ -140,6 +141,9 @@ def make_app(daemon) -> web.Application:
     async def health(_request):
         return web.json_response(await in_thread(daemon.health))
 
+    async def camera(request):
+        return web.json_response(await in_thread(daemon.camera, await json_body(request)))
+
     async def virtual(request):
         return web.json_response(await in_thread(daemon.virtual, await json_body(request)))
 
@@ -269,6 +273,7 @@ def make_app(daemon) -> web.Application:
             web.get("/results", results),
             web.post("/health", health),
             web.post("/virtual", virtual),
+            web.post("/camera", camera),
             web.post("/snapshot", snapshot),
             web.post("/overlay", overlay),
             web.post("/objective", objective),

@@ -44,6 +44,19 @@ class SourceConfig(_Strict):
     height: int = Field(default=1080, gt=0)
     report_motion: bool = True  # virtual: False = a camera like any other (no Frame.moving)
     stage: Literal["path", "tour"] = "path"  # virtual: jumps and pans, or hand-like TourPath
+    # camera controls per objective ("default" for all), runtime.camera_controls names
+    controls: Dict[str, Dict[str, Union[bool, float]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _controls_are_known(self):
+        from .camera_controls import check_controls
+
+        for objective, values in self.controls.items():
+            try:
+                check_controls(values)
+            except ValueError as exc:
+                raise ValueError(f"source.controls.{objective}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _replay_needs_path(self):

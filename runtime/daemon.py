@@ -31,7 +31,7 @@ from .models import ActiveModel, ModelSelector
 from .pipeline import Optics, Pipeline, nominal_um_per_px
 from .results import ResultLog
 from .safety import Safety
-from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource
+from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource, SourceError
 from .stats import percentiles_ms
 from .store import BundleStore
 from .systemd import sd_notify, watchdog_interval_s
@@ -178,7 +178,7 @@ class Daemon:
             optics_for=self._optics_for,
             display_interval_ms=1000 / cfg.source.fps,
             stall_timeout_ms=cfg.source.stall_timeout_ms,
-            on_event=self.events,
+            on_event=self._pipeline_event,
             on_result=self._sample_timings,
             on_display=self.results,
             safety=Safety(
@@ -453,6 +453,7 @@ class Daemon:
             rss_mb=rss_mb(),
             versions=versions(),
             pid=os.getpid(),
+            camera=self.pipeline.source.controls_applied,
         )
         return st
 
@@ -476,6 +477,30 @@ class Daemon:
             "sha256": engine.info.model_sha256,
             "delegate": engine.info.delegate,
         }
+
+    def _pipeline_event(self, kind: str, **fields) -> None:
+        """The pipeline's events go to the event log; an objective change also sets that
+        objective's camera controls (source.controls)."""
+        self.events(kind, **fields)
+        if kind == "objective":
+            controls = self.config.source.controls
+            wanted = {**controls.get("default", {}), **controls.get(fields.get("objective"), {})}
+            if wanted:
+                try:
+                    self.camera(wanted)
+                except (ValueError, OSError, RuntimeError) as exc:
+                    self.events("error", where="camera controls", message=str(exc))
+
+    def camera(self, controls: dict) -> dict:
+        """Set camera controls now (POST /camera): per control asked, accepted, read back."""
+        from .camera_controls import ControlError
+
+        try:
+            applied = self.pipeline.source.set_controls(controls)
+        except SourceError as exc:
+            raise ControlError(str(exc)) from None
+        self.events("camera_controls", applied=applied)
+        return {"camera": applied}
 
     def virtual(self, body: dict) -> dict:
         """Drive the virtual microscope (emulated benches only): stall, unplug, replug,

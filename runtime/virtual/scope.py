@@ -277,6 +277,23 @@ class VirtualMicroscope(FrameSource):
             self.camera = camera
             self._cam = model
 
+    def set_controls(self, controls: dict) -> dict:
+        """Camera controls (runtime.camera_controls): exposure_ms, gain and fps change the
+        camera model; auto exposure and white balance are not modelled (reported as refused)."""
+        from dataclasses import replace
+
+        from ..camera_controls import check_controls
+
+        controls = check_controls(controls)
+        known = {k: controls[k] for k in ("exposure_ms", "gain", "fps") if k in controls}
+        cam = replace(self.camera, **known)  # CameraConfig validates the ranges
+        self.set_camera(cam)
+        self.controls_applied = {
+            n: {"asked": v, "accepted": n in known, "read": getattr(cam, n, None)}
+            for n, v in controls.items()
+        }
+        return self.controls_applied
+
     def set_path(self, path: StagePath) -> None:
         """Follow `path` from now on (its time 0 is now)."""
         with self._lock:
