@@ -222,8 +222,8 @@ class MotionGate:
 
     def shift_since(self, t_ns: int, now_ns: int | None = None) -> tuple[float, float] | None:
         """Displacement (camera px) of the field from the frame captured at `t_ns` to the newest
-        frame, carried on to `now_ns` at the last measured velocity (at most 1.5 frame intervals
-        ahead); None when `t_ns` is no longer on the track."""
+        frame, carried on to `now_ns` at the last measured velocity (at most 3 frame intervals
+        ahead: a late frame); None when `t_ns` is no longer on the track."""
         with self._lock:
             if not self._track:
                 return None
@@ -235,7 +235,7 @@ class MotionGate:
             if now_ns is not None and len(self._track) > 1:
                 t0, x0, y0 = self._track[max(0, len(self._track) - 5)]  # velocity over 4 frames
                 frame_s = (t_last - self._track[-2][0]) / 1e9
-                ahead = min(max(0.0, (now_ns - t_last) / 1e9), 1.5 * frame_s)
+                ahead = min(max(0.0, (now_ns - t_last) / 1e9), 3.0 * frame_s)
                 span = (t_last - t0) / 1e9
                 if span > 0 and not self._moving:
                     dx += (x - x0) / span * ahead

@@ -534,7 +534,9 @@ class Pipeline:
                     self._blank("camera stalled")
                 elif last is not None and self._too_old(last, now):
                     self._blank("overlay too old")
-                elif last is not None and self._track_moved():
+                elif (
+                    last is not None and last.generation == self._generation and self._track_moved()
+                ):
                     self._show(last, again=True)  # follow the field (motion compensation)
                 continue
             with self._lock:
@@ -703,12 +705,13 @@ class Pipeline:
         return res.frame is not None and now_ns - res.frame.t_capture_ns > self.max_age_ns
 
     def _track_moved(self) -> bool:
-        """A newer frame than the one the overlay was last drawn for (compensation on)."""
+        """Redraw the overlay where the field is now (compensation on): a newer frame came, or
+        the field was moving at the last one (a late frame: carried on at its velocity)."""
         last = self.motion.last
         if not self.safety.compensate or last is None:
             return False
         t = self._last_capture_ns
-        moved = t != self._shown_track_ns
+        moved = t != self._shown_track_ns or last.speed_um_s > 0
         self._shown_track_ns = t
         return moved
 

@@ -67,6 +67,7 @@ class HangingBackend:
         self.generation = 0
         self.hung_below = 0  # interpreters of generations below this block in invoke()
         self.released = threading.Event()
+        self.blocked_at = 0  # when the first invoke blocked after the last hang() (ns)
         outer = self
 
         class Interpreter:
@@ -76,6 +77,7 @@ class HangingBackend:
 
             def invoke(self):
                 if self._gen < outer.hung_below:
+                    outer.blocked_at = outer.blocked_at or time.monotonic_ns()
                     outer.released.wait(120.0)
                 return self._it.invoke()
 
@@ -90,6 +92,7 @@ class HangingBackend:
         """From now on every existing interpreter blocks in invoke(); returns the time (ns)."""
         self.generation += 1
         self.hung_below = self.generation
+        self.blocked_at = 0
         return time.monotonic_ns()
 
     def release(self) -> None:
@@ -286,28 +289,33 @@ def _hung(models, engine_factory, hb: HangingBackend, fps: float, times: int = 3
     pipe = _pipeline(scope, models, safety, MotionGate(1e9), display, fps)
     pipe.start()
     blanks, recovers, limits = [], [], []
+    t_ok = 0  # overlays must come from frames taken after this (the last rebuild)
     try:
-        for _ in range(times):
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not (display and display[-1][1] == "overlay"):
+        for i in range(times):
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not (
+                display and display[-1][1] == "overlay" and display[-1][2] > t_ok
+            ):
                 time.sleep(0.01)
             time.sleep(1.0)  # a second of normal overlays (and measured latency)
             limits.append(pipe.max_age_ns / 1e6)
-            n = len(display)
             t_hang = hb.hang()
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                blank = next((d for d in display[n:] if d[1] == "blank"), None)
-                back = blank and next(
-                    (d for d in display[n:] if d[1] == "overlay" and d[0] > blank[0]), None
-                )
-                if back:
-                    break
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and pipe.watchdog.rebuilds <= i:
                 time.sleep(0.01)
+            t_ok = time.monotonic_ns()
+            # the model stops answering when the first invoke blocks (one in flight may finish)
+            t_stop = hb.blocked_at or t_hang
+            after = [d for d in display if d[0] >= t_hang]
+            blank = next((d for d in after if d[1] == "blank"), None)
             if blank:
-                blanks.append((blank[0] - t_hang) / 1e6)
-            if back:
-                recovers.append((back[0] - t_hang) / 1e6)
+                blanks.append(max(0.0, (blank[0] - t_stop) / 1e6))
+            while time.monotonic() < deadline and not (
+                display[-1][1] == "overlay" and display[-1][2] > t_ok
+            ):
+                time.sleep(0.01)
+            if display[-1][1] == "overlay" and display[-1][2] > t_ok:
+                recovers.append((display[-1][0] - t_stop) / 1e6)
         status = pipe.status()
     finally:
         hb.release()
