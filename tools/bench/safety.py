@@ -397,6 +397,10 @@ def bench_safety(bundle, seconds: float = 20.0, seeds=(1, 2), fps: float = 15.0,
         "engine_rebuilds": hung["rebuilds"],
         "max_overlay_age_ms": hung["max_age_ms"],
     }
+    # a camera that cannot keep its rate stretches every timing figure: say so next to them
+    out["camera_keeps_rate"] = bool(
+        out.get("camera_interval_ms_p50", math.inf) <= 1.2 * interval_ms
+    )
     out["bars"] = {
         "blank_within_1_interval>=0.99": bool(onsets and onsets_ok / onsets >= 0.99),
         "false_blank_share<=0.005": bool(still and refused / still <= 0.005),
