@@ -186,6 +186,8 @@ def _measure(run: Run) -> dict:
             "onsets": 0,
             "onsets_blank": 0,
             "onsets_blank_strict": 0,
+            "drawn": 0,
+            "drawn_moving": 0,
             "onsets_strict": 0,
             "frame_gaps_ms": [],
             "still_frames": 0,
@@ -215,6 +217,11 @@ def _measure(run: Run) -> dict:
     for t in onset_frames:
         i = bisect_right(times, t + interval_ns) - 1
         ok += i >= 0 and disp[i][1] == "blank"
+    # the rule itself: overlays drawn from a frame whose field was moving faster than the
+    # blanking speed (true stage, since the frame before it)
+    fast_at = dict(zip(captures, fast))
+    drawn_moving = sum(1 for d in disp if d[1] == "overlay" and d[4] and fast_at.get(d[2]))
+    drawn = sum(1 for d in disp if d[1] == "overlay" and d[4])
     onsets = _onsets(run, to_s(t_lo), to_s(t_hi))
     strict = 0
     for t in onsets:
@@ -250,6 +257,8 @@ def _measure(run: Run) -> dict:
     return {
         "onsets": len(onset_frames),
         "onsets_blank": ok,
+        "drawn": drawn,
+        "drawn_moving": drawn_moving,
         "onsets_strict": len(onsets),
         "onsets_blank_strict": strict,
         "frame_gaps_ms": gaps.tolist(),
@@ -383,6 +392,8 @@ def bench_safety(bundle, seconds: float = 20.0, seeds=(1, 2), fps: float = 15.0,
         **percentiles(
             np.concatenate([r["frame_gaps_ms"] for r in all_runs] + [[]]), "camera_interval_ms_"
         ),
+        "overlays_from_moving_frames": sum(r["drawn_moving"] for r in all_runs),
+        "overlays_drawn": sum(r["drawn"] for r in all_runs),
         "false_blank_share": round(refused / still, 5) if still else None,
         "still_frames": still,
         "stale_px_p95_on": None if on95 is None else round(on95, 2),
