@@ -183,14 +183,17 @@ class ModelSelector:
     def rebuild(self, engine: Engine) -> Engine:
         """A new engine for `engine`'s bundle (new interpreter, Edge TPU delegate reopened; the
         CPU when the device is gone), used from now on: the watchdog's cure for a hung invoke."""
+        name = engine.bundle.name
+        device = self._built_on.get(name, self.device)  # the devices placed for this bundle
         new = build_engine(
             engine.bundle,
-            device=self.device,
+            device=device,
             backend=getattr(engine, "backend", None),
             num_threads=self.num_threads,
         )
         with self._lock:  # not closed: the hung engine's thread still holds it
-            self._engines[engine.bundle.name] = new
+            self._engines[name] = new
+            self._built_on[name] = device
         return new
 
     def replace(self, bundle: Bundle) -> ActiveModel:
