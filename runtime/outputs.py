@@ -1,0 +1,163 @@
+"""Output post-processing: one tile's raw output tensor -> class probabilities.
+
+`OutputDecoder(manifest.output, manifest.quantization.output)` turns what the interpreter
+returned (batch dimension removed) into:
+- `positive(raw)`: the positive map (sum of the positive classes' probabilities, ARM's rule),
+  float32 HxW for heatmaps and class maps, a scalar for class scores; and, when there is more
+  than one positive class, their stack HxWxK (K = len(positives)), so per-class contours and
+  run-time toggles need no second pass;
+- `scores(raw)`: every class's probability (..., C), for `lucida infer` top-k;
+- `class_index(raw)`: the most likely class per position (..., ) int32.
+
+The per-frame paths work on the 8-bit codes: dequantize and sigmoid fused in one 256-entry
+table; softmax as exp-table lookups (shift-invariant, so no per-position max) and one matrix
+product that sums the positive set and the normalizer together. A class map's positive set is
+a table over class indices. Pure NumPy/OpenCV, no interpreter: the engine and other runners
+(multi-device) share it.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .quant import dequantize
+
+_EXP_SAFE = 80.0  # |x| below this keeps exp(x) finite in float32 for sums of many classes
+
+
+def _activate(x: np.ndarray, activation: str) -> np.ndarray:
+    """Float logits (..., C) -> probabilities (..., C) float32."""
+    x = np.asarray(x, np.float32)
+    if activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    if activation == "softmax":
+        e = np.exp(x - x.max(axis=-1, keepdims=True))
+        return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return x
+
+
+class OutputDecoder:
+    """Decodes one bundle's output tensor. spec: manifest OutputSpec; quant: its TensorQuant."""
+
+    def __init__(self, spec, quant):
+        self.kind, self.activation = spec.kind, spec.activation
+        self.channels = spec.channels
+        self.positives = tuple(spec.positives)
+        self.dtype = quant.dtype
+        self.eight_bit = quant.dtype in ("uint8", "int8") and spec.kind != "class_map"
+        self.q = (quant.scale, quant.zero_point) if self.eight_bit else None
+        self._lut = self._exp = None
+        if self.eight_bit and self.activation != "softmax":
+            codes = np.arange(256, dtype=np.uint8).view(
+                np.int8 if self.dtype == "int8" else np.uint8
+            )
+            self._lut = _activate(dequantize(codes, *self.q), self.activation)
+        elif self.eight_bit:  # softmax: exp over monotone uint8 indices (int8 codes xor 0x80)
+            scale = self.q[0]
+            dt = np.float32 if scale * 255 < _EXP_SAFE else np.float64
+            self._exp = np.exp(scale * (np.arange(256) - 255.0)).astype(dt)
+            pos = set(self.positives)
+            self._neg = tuple(c for c in range(self.channels) if c not in pos)
+        if spec.kind == "class_map":
+            table = np.zeros(self.channels + 1, np.float32)  # last entry: any index out of range
+            table[list(self.positives)] = 1.0
+            self._pos_table = table
+
+    # -- the per-frame path ----------------------------------------------------------------------
+    def positive(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw output of one tile -> (positive map float32, per-positive-class stack or None)."""
+        if self.kind == "class_map":
+            return self._positive_map(raw)
+        if self._exp is not None:
+            return self._positive_softmax(raw)
+        k = self.positives
+        if self._lut is not None:
+            codes = raw.view(np.uint8)
+            if len(k) == 1:
+                return self._lut[codes[..., k[0]]], None
+            stack = self._lut[codes[..., list(k)]]
+        else:
+            stack = self.scores(raw)[..., list(k)]
+            if len(k) == 1:
+                return np.ascontiguousarray(stack[..., 0]), None
+        return np.minimum(stack.sum(axis=-1), 1.0, dtype=np.float32), stack
+
+    def _positive_softmax(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """exp table on the codes (wide rows: cv2.LUT is fast per row), one row-sum for the
+        normalizer, then only the positive columns (or the fewer negative ones)."""
+        codes = raw.view(np.uint8)
+        if self.dtype == "int8":
+            codes = codes ^ np.uint8(0x80)
+        shape, c = raw.shape[:-1], self.channels
+        rows = shape[0] if len(shape) > 1 else 1
+        e = cv2.LUT(np.ascontiguousarray(codes).reshape(rows, -1), self._exp).reshape(-1, c)
+        norm = cv2.reduce(e, 1, cv2.REDUCE_SUM)[:, 0]
+        k = self.positives
+        if len(k) == 1:
+            probs = e[:, k[0]] / norm
+        elif len(k) <= len(self._neg) + 1:
+            stack = e[:, list(k)] / norm[:, None]
+            probs = stack.sum(axis=1)
+        else:
+            probs = 1.0 - sum(e[:, j] for j in self._neg) / norm
+        probs = probs.astype(np.float32, copy=False).reshape(shape)
+        if len(k) == 1:
+            return probs, None
+        if len(k) > len(self._neg) + 1:
+            stack = e[:, list(k)] / norm[:, None]
+        return probs, stack.astype(np.float32, copy=False).reshape(*shape, len(k))
+
+    def _positive_map(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        idx = self._indices(raw)
+        probs = np.take(self._pos_table, idx, mode="clip")
+        if len(self.positives) == 1:
+            return probs, None
+        stack = (idx[..., None] == np.asarray(self.positives)).astype(np.float32)
+        return probs, stack
+
+    # -- whole-class views (lucida infer, class-map PNGs) -----------------------------------------
+    def _indices(self, raw: np.ndarray) -> np.ndarray:
+        """A class map's indices (h x w), out-of-range values mapped to `channels`."""
+        idx = raw[..., 0] if raw.ndim == 3 else raw
+        idx = idx.astype(np.int64, copy=False)
+        return np.where((idx < 0) | (idx >= self.channels), self.channels, idx)
+
+    def scores(self, raw: np.ndarray) -> np.ndarray:
+        """Every class's probability (..., C) float32 (one-hot for a class map)."""
+        if self.kind == "class_map":
+            idx = self._indices(raw)
+            return (idx[..., None] == np.arange(self.channels)).astype(np.float32)
+        if self._lut is not None:
+            return self._lut[raw.view(np.uint8)]
+        x = dequantize(raw, *self.q) if self.q else raw.astype(np.float32)
+        return _activate(x, self.activation)
+
+    def class_index(self, raw: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        """Most likely class per position (..., ) int32; one channel: 1 where p >= threshold.
+
+        Out-of-range indices of a class map stay `channels` (no class)."""
+        if self.kind == "class_map":
+            return self._indices(raw).astype(np.int32)
+        if self.channels == 1:
+            return (self.scores(raw)[..., 0] >= threshold).astype(np.int32)
+        if self.eight_bit:  # dequantize and the activations are monotone: argmax of the codes
+            return np.argmax(raw, axis=-1).astype(np.int32)
+        return np.argmax(self.scores(raw), axis=-1).astype(np.int32)
+
+    def quanta_error(self, raw: np.ndarray, n: int = 3) -> float:
+        """Largest change of the positive map when every output code moves by up to n quanta
+        (one direction for the positive classes, the other for the rest): the golden tolerance
+        that output quantization alone justifies, in probability units."""
+        if not self.eight_bit:
+            return 0.0
+        info = np.iinfo(np.dtype(self.dtype))
+        base = self.positive(raw)[0]
+        worst = 0.0
+        pos = np.zeros(raw.shape[-1], bool)
+        pos[list(self.positives)] = True
+        for sign in (1, -1):
+            shift = np.where(pos, sign * n, -sign * n)
+            moved = np.clip(raw.astype(np.int32) + shift, info.min, info.max).astype(raw.dtype)
+            worst = max(worst, float(np.max(np.abs(self.positive(moved)[0] - base))))
+        return worst
