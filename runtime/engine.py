@@ -457,7 +457,7 @@ class Engine:
         x, want = pair
         g = self.manifest.golden
         sat = self.input_saturation(x)
-        got = self.infer_tile(x)
+        got = self.decoder.golden_values(self.raw_tile(x))
         if sat > SATURATED_FRACTION:
             result = {
                 "ok": False,
@@ -468,7 +468,7 @@ class Engine:
         elif got.shape != want.shape:
             result = {"ok": False, "error": f"output shape {got.shape}, golden {want.shape}"}
         elif g.max_mismatch is not None:
-            changed = float(np.mean(np.abs(got - want) > 0.5)) if got.size else 0.0
+            changed = float(np.mean(got != want)) if got.size else 0.0
             result = {
                 "ok": changed <= g.max_mismatch,
                 "mismatch": changed,

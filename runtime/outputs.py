@@ -145,19 +145,31 @@ class OutputDecoder:
             return np.argmax(raw, axis=-1).astype(np.int32)
         return np.argmax(self.scores(raw), axis=-1).astype(np.int32)
 
+    def golden_values(self, raw: np.ndarray) -> np.ndarray:
+        """What a golden output records, float32: every class's score for class scores, the
+        class index per cell for class maps, the positive map for heatmaps."""
+        if self.kind == "class_scores":
+            return self.scores(raw).astype(np.float32)
+        if self.kind == "class_map":
+            return self.class_index(raw).astype(np.float32)
+        return self.positive(raw)[0].astype(np.float32)
+
     def quanta_error(self, raw: np.ndarray, n: int = 3) -> float:
-        """Largest change of the positive map when every output code moves by up to n quanta
-        (one direction for the positive classes, the other for the rest): the golden tolerance
-        that output quantization alone justifies, in probability units."""
+        """Largest change of the golden values when output codes move by up to n quanta (up for
+        the positive classes and the top class, down for the rest, and the other way round):
+        the tolerance that output quantization alone justifies, in probability units."""
         if not self.eight_bit:
             return 0.0
         info = np.iinfo(np.dtype(self.dtype))
-        base = self.positive(raw)[0]
-        worst = 0.0
+        base = self.golden_values(raw)
+        top = np.zeros(raw.shape[-1], bool)
+        top[int(np.argmax(raw.reshape(-1, raw.shape[-1]).max(axis=0)))] = True
         pos = np.zeros(raw.shape[-1], bool)
         pos[list(self.positives)] = True
-        for sign in (1, -1):
-            shift = np.where(pos, sign * n, -sign * n)
-            moved = np.clip(raw.astype(np.int32) + shift, info.min, info.max).astype(raw.dtype)
-            worst = max(worst, float(np.max(np.abs(self.positive(moved)[0] - base))))
+        worst = 0.0
+        for up in (pos, top):
+            for sign in (1, -1):
+                shift = np.where(up, sign * n, -sign * n)
+                moved = np.clip(raw.astype(np.int32) + shift, info.min, info.max).astype(raw.dtype)
+                worst = max(worst, float(np.max(np.abs(self.golden_values(moved) - base))))
         return worst

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from lucida.models import Bundle, BundleError, load_bundle, write_bundle
 from lucida.tools.toolchain.convert import tensor_quant
 
 REPORT_FILE = "quant_report.json"
-# Manifest fields carried over from a --from bundle (files, quantization and golden are rebuilt).
+# Manifest fields carried over from a --from bundle when the model file is the same (sha256).
 _CARRIED = (
     "version",
     "description",
@@ -39,6 +42,242 @@ _CARRIED = (
     "metrics",
     "latency",
 )
+# ... and what is dropped when --cpu brings another model: figures and settings of that model.
+_MODEL_SPECIFIC = (
+    "description",
+    "metrics",
+    "latency",
+    "contours",
+    "tiling",
+    "objectives",
+    "um_per_px",
+)
+GOLDEN_QUANTA = 3  # output codes a backend may round differently (golden tolerance)
+# --normalization presets: float input = (pixel - mean) / std, pixels 0..255.
+NORMALIZATIONS = {
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # the model takes 0..255
+    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),  # 0..1
+    "inception": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),  # -1..1 (MobileNet, Inception)
+    "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),  # torchvision mean/std
+}
+NORMALIZATION_NAMES = (*NORMALIZATIONS, "raw")
+
+
+class BundleInputError(BundleError):
+    """A bundle that would feed its model garbage (e.g. every input code saturated)."""
+
+
+def normalization_for(name: str, input_quant: dict) -> dict:
+    """A --normalization preset as the manifest's {"mean", "std"}.
+
+    "raw": pixels go in as the model's own input codes (pycoral's way for uint8 models):
+    mean and std undo the input quantization, so the engine's input table is the identity.
+    """
+    if name == "raw":
+        dt, scale, zp = input_quant["dtype"], input_quant["scale"], input_quant["zero_point"]
+        if dt == "float32" or not scale:
+            return {"mean": [0.0] * 3, "std": [1.0] * 3}
+        mean = zp + (128 if dt == "int8" else 0)
+        return {"mean": [float(mean)] * 3, "std": [1.0 / scale] * 3}
+    if name not in NORMALIZATIONS:
+        raise BundleError(
+            f"normalization {name!r}: expected one of {', '.join(NORMALIZATION_NAMES)}"
+        )
+    mean, std = NORMALIZATIONS[name]
+    return {"mean": list(mean), "std": list(std)}
+
+
+def read_labels(path: str | os.PathLike, classes: int | None = None) -> list[dict]:
+    """A labels file -> manifest labels in index order.
+
+    Formats: one label a line (line i is class i), or `index label` lines (pycoral's
+    read_label_file; also `index: label`); either may end with an `#rrggbb` colour.
+    """
+    path = Path(path)
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: cannot read labels ({exc})") from None
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        raise BundleError(f"{path}: no labels (expected one a line, or 'index label' lines)")
+    indexed = all(re.match(r"^\d+[\s:,]+\S", ln) for ln in lines)
+    by_index: dict[int, dict] = {}
+    for i, ln in enumerate(lines):
+        if indexed:
+            head, rest = re.split(r"[\s:,]+", ln, maxsplit=1)
+            i = int(head)
+            if i in by_index:
+                raise BundleError(f"{path}: class index {i} appears twice")
+        else:
+            rest = ln
+        entry: dict = {}
+        m = re.search(r"\s+#([0-9a-fA-F]{6})$", rest)
+        if m:
+            rest = rest[: m.start()].rstrip()
+            entry["color"] = [int(m.group(1)[j : j + 2], 16) for j in (0, 2, 4)]
+        by_index[i] = {"name": rest, **entry}
+    n = classes if classes is not None else max(by_index) + 1
+    if max(by_index) >= n:
+        raise BundleError(
+            f"{path}: label index {max(by_index)} but the model has {n} classes (0..{n - 1})"
+        )
+    if not indexed and len(lines) != n:
+        raise BundleError(f"{path}: {len(lines)} labels, the model outputs {n} classes")
+    return [by_index.get(i, {"name": f"class {i}"}) for i in range(n)]
+
+
+def _output_op(cpu: bytes) -> str:
+    """Opcode of the op producing the model's output ("" when unknown)."""
+    from lucida.tools.toolchain.tflite_reader import read_tflite
+
+    model = read_tflite(cpu)
+    out = model.outputs[0].index
+    for op in model.ops:
+        if any(t.index == out for t in op.outputs):
+            return op.opcode
+    return ""
+
+
+def infer_output(
+    q: dict,
+    cpu: bytes,
+    *,
+    kind: str | None = None,
+    activation: str | None = None,
+    labels: list[dict] | None = None,
+    positive: list | None = None,
+) -> tuple[dict, list[str]]:
+    """The manifest "output" section from the model's output tensor and the flags given.
+
+    Returns (section, notes): notes say what was inferred, for the user to check."""
+    shape, dtype = q["output"]["shape"], q["output"]["dtype"]
+    notes: list[str] = []
+    wide_int = dtype in ("int16", "int32", "int64")
+    if kind is None:
+        if len(shape) == 2:
+            kind = "class_scores"
+        elif len(shape) == 3 or (len(shape) == 4 and shape[-1] == 1 and wide_int):
+            kind = "class_map"
+        elif len(shape) == 4:
+            kind = "heatmap"
+        else:
+            raise BundleError(
+                f"model output shape {shape}: expected [1, C] (classifier), [1, H, W, C] "
+                "(heatmap) or [1, H, W] (class map)"
+            )
+        notes.append(f"kind {kind} (from the output shape {shape} {dtype})")
+    want_dims = {"class_scores": (2,), "heatmap": (4,), "class_map": (3, 4)}[kind]
+    if len(shape) not in want_dims or shape[0] != 1:
+        raise BundleError(f"--kind {kind}: the model's output shape {shape} does not fit it")
+    if kind == "class_map":
+        if not (dtype.startswith("int") or dtype.startswith("uint")):
+            raise BundleError(f"--kind class_map: the output is {dtype}, expected class indices")
+        if labels is None:
+            raise BundleError(
+                "a class-map output does not say how many classes there are: give --labels FILE"
+            )
+        channels = len(labels)
+        activation = "none"
+    else:
+        channels = int(shape[-1])
+        if dtype not in ("uint8", "int8", "float32"):
+            raise BundleError(f"{kind} output of dtype {dtype}: expected uint8, int8 or float32")
+    if activation is None and kind != "class_map":
+        op = _output_op(cpu)
+        if op in ("SOFTMAX", "LOGISTIC"):
+            activation = "none"
+        else:
+            activation = "sigmoid" if channels == 1 else "softmax"
+        notes.append(f"activation {activation} (the output comes from {op or 'an unknown op'})")
+    out: dict = {"kind": kind, "channels": channels, "activation": activation}
+    if labels is not None:
+        if len(labels) != channels:
+            raise BundleError(f"{len(labels)} labels, the model outputs {channels} classes")
+        out["labels"] = labels
+    if positive:
+        names = [lab["name"] for lab in labels or []]
+        ids = []
+        for p in positive:
+            p = str(p).strip()
+            if p.isdigit():
+                ids.append(int(p))
+            elif p in names:
+                ids.append(names.index(p))
+            else:
+                raise BundleError(f"--positive {p!r}: not a class index or a label name")
+        out["positive_classes"] = ids
+    elif channels > 1 and kind != "class_scores":
+        out["positive_classes"] = list(range(1, channels))
+        notes.append(f"positive classes 1..{channels - 1} (class 0 taken as background)")
+    return out, notes
+
+
+def golden_figures(bundle: Bundle, golden_input: np.ndarray) -> dict:
+    """The golden output of cpu.tflite (XNNPACK kernels) and the tolerance it earns.
+
+    atol = the larger of GOLDEN_QUANTA output quanta carried through the decoding and twice the
+    spread measured between LiteRT's default (XNNPACK) and reference kernels on this input.
+    Class maps: max_mismatch = the larger of 1% and twice the measured fraction that changed.
+    """
+    from lucida.runtime.engine import KERNELS, Engine, EngineError
+
+    engine = Engine(bundle, device="cpu", num_threads=1)
+    dec = engine.decoder
+    raw = engine.raw_tile(golden_input)
+    want = dec.golden_values(raw)
+    spreads = {}
+    for kernels in KERNELS:
+        if kernels == "default":
+            continue
+        try:
+            other = Engine(bundle, device="cpu", num_threads=1, kernels=kernels)
+        except EngineError:
+            continue  # a backend without a kernel choice: the quanta rule alone
+        got = dec.golden_values(other.raw_tile(golden_input))
+        if dec.kind == "class_map":
+            spreads[kernels] = float(np.mean(got != want))
+        else:
+            spreads[kernels] = float(np.max(np.abs(got - want))) if got.size else 0.0
+    spread = max(spreads.values(), default=0.0)
+    fig = {"output": np.asarray(want, np.float32), "spread": spreads}
+    if dec.kind == "class_map":
+        fig["max_mismatch"] = round(max(0.01, 2 * spread), 6)
+        fig["atol"] = 0.5
+    else:
+        quanta = dec.quanta_error(raw, GOLDEN_QUANTA)
+        fig["quanta_error"] = quanta
+        fig["atol"] = float(f"{max(quanta, 2 * spread, 1e-4):.3g}")
+    return fig
+
+
+def check_input_range(manifest: dict, golden_input: np.ndarray, model: str = "model") -> float:
+    """Refuse a normalization that saturates the quantized input; returns the saturated fraction."""
+    from lucida.runtime.engine import SATURATED_FRACTION
+    from lucida.runtime.quant import input_lut, saturated_fraction
+
+    qi = manifest["quantization"]["input"]
+    if qi["dtype"] == "float32":
+        return 0.0
+    norm = manifest.get("normalization") or {"mean": [0.0] * 3, "std": [1.0] * 3}
+    lut = input_lut(norm["mean"], norm["std"], qi["scale"], qi["zero_point"], qi["dtype"])
+    sat = saturated_fraction(golden_input, lut)
+    if sat > SATURATED_FRACTION:
+        info = np.iinfo(np.dtype(qi["dtype"]))
+        lo = qi["scale"] * (info.min - qi["zero_point"])
+        hi = qi["scale"] * (info.max - qi["zero_point"])
+        raise BundleInputError(
+            f"{model}: {sat:.0%} of the input codes saturate with normalization mean "
+            f"{_fmt(norm['mean'])} std {_fmt(norm['std'])}: the model's input range is "
+            f"[{lo:.3g}, {hi:.3g}]; give --normalization raw (pixels as input codes), "
+            "inception (-1..1), unit (0..1) or imagenet, or --mean/--std mapping 0..255 into it"
+        )
+    return sat
+
+
+def _fmt(v) -> str:
+    v = [float(x) for x in v]
+    return f"{v[0]:g}" if len(set(v)) == 1 else ",".join(f"{x:g}" for x in v)
 
 
 def build_bundle(
@@ -56,18 +295,28 @@ def build_bundle(
     normalization: dict | None = None,
     contours: dict | None = None,
     extra_files: dict | None = None,
+    notes: list | None = None,
     **manifest_fields,
 ) -> Bundle:
     """Write a verified bundle folder; the golden output is what this model gives on golden_input.
 
     stride: tile stride in model px (default: 3/4 of the input, whole output cells).
-    output: manifest "output" section (default: 1-channel heatmap of probabilities).
+    output: manifest "output" section (default: inferred from the output tensor).
+    Nothing is written at out_dir unless every step succeeds (the bundle is staged beside it).
+    notes: a list that receives what was inferred and measured, one line each.
     """
     q = tensor_quant(cpu_tflite)
-    _, h, w, _c = q["input"]["shape"]
-    output = output or {"kind": "heatmap", "channels": int(q["output"]["shape"][-1])}
+    shape = q["input"]["shape"]
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+        raise BundleError(f"model input shape {shape}: expected [1, H, W, 3] (one RGB image)")
+    _, h, w, _c = shape
+    notes = notes if notes is not None else []
+    if output is None:
+        output, inferred = infer_output(q, cpu_tflite)
+        notes.extend(inferred)
+    out_shape = q["output"]["shape"]
     if stride is None:
-        cell = w // q["output"]["shape"][2] if output.get("kind", "heatmap") == "heatmap" else 1
+        cell = w // out_shape[2] if output.get("kind", "heatmap") != "class_scores" else 1
         stride = (max(cell, (w * 3 // 4) // cell * cell), max(cell, (h * 3 // 4) // cell * cell))
     manifest = {
         "schema_version": 1,
@@ -87,22 +336,49 @@ def build_bundle(
         manifest["normalization"] = normalization
     if contours:
         manifest["contours"] = contours
+    golden_input = np.ascontiguousarray(golden_input, dtype=np.uint8)
+    check_input_range(manifest, golden_input, name)
     files = {"cpu.tflite": cpu_tflite, **(extra_files or {})}
     if edgetpu_tflite is not None:
         files["edgetpu.tflite"] = edgetpu_tflite
-    bundle = write_bundle(out_dir, manifest, files)
-    # Golden output = this model's answer on the golden input, through the real engine.
-    from lucida.runtime.engine import Engine
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.stage-", dir=out_dir.parent))
+    try:
+        staged = write_bundle(stage / "b", manifest, files)
+        fig = golden_figures(staged, golden_input)  # through the real engine
+        files = {n: staged.path / n for n in staged.manifest.files}
+        files["golden_input.npy"] = golden_input
+        files["golden_output.npy"] = fig["output"]
+        manifest["golden"] = {
+            "input": "golden_input.npy",
+            "output": "golden_output.npy",
+            "atol": fig["atol"],
+        }
+        if "max_mismatch" in fig:
+            manifest["golden"]["max_mismatch"] = fig["max_mismatch"]
+        spread = ", ".join(f"{k} {v:.4g}" for k, v in fig["spread"].items()) or "not measured"
+        notes.append(
+            f"golden: atol {fig['atol']:g}"
+            + (f", max_mismatch {fig['max_mismatch']:g}" if "max_mismatch" in fig else "")
+            + (
+                f" ({GOLDEN_QUANTA} output quanta: {fig['quanta_error']:.4g}"
+                if "quanta_error" in fig
+                else " ("
+            )
+            + f"; spread vs XNNPACK: {spread})"
+        )
+        return write_bundle(out_dir, manifest, files)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
-    golden_input = np.ascontiguousarray(golden_input, dtype=np.uint8)
-    golden_output = Engine(bundle, device="cpu", num_threads=1).infer_tile(golden_input)
-    staged = {n: Path(bundle.path) / n for n in bundle.manifest.files}
-    staged["golden_input.npy"] = golden_input
-    staged["golden_output.npy"] = np.asarray(golden_output, np.float32)
-    manifest["golden"] = {"input": "golden_input.npy", "output": "golden_output.npy", "atol": 0.02}
-    tmp_copy = {n: (p.read_bytes() if isinstance(p, Path) else p) for n, p in staged.items()}
-    write_bundle(out_dir, manifest, tmp_copy)
-    return load_bundle(out_dir)
+
+def model_path(path: str | os.PathLike, file: str = "cpu.tflite") -> Path:
+    """A model path, or a bundle folder / .tar.gz standing for its `file`."""
+    p = Path(path)
+    if p.is_dir() or p.name.endswith((".tar.gz", ".tgz")):
+        return load_bundle(p).file(file)
+    return p
 
 
 def _read_model(path: str | os.PathLike) -> bytes:
@@ -160,31 +436,51 @@ def assemble_bundle(
     task: str | None = None,
     objectives: list[str] | None = None,
     um_per_px: float | None = None,
+    kind: str | None = None,
+    activation: str | None = None,
+    labels: str | os.PathLike | None = None,
+    positive: list | None = None,
+    normalization: str | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    tile_stride: tuple[int, int] | None = None,
+    notes: list | None = None,
     **manifest_fields,
 ) -> Bundle:
-    """Build a bundle folder from files; fields not given come from `from_bundle` when there is one.
+    """Build a bundle folder from files: a bare .tflite (everything read from the model, the rest
+    from flags), or starting from `from_bundle`.
 
-    cpu_tflite: the full-integer model (default: from_bundle's); edgetpu_tflite: its compiled twin;
-    report: a quantization report JSON (default: from_bundle's); golden_input: .npy or image
-    (default: from_bundle's, else a seeded noise tile).
+    cpu_tflite: the full-integer model, or a bundle folder (default: from_bundle's);
+    edgetpu_tflite: its compiled twin; report: a quantization report JSON; golden_input: .npy or
+    image (default: from_bundle's, else a seeded noise tile). From another bundle, only what
+    describes the same model file (sha256) is carried: with another cpu.tflite its description,
+    metrics, latency, objectives, pixel size, contours and tiling are dropped (listed in notes).
     """
+    import hashlib
+
+    notes = notes if notes is not None else []
     base = load_bundle(from_bundle) if from_bundle else None
     bm = base.manifest if base else None
     if cpu_tflite is None and base is None:
         raise BundleError("give the int8 model (--cpu MODEL.tflite) or a bundle to start from")
-    cpu_path = Path(cpu_tflite) if cpu_tflite else base.file("cpu.tflite")
+    cpu_path = model_path(cpu_tflite) if cpu_tflite else base.file("cpu.tflite")
     cpu = _read_model(cpu_path)
     q = tensor_quant(cpu)
-    _, h, w, _ = q["input"]["shape"]
+    shape = q["input"]["shape"]
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
+        raise BundleError(f"{cpu_path}: input shape {shape}: expected [1, H, W, 3] (one RGB image)")
+    _, h, w, _ = shape
+    same_model = base is not None and hashlib.sha256(cpu).hexdigest() == base.sha256("cpu.tflite")
     extra: dict = {}
     edgetpu = None
     if edgetpu_tflite is not None:
-        check_edgetpu_model(cpu, str(edgetpu_tflite))
-        edgetpu = Path(edgetpu_tflite).read_bytes()
-    elif base is not None and base.has_edgetpu and cpu_tflite is None:
+        etpu_path = model_path(edgetpu_tflite, "edgetpu.tflite")
+        check_edgetpu_model(cpu, str(etpu_path))
+        edgetpu = etpu_path.read_bytes()
+    elif base is not None and base.has_edgetpu and same_model:
         edgetpu = base.file("edgetpu.tflite").read_bytes()
     report_path = Path(report) if report else None
-    if report_path is None and base is not None and REPORT_FILE in bm.files:
+    if report_path is None and same_model and REPORT_FILE in bm.files:
         report_path = base.file(REPORT_FILE)
     if report_path is not None:
         try:
@@ -200,18 +496,61 @@ def assemble_bundle(
         gin = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     carried = bm.model_dump(mode="json") if bm else {}
     fields = {k: v for k, v in carried.items() if k in _CARRIED}
-    if bm is not None and cpu_tflite is not None and "tiling" in fields:
-        fields.pop("tiling")  # a new model may have another input size; recompute the stride
+    if base is not None and not same_model:
+        dropped = [
+            k
+            for k in _MODEL_SPECIFIC
+            if carried.get(k) or (k == "um_per_px" and bm.input.um_per_px is not None)
+        ]
+        for k in dropped:
+            fields.pop(k, None)
+        out_old = fields.get("output") or {}
+        if out_old and out_old.get("channels") != _channels(q, out_old):
+            fields.pop("output")
+            dropped.append("output")
+        if dropped:
+            notes.append(
+                f"--from {bm.name}: its cpu.tflite is another model (sha256 "
+                f"{base.sha256()[:12]}...), not carried: {', '.join(dropped)}"
+            )
+        bm_objectives, bm_um = None, None
+    else:
+        bm_objectives = list(bm.objectives) if bm else None
+        bm_um = bm.input.um_per_px if bm else None
     fields.update({k: v for k, v in manifest_fields.items() if v is not None})
     name = name or (bm.name if bm else None)
     task = task or (bm.task if bm else None)
-    objectives = objectives or (list(bm.objectives) if bm else None)
+    objectives = objectives or bm_objectives
     if not (name and task and objectives):
-        raise BundleError("a new bundle needs --name, --task and --objectives (or --from BUNDLE)")
-    if um_per_px is None and bm is not None:
-        um_per_px = bm.input.um_per_px
+        raise BundleError(
+            "a new bundle needs --name, --task and --objectives"
+            + (" (the --from bundle's belong to another model)" if base is not None else "")
+        )
+    if um_per_px is None:
+        um_per_px = bm_um
+    # the output: flags over what was carried, else read from the model
+    label_list = read_labels(labels, _channels(q, None)) if labels else None
+    out = fields.pop("output", None)
+    if any(v is not None for v in (kind, activation, label_list, positive)) or out is None:
+        base_out = out or {}
+        out, inferred = infer_output(
+            q,
+            cpu,
+            kind=kind or base_out.get("kind"),
+            activation=activation or base_out.get("activation"),
+            labels=label_list if label_list is not None else (base_out.get("labels") or None),
+            positive=positive,
+        )
+        notes.extend(inferred)
+    if normalization is not None or mean is not None or std is not None:
+        norm = normalization_for(normalization or "none", q["input"])
+        if mean is not None:
+            norm["mean"] = _three(mean, "--mean")
+        if std is not None:
+            norm["std"] = _three(std, "--std")
+        fields["normalization"] = norm
     tiling = fields.pop("tiling", None)
-    stride = (tiling["stride_x"], tiling["stride_y"]) if tiling else None
+    stride = tile_stride or ((tiling["stride_x"], tiling["stride_y"]) if tiling else None)
     return build_bundle(
         out_dir,
         name=name,
@@ -222,9 +561,34 @@ def assemble_bundle(
         golden_input=gin,
         um_per_px=um_per_px,
         stride=stride,
+        output=out,
         extra_files=extra,
+        notes=notes,
         **fields,
     )
+
+
+def _channels(q: dict, output: dict | None) -> int | None:
+    """Classes the model's output holds (None for a class map: its labels say)."""
+    shape, dtype = q["output"]["shape"], q["output"]["dtype"]
+    if (
+        len(shape) == 3
+        or (output or {}).get("kind") == "class_map"
+        or dtype in ("int16", "int32", "int64")
+    ):
+        return (output or {}).get("channels")
+    return int(shape[-1])
+
+
+def _three(values, flag: str) -> list[float]:
+    v = [float(x) for x in values]
+    if len(v) == 1:
+        v = v * 3
+    if len(v) != 3:
+        raise BundleError(f"{flag} {values}: expected one value or three (R,G,B)")
+    if flag == "--std" and any(x == 0 for x in v):
+        raise BundleError(f"{flag} {values}: must be non-zero")
+    return v
 
 
 def verify_bundle(path: str | os.PathLike) -> dict:
@@ -263,15 +627,42 @@ def register(sub) -> None:
     p = sub.add_parser("bundle", help="assemble, pack or verify a model bundle")
     p.add_argument("--verify", metavar="BUNDLE", help="verify a bundle folder or .tar.gz")
     p.add_argument("--from", dest="from_bundle", metavar="BUNDLE", help="start from this bundle")
-    p.add_argument("--cpu", help="full-integer model (cpu.tflite)")
-    p.add_argument("--edgetpu", help="the same model compiled by edgetpu_compiler")
+    p.add_argument("--cpu", help="full-integer model (cpu.tflite), or a bundle folder")
+    p.add_argument("--edgetpu", help="the same model compiled by edgetpu_compiler (or a bundle)")
     p.add_argument("--report", help="quantization report JSON to include")
     p.add_argument("--golden-input", help="golden input tile: image or uint8 HxWx3 .npy")
     p.add_argument("--name")
     p.add_argument("--task")
     p.add_argument("--objectives", help="comma-separated, e.g. 10x,20x")
-    p.add_argument("--um-per-px", type=float)
+    p.add_argument("--um-per-px", type=float, help="pixel size (um) the model was trained at")
     p.add_argument("--version", dest="bundle_version", help="bundle version, e.g. 1.2.0")
+    p.add_argument(
+        "--kind",
+        choices=("heatmap", "class_scores", "class_map"),
+        help="what the output means (default: from its shape and dtype)",
+    )
+    p.add_argument(
+        "--activation",
+        choices=("none", "sigmoid", "softmax"),
+        help="applied to the output (default: none after a SOFTMAX/LOGISTIC op, else softmax, "
+        "or sigmoid for one channel)",
+    )
+    p.add_argument(
+        "--labels", help="labels file: one a line, or 'index label' lines (optional #rrggbb)"
+    )
+    p.add_argument(
+        "--positive",
+        help="comma-separated positive classes (indices or label names), summed into the overlay",
+    )
+    p.add_argument(
+        "--normalization",
+        choices=NORMALIZATION_NAMES,
+        help="input normalization preset: none (0..255), unit (0..1), inception (-1..1), "
+        "imagenet (mean/std), raw (pixels are the model's input codes)",
+    )
+    p.add_argument("--mean", help="per-channel mean (one value or R,G,B), pixels 0..255")
+    p.add_argument("--std", help="per-channel std (one value or R,G,B)")
+    p.add_argument("--tile-stride", help="tile stride in model px: N or X,Y")
     p.add_argument("--out", help="bundle folder to write")
     p.add_argument("--pack", help="also write the bundle as this .tar.gz")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -306,6 +697,7 @@ def run(args) -> int:
     if not args.out:
         raise BundleError("give --out DIR to assemble a bundle (or --verify BUNDLE)")
     objectives = [o.strip() for o in args.objectives.split(",")] if args.objectives else None
+    notes: list[str] = []
     bundle = assemble_bundle(
         args.out,
         cpu_tflite=args.cpu,
@@ -318,20 +710,60 @@ def run(args) -> int:
         objectives=objectives,
         um_per_px=args.um_per_px,
         version=args.bundle_version,
+        kind=args.kind,
+        activation=args.activation,
+        labels=args.labels,
+        positive=args.positive.split(",") if args.positive else None,
+        normalization=args.normalization,
+        mean=_floats(args.mean, "--mean"),
+        std=_floats(args.std, "--std"),
+        tile_stride=_stride(args.tile_stride),
+        notes=notes,
     )
     packed = str(pack_bundle(bundle.path, args.pack)) if args.pack else None
     files = {n: e.sha256 for n, e in bundle.manifest.files.items()}
     if args.json:
         print(
             json.dumps(
-                {"bundle": bundle.name, "path": str(bundle.path), "files": files, "packed": packed},
+                {
+                    "bundle": bundle.name,
+                    "path": str(bundle.path),
+                    "files": files,
+                    "packed": packed,
+                    "notes": notes,
+                },
                 indent=2,
             )
         )
     else:
         print(f"bundle {bundle.name} {bundle.manifest.version} -> {bundle.path}")
+        for n in notes:
+            print(f"  note: {n}")
         for n, digest in files.items():
             print(f"  {n:<22} sha256 {digest[:16]}...")
         if packed:
             print(f"packed: {packed}")
     return 0
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise BundleError(
+            f"{flag} {text!r}: expected numbers, e.g. 127.5 or 123.7,116.3,103.5"
+        ) from None
+
+
+def _stride(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        v = [int(x) for x in text.split(",")]
+    except ValueError:
+        v = []
+    if len(v) not in (1, 2) or min(v) < 1:
+        raise BundleError(f"--tile-stride {text!r}: expected N or X,Y in model px (> 0)")
+    return (v[0], v[-1])
