@@ -284,8 +284,9 @@ class Daemon:
             )
 
     def _serial_command(self, event) -> None:
-        """A foot pedal or simple-protocol line: overlay on/off/toggle, snapshot, threshold."""
-        from .serial_link import Overlay, OverlayToggle, Snap, Threshold
+        """A foot pedal or simple-protocol line: overlay on/off/toggle, snapshot, threshold,
+        a class on/off/toggle."""
+        from .serial_link import ClassSwitch, Overlay, OverlayToggle, Snap, Threshold
 
         if isinstance(event, Overlay):
             self.pipeline.set_overlay(event.on)
@@ -295,7 +296,13 @@ class Daemon:
             self.snapshot()
         elif isinstance(event, Threshold):
             self.pipeline.set_threshold(event.value)
-        if isinstance(event, (Overlay, OverlayToggle, Threshold)):
+        elif isinstance(event, ClassSwitch):
+            try:
+                self.pipeline.set_class(event.name, event.on)
+            except ValueError as exc:  # a pedal naming a class this model does not have
+                self.events("error", where="serial", message=str(exc))
+                return
+        if isinstance(event, (Overlay, OverlayToggle, Threshold, ClassSwitch)):
             self.save_settings()
 
     # -- operator settings that survive a restart ----------------------------------------------
@@ -304,11 +311,16 @@ class Daemon:
         return Path(self.config.state_dir, "settings.json")
 
     def save_settings(self) -> None:
-        """Overlay on/off and threshold, written atomically (a crash keeps the previous file)."""
+        """Overlay on/off, threshold and the classes switched off, written atomically (a crash
+        keeps the previous file)."""
         from lucida.calibration.atomic import atomic_write_text
 
         p = self.pipeline
-        data = {"overlay": p.overlay_enabled, "threshold": p.threshold_override}
+        data = {
+            "overlay": p.overlay_enabled,
+            "threshold": p.threshold_override,
+            "classes_off": sorted(p.classes_off),
+        }
         atomic_write_text(self.settings_file, json.dumps(data, indent=2) + "\n")
 
     def _restore_settings(self) -> None:
@@ -323,6 +335,9 @@ class Daemon:
             self.pipeline.set_threshold(float(data["threshold"]))
         if data.get("overlay") is False:
             self.pipeline.set_overlay(False)
+        off = data.get("classes_off")
+        if isinstance(off, list) and all(isinstance(n, str) for n in off):
+            self.pipeline.classes_off = set(off)
 
     def _window_keys(self) -> None:
         """Keys pressed in a window sink: "m" starts manual registration; then arrows, +/-,
