@@ -21,7 +21,12 @@ import numpy as np
 from lucida.models import Bundle, Registry, load_bundle
 from lucida.models.registry import SHIPPED_DIR
 from lucida.overlay.compose import ARComposer, PreviewComposer
-from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
+from lucida.overlay.render import (
+    ContourRenderer,
+    HudRenderer,
+    LegendRenderer,
+    ScaleBarRenderer,
+)
 from lucida.overlay.sinks import JpegStream, make_sink
 
 from .config import ConfigError, DaemonConfig, load_config
@@ -153,7 +158,9 @@ class Daemon:
             eyepiece_circle=circle,
             renderers=[ContourRenderer(), ScaleBarRenderer(), HudRenderer()],
         )
-        preview = PreviewComposer([ContourRenderer(), ScaleBarRenderer(), HudRenderer()])
+        preview = PreviewComposer(
+            [ContourRenderer(), ScaleBarRenderer(), HudRenderer(), LegendRenderer()]
+        )
         self.pipeline = Pipeline(
             build_source(cfg.source),
             self.models,

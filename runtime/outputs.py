@@ -134,13 +134,12 @@ class OutputDecoder:
         return _activate(x, self.activation)
 
     def class_index(self, raw: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-        """Most likely class per position (..., ) int32; one channel: 1 where p >= threshold.
-
-        Out-of-range indices of a class map stay `channels` (no class)."""
+        """Most likely class per position (..., ) int32. `channels` stands for no class: a class
+        map's out-of-range indices, and a one-channel output below `threshold`."""
         if self.kind == "class_map":
             return self._indices(raw).astype(np.int32)
         if self.channels == 1:
-            return (self.scores(raw)[..., 0] >= threshold).astype(np.int32)
+            return np.where(self.scores(raw)[..., 0] >= threshold, 0, 1).astype(np.int32)
         if self.eight_bit:  # dequantize and the activations are monotone: argmax of the codes
             return np.argmax(raw, axis=-1).astype(np.int32)
         return np.argmax(self.scores(raw), axis=-1).astype(np.int32)
