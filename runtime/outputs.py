@@ -59,10 +59,11 @@ class OutputDecoder:
             self._exp = np.exp(scale * (np.arange(256) - 255.0)).astype(dt)
             pos = set(self.positives)
             self._neg = tuple(c for c in range(self.channels) if c not in pos)
-        if spec.kind == "class_map":
-            table = np.zeros(self.channels + 1, np.float32)  # last entry: any index out of range
-            table[list(self.positives)] = 1.0
-            self._pos_table = table
+        if spec.kind == "class_map":  # tables over class index; the last row: out of range
+            onehot = np.zeros((self.channels + 1, len(self.positives)), np.float32)
+            onehot[list(self.positives), np.arange(len(self.positives))] = 1.0
+            self._onehot = onehot
+            self._pos_table = onehot.sum(axis=1)
 
     # -- the per-frame path ----------------------------------------------------------------------
     def positive(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -109,12 +110,13 @@ class OutputDecoder:
         return probs, stack.astype(np.float32, copy=False).reshape(*shape, len(k))
 
     def _positive_map(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        idx = self._indices(raw)
+        """One gather per output: indices >= C clip onto the table's "no class" row (an ArgMax
+        never gives negative indices; _indices handles them where exactness matters)."""
+        idx = raw[..., 0] if raw.ndim == 3 else raw
         probs = np.take(self._pos_table, idx, mode="clip")
         if len(self.positives) == 1:
             return probs, None
-        stack = (idx[..., None] == np.asarray(self.positives)).astype(np.float32)
-        return probs, stack
+        return probs, np.take(self._onehot, idx, axis=0, mode="clip")
 
     # -- whole-class views (lucida infer, class-map PNGs) -----------------------------------------
     def _indices(self, raw: np.ndarray) -> np.ndarray:

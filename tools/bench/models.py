@@ -14,7 +14,12 @@ import numpy as np
 # name -> (builder, kwargs, input size, bundle flags)
 BENCH_MODELS = {
     "deeplab21-softmax": ("deeplab_like", {"head": "softmax"}, 513, {"positive": [15]}),
-    "deeplab21-argmax": ("deeplab_like", {"head": "argmax"}, 513, {"classes": 21}),
+    "deeplab21-argmax": (
+        "deeplab_like",
+        {"head": "argmax"},
+        513,
+        {"classes": 21, "positive": [15]},
+    ),
     "classifier1000": ("mobilenet_classifier", {}, 224, {}),
     "gleason4": ("gleason_like", {}, 512, {"positive": [1, 2, 3]}),
 }
