@@ -27,7 +27,7 @@ BENCH_MODELS = {
 
 def build_bench_models(out: str, names: list[str] | None = None, samples: int = 4) -> dict:
     """Build the bench bundles under `out`; returns {name: bundle path}."""
-    from lucida.tools.demo import tiny_models
+    import lucida.tools.demo.tiny_models as tiny_models
     from lucida.tools.toolchain.bundle import build_bundle, infer_output
     from lucida.tools.toolchain.convert import quantize_keras, tensor_quant
 
