@@ -211,6 +211,11 @@ def infer_output(
     elif channels > 1 and kind != "class_scores":
         out["positive_classes"] = list(range(1, channels))
         notes.append(f"positive classes 1..{channels - 1} (class 0 taken as background)")
+    elif kind == "class_scores":
+        first = (labels or [{"name": "class 0"}])[0]["name"]
+        notes.append(
+            f"positive class 0 ({first}), what the overlay outlines: set it with --positive"
+        )
     return out, notes
 
 
@@ -343,6 +348,7 @@ def build_bundle(
     contours: dict | None = None,
     extra_files: dict | None = None,
     notes: list | None = None,
+    check_input: bool = True,
     **manifest_fields,
 ) -> Bundle:
     """Write a verified bundle folder; the golden output is what this model gives on golden_input.
@@ -351,6 +357,9 @@ def build_bundle(
     output: manifest "output" section (default: inferred from the output tensor).
     Nothing is written at out_dir unless every step succeeds (the bundle is staged beside it).
     notes: a list that receives what was inferred and measured, one line each.
+    check_input: refuse a normalization that saturates the quantized input (BundleInputError);
+    False only where a report already says the model is bad (lucida quantize's BAD verdict):
+    such a bundle then fails its health check, as it should.
     """
     q = tensor_quant(cpu_tflite)
     shape = q["input"]["shape"]
@@ -384,7 +393,8 @@ def build_bundle(
     if contours:
         manifest["contours"] = contours
     golden_input = np.ascontiguousarray(golden_input, dtype=np.uint8)
-    check_input_range(manifest, golden_input, name)
+    if check_input:
+        check_input_range(manifest, golden_input, name)
     files = {"cpu.tflite": cpu_tflite, **(extra_files or {})}
     if edgetpu_tflite is not None:
         files["edgetpu.tflite"] = edgetpu_tflite
