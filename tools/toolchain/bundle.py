@@ -2,6 +2,7 @@
 
     lucida bundle --from BUNDLE --edgetpu model_edgetpu.tflite --out NEW [--pack NEW.tar.gz]
     lucida bundle --cpu model.tflite --name N --task T --objectives 10x --out DIR [--report R.json]
+        [--labels FILE] [--kind K] [--positive A,B] [--normalization P | --mean M --std S]
     lucida bundle --verify DIR_OR_TAR_GZ [--json]
 
 Assembling hashes every file into the manifest and recomputes the golden output with the engine.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +28,15 @@ from pathlib import Path
 import numpy as np
 from lucida.models import Bundle, BundleError, load_bundle, write_bundle
 from lucida.tools.toolchain.convert import tensor_quant
+from lucida.tools.toolchain.describe import (  # noqa: F401 (re-exported for other rooms)
+    NORMALIZATION_NAMES,
+    BundleInputError,
+    check_input_range,
+    infer_output,
+    normalization_for,
+    read_labels,
+)
+from lucida.tools.toolchain.golden import _STAGED_INPUT, GOLDEN_QUANTA, golden_figures
 
 REPORT_FILE = "quant_report.json"
 # Manifest fields carried over from a --from bundle when the model file is the same (sha256).
@@ -52,284 +61,6 @@ _MODEL_SPECIFIC = (
     "objectives",
     "um_per_px",
 )
-GOLDEN_QUANTA = 3  # output codes a backend may round differently (golden tolerance)
-# --normalization presets: float input = (pixel - mean) / std, pixels 0..255.
-NORMALIZATIONS = {
-    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # the model takes 0..255
-    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),  # 0..1
-    "inception": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),  # -1..1 (MobileNet, Inception)
-    "imagenet": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),  # torchvision mean/std
-}
-NORMALIZATION_NAMES = (*NORMALIZATIONS, "raw")
-
-
-class BundleInputError(BundleError):
-    """A bundle that would feed its model garbage (e.g. every input code saturated)."""
-
-
-def normalization_for(name: str, input_quant: dict) -> dict:
-    """A --normalization preset as the manifest's {"mean", "std"}.
-
-    "raw": pixels go in as the model's own input codes (pycoral's way for uint8 models):
-    mean and std undo the input quantization, so the engine's input table is the identity.
-    """
-    if name == "raw":
-        dt, scale, zp = input_quant["dtype"], input_quant["scale"], input_quant["zero_point"]
-        if dt == "float32" or not scale:
-            return {"mean": [0.0] * 3, "std": [1.0] * 3}
-        mean = zp + (128 if dt == "int8" else 0)
-        return {"mean": [float(mean)] * 3, "std": [1.0 / scale] * 3}
-    if name not in NORMALIZATIONS:
-        raise BundleError(
-            f"normalization {name!r}: expected one of {', '.join(NORMALIZATION_NAMES)}"
-        )
-    mean, std = NORMALIZATIONS[name]
-    return {"mean": list(mean), "std": list(std)}
-
-
-def read_labels(path: str | os.PathLike, classes: int | None = None) -> list[dict]:
-    """A labels file -> manifest labels in index order.
-
-    Formats: one label a line (line i is class i), or `index label` lines (pycoral's
-    read_label_file; also `index: label`); either may end with an `#rrggbb` colour.
-    """
-    path = Path(path)
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: cannot read labels ({exc})") from None
-    lines = [ln for ln in lines if ln]
-    if not lines:
-        raise BundleError(f"{path}: no labels (expected one a line, or 'index label' lines)")
-    indexed = all(re.match(r"^\d+[\s:,]+\S", ln) for ln in lines)
-    by_index: dict[int, dict] = {}
-    for i, ln in enumerate(lines):
-        if indexed:
-            head, rest = re.split(r"[\s:,]+", ln, maxsplit=1)
-            i = int(head)
-            if i in by_index:
-                raise BundleError(f"{path}: class index {i} appears twice")
-        else:
-            rest = ln
-        entry: dict = {}
-        m = re.search(r"\s+#([0-9a-fA-F]{6})$", rest)
-        if m:
-            rest = rest[: m.start()].rstrip()
-            entry["color"] = [int(m.group(1)[j : j + 2], 16) for j in (0, 2, 4)]
-        by_index[i] = {"name": rest, **entry}
-    n = classes if classes is not None else max(by_index) + 1
-    if max(by_index) >= n:
-        raise BundleError(
-            f"{path}: label index {max(by_index)} but the model has {n} classes (0..{n - 1})"
-        )
-    if not indexed and len(lines) != n:
-        raise BundleError(f"{path}: {len(lines)} labels, the model outputs {n} classes")
-    return [by_index.get(i, {"name": f"class {i}"}) for i in range(n)]
-
-
-def _output_op(cpu: bytes) -> str:
-    """Opcode of the op computing the model's output, looking through the (de)quantize and
-    reshape ops a converter appends ("" when unknown)."""
-    from lucida.tools.toolchain.tflite_reader import read_tflite
-
-    model = read_tflite(cpu)
-    producer = {t.index: op for op in model.ops for t in op.outputs}
-    op = producer.get(model.outputs[0].index)
-    while op is not None and op.opcode in ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"):
-        op = producer.get(op.inputs[0].index) if op.inputs else None
-    return op.opcode if op is not None else ""
-
-
-def infer_output(
-    q: dict,
-    cpu: bytes,
-    *,
-    kind: str | None = None,
-    activation: str | None = None,
-    labels: list[dict] | None = None,
-    positive: list | None = None,
-) -> tuple[dict, list[str]]:
-    """The manifest "output" section from the model's output tensor and the flags given.
-
-    Returns (section, notes): notes say what was inferred, for the user to check."""
-    shape, dtype = q["output"]["shape"], q["output"]["dtype"]
-    notes: list[str] = []
-    wide_int = dtype in ("int16", "int32", "int64")
-    if kind is None:
-        if len(shape) == 2:
-            kind = "class_scores"
-        elif len(shape) == 3 or (len(shape) == 4 and shape[-1] == 1 and wide_int):
-            kind = "class_map"
-        elif len(shape) == 4:
-            kind = "heatmap"
-        else:
-            raise BundleError(
-                f"model output shape {shape}: expected [1, C] (classifier), [1, H, W, C] "
-                "(heatmap) or [1, H, W] (class map)"
-            )
-        notes.append(f"kind {kind} (from the output shape {shape} {dtype})")
-    want_dims = {"class_scores": (2,), "heatmap": (4,), "class_map": (3, 4)}[kind]
-    if len(shape) not in want_dims or shape[0] != 1:
-        raise BundleError(f"--kind {kind}: the model's output shape {shape} does not fit it")
-    if kind == "class_map":
-        if not (dtype.startswith("int") or dtype.startswith("uint")):
-            raise BundleError(f"--kind class_map: the output is {dtype}, expected class indices")
-        if labels is None:
-            raise BundleError(
-                "a class-map output does not say how many classes there are: give --labels FILE"
-            )
-        channels = len(labels)
-        activation = "none"
-    else:
-        channels = int(shape[-1])
-        if dtype not in ("uint8", "int8", "float32"):
-            raise BundleError(f"{kind} output of dtype {dtype}: expected uint8, int8 or float32")
-    if activation is None and kind != "class_map":
-        op = _output_op(cpu)
-        if op in ("SOFTMAX", "LOGISTIC"):
-            activation = "none"
-        else:
-            activation = "sigmoid" if channels == 1 else "softmax"
-        notes.append(f"activation {activation} (the output comes from {op or 'an unknown op'})")
-    out: dict = {"kind": kind, "channels": channels, "activation": activation}
-    if labels is not None:
-        if len(labels) != channels:
-            raise BundleError(f"{len(labels)} labels, the model outputs {channels} classes")
-        out["labels"] = labels
-    if positive:
-        names = [lab["name"] for lab in labels or []]
-        ids = []
-        for p in positive:
-            p = str(p).strip()
-            if p.isdigit():
-                ids.append(int(p))
-            elif p in names:
-                ids.append(names.index(p))
-            else:
-                raise BundleError(f"--positive {p!r}: not a class index or a label name")
-        out["positive_classes"] = ids
-    elif channels > 1 and kind != "class_scores":
-        out["positive_classes"] = list(range(1, channels))
-        notes.append(f"positive classes 1..{channels - 1} (class 0 taken as background)")
-    elif kind == "class_scores":
-        first = (labels or [{"name": "class 0"}])[0]["name"]
-        notes.append(
-            f"positive class 0 ({first}), what the overlay outlines: set it with --positive"
-        )
-    return out, notes
-
-
-def golden_figures(bundle: Bundle, golden_input: np.ndarray) -> dict:
-    """The golden output of cpu.tflite (XNNPACK kernels) and the tolerance it earns.
-
-    atol = the larger of GOLDEN_QUANTA output quanta carried through the decoding and twice the
-    spread measured between LiteRT's default (XNNPACK) and other kernels on this input.
-    Class maps: max_mismatch = the larger of 1% and twice the measured fraction that changed.
-    The reference kernels run in a child process: LiteRT's abort the process on some models
-    (e.g. a 1000-class int8 SOFTMAX), which must not take `lucida bundle` down with them.
-    """
-    from lucida.runtime.engine import KERNELS, Engine
-
-    engine = Engine(bundle, device="cpu", num_threads=1)
-    dec = engine.decoder
-    raw = engine.raw_tile(golden_input)
-    want = dec.golden_values(raw)
-    spreads, failed = {}, {}
-    for kernels in KERNELS:
-        if kernels == "default":
-            continue
-        if kernels == "reference":
-            got, why = _values_in_child(bundle.path, kernels)
-        else:  # the optimized builtin kernels run in this process
-            other = Engine(bundle, device="cpu", num_threads=1, kernels=kernels)
-            got, why = dec.golden_values(other.raw_tile(golden_input)), ""
-        if got is None:
-            failed[kernels] = why
-        elif dec.kind == "class_map":
-            spreads[kernels] = float(np.mean(got != want))
-        else:
-            spreads[kernels] = float(np.max(np.abs(got - want))) if got.size else 0.0
-    spread = max(spreads.values(), default=0.0)
-    fig = {"output": np.asarray(want, np.float32), "spread": spreads, "failed": failed}
-    if dec.kind == "class_map":
-        fig["max_mismatch"] = round(max(0.01, 2 * spread), 6)
-        fig["atol"] = 0.5
-    else:
-        quanta = dec.quanta_error(raw, GOLDEN_QUANTA)
-        fig["quanta_error"] = quanta
-        fig["atol"] = float(f"{max(quanta, 2 * spread, 1e-4):.3g}")
-    return fig
-
-
-def _values_in_child(bundle_path: Path, kernels: str) -> tuple[np.ndarray | None, str]:
-    """Golden values of the bundle's golden-less staging copy under `kernels`, in a child
-    process: (values, "") or (None, why it failed)."""
-    import subprocess
-    import sys
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "values.npy"
-        code = (
-            "import sys; from lucida.tools.toolchain.bundle import _golden_worker; "
-            "_golden_worker(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4])"
-        )
-        gin = Path(tmp) / "input.npy"
-        np.save(gin, _STAGED_INPUT[bundle_path])
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-c", code, str(bundle_path), kernels, str(gin), str(out)],
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-        except subprocess.TimeoutExpired:
-            return None, "timed out"
-        if proc.returncode != 0 or not out.exists():
-            last = (proc.stderr.strip().splitlines() or [""])[-1]
-            why = f"exit {proc.returncode}" + (f": {last[:160]}" if last else "")
-            return None, why
-        return np.load(out), ""
-
-
-_STAGED_INPUT: dict = {}  # staging bundle path -> golden input (for the child process)
-
-
-def _golden_worker(bundle_path: str, kernels: str, input_npy: str, out_npy: str) -> None:
-    """Child process of _values_in_child: run the golden input under `kernels`, save values."""
-    from lucida.runtime.engine import Engine
-
-    engine = Engine(load_bundle(bundle_path), device="cpu", num_threads=1, kernels=kernels)
-    x = np.load(input_npy, allow_pickle=False)
-    np.save(out_npy, engine.decoder.golden_values(engine.raw_tile(x)))
-
-
-def check_input_range(manifest: dict, golden_input: np.ndarray, model: str = "model") -> float:
-    """Refuse a normalization that saturates the quantized input; returns the saturated fraction."""
-    from lucida.runtime.engine import SATURATED_FRACTION
-    from lucida.runtime.quant import input_lut, saturated_fraction
-
-    qi = manifest["quantization"]["input"]
-    if qi["dtype"] == "float32":
-        return 0.0
-    norm = manifest.get("normalization") or {"mean": [0.0] * 3, "std": [1.0] * 3}
-    lut = input_lut(norm["mean"], norm["std"], qi["scale"], qi["zero_point"], qi["dtype"])
-    sat = saturated_fraction(golden_input, lut)
-    if sat > SATURATED_FRACTION:
-        info = np.iinfo(np.dtype(qi["dtype"]))
-        lo = qi["scale"] * (info.min - qi["zero_point"])
-        hi = qi["scale"] * (info.max - qi["zero_point"])
-        raise BundleInputError(
-            f"{model}: {sat:.0%} of the input codes saturate with normalization mean "
-            f"{_fmt(norm['mean'])} std {_fmt(norm['std'])}: the model's input range is "
-            f"[{lo:.3g}, {hi:.3g}]; give --normalization raw (pixels as input codes), "
-            "inception (-1..1), unit (0..1) or imagenet, or --mean/--std mapping 0..255 into it"
-        )
-    return sat
-
-
-def _fmt(v) -> str:
-    v = [float(x) for x in v]
-    return f"{v[0]:g}" if len(set(v)) == 1 else ",".join(f"{x:g}" for x in v)
 
 
 def build_bundle(
@@ -415,7 +146,7 @@ def build_bundle(
         }
         if "max_mismatch" in fig:
             manifest["golden"]["max_mismatch"] = fig["max_mismatch"]
-        why = [f"spread vs XNNPACK: {k} kernels {v:.4g}" for k, v in fig["spread"].items()]
+        why = [f"{k} kernels differ from XNNPACK by {v:.4g}" for k, v in fig["spread"].items()]
         why += [f"{k} kernels failed ({v})" for k, v in fig["failed"].items()]
         if "quanta_error" in fig:
             why.insert(0, f"{GOLDEN_QUANTA} output quanta {fig['quanta_error']:.4g}")
