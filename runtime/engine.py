@@ -1,8 +1,10 @@
 """The inference engine: a bundle's model on an interpreter, run over whole camera frames.
 
 `Engine(bundle).infer(rgb)` resamples the frame to the model's pixel size, covers it with tiles,
-runs each (normalization and quantization fused in a lookup table), dequantizes the outputs and
-stitches one Heatmap with its affine back to frame px. The interpreter is built once.
+runs each (normalization and quantization fused in a lookup table), decodes the outputs of any
+kind (heatmap, class scores, class map: runtime.outputs) into the positive map and, for several
+positive classes, their stack, and stitches one Heatmap with its affine back to frame px. The
+interpreter is built once.
 """
 
 from __future__ import annotations
