@@ -85,29 +85,42 @@ class OutputDecoder:
         return np.minimum(stack.sum(axis=-1), 1.0, dtype=np.float32), stack
 
     def _positive_softmax(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """exp table on the codes (wide rows: cv2.LUT is fast per row), one row-sum for the
-        normalizer, then only the positive columns (or the fewer negative ones)."""
+        """exp table on the codes, one row-sum for the normalizer (OpenCV), then only the
+        positive columns (or the fewer negative ones); in bands of rows whose float block stays
+        in cache (~512 KB): the work is memory-bound, and this keeps it out of DRAM."""
         codes = raw.view(np.uint8)
         if self.dtype == "int8":
             codes = codes ^ np.uint8(0x80)
-        shape, c = raw.shape[:-1], self.channels
-        rows = shape[0] if len(shape) > 1 else 1
-        e = cv2.LUT(np.ascontiguousarray(codes).reshape(rows, -1), self._exp).reshape(-1, c)
+        if codes.ndim < 3:  # class scores: one vector
+            probs, stack = self._softmax_rows(codes.reshape(1, -1))
+            shape = codes.shape[:-1]
+            return probs.reshape(shape), None if stack is None else stack.reshape(*shape, -1)
+        h, w, c = codes.shape
+        k = len(self.positives)
+        probs = np.empty((h, w), np.float32)
+        stack = np.empty((h, w, k), np.float32) if k > 1 else None
+        band = max(1, (1 << 17) // max(1, w * c))
+        for y in range(0, h, band):
+            p, st = self._softmax_rows(codes[y : y + band].reshape(-1, w * c))
+            probs[y : y + band] = p.reshape(-1, w)
+            if stack is not None:
+                stack[y : y + band] = st.reshape(-1, w, k)
+        return probs, stack
+
+    def _softmax_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """rows: r x (n * C) uint8 codes -> (positive sum (r*n,), per-positive (r*n, K) or None)."""
+        c = self.channels
+        e = cv2.LUT(np.ascontiguousarray(rows), self._exp).reshape(-1, c)
         norm = cv2.reduce(e, 1, cv2.REDUCE_SUM)[:, 0]
         k = self.positives
         if len(k) == 1:
-            probs = e[:, k[0]] / norm
-        elif len(k) <= len(self._neg) + 1:
-            stack = e[:, list(k)] / norm[:, None]
+            return (e[:, k[0]] / norm).astype(np.float32, copy=False), None
+        stack = e[:, list(k)] / norm[:, None]
+        if len(k) <= len(self._neg) + 1:
             probs = stack.sum(axis=1)
         else:
             probs = 1.0 - sum(e[:, j] for j in self._neg) / norm
-        probs = probs.astype(np.float32, copy=False).reshape(shape)
-        if len(k) == 1:
-            return probs, None
-        if len(k) > len(self._neg) + 1:
-            stack = e[:, list(k)] / norm[:, None]
-        return probs, stack.astype(np.float32, copy=False).reshape(*shape, len(k))
+        return probs.astype(np.float32, copy=False), stack.astype(np.float32, copy=False)
 
     def _positive_map(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One gather per output: indices >= C clip onto the table's "no class" row (an ArgMax

@@ -65,7 +65,8 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
         "backend": f"{engine.info.backend} {engine.info.backend_version}",
         "threads": engine.num_threads,
         "runs": runs,
-        "output": f"{m.output.kind} {tuple(o['shape'])} {np.dtype(o['dtype']).name}",
+        "output": f"{m.output.kind} {[int(v) for v in o['shape']]} {np.dtype(o['dtype']).name} "
+        f"{m.output.activation}",
         **r,
         **e,
         **d,

@@ -13,7 +13,8 @@ import numpy as np
 
 # name -> (builder, kwargs, input size, bundle flags)
 BENCH_MODELS = {
-    "deeplab21-softmax": ("deeplab_like", {"head": "softmax"}, 513, {"positive": [15]}),
+    # logits out: the engine's softmax (dequantize + exp + normalize) over 513 x 513 x 21
+    "deeplab21-softmax": ("deeplab_like", {"head": "logits"}, 513, {"positive": [15]}),
     "deeplab21-argmax": (
         "deeplab_like",
         {"head": "argmax"},

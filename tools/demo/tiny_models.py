@@ -81,8 +81,9 @@ def tiny_multiclass(size: int = 64, classes: int = 4, width: int = 8, seed: int 
 
 def deeplab_like(size: int = 513, classes: int = 21, head: str = "softmax", alpha: float = 0.5):
     """A DeepLab-style segmenter at full size: Keras MobileNetV2 features (random weights, output
-    stride 32), 1x1 class logits, bilinear upsampling to the input size, then `head`: "softmax"
-    (a [1, H, W, C] heatmap) or "argmax" (an int64 [1, H, W] class map). For benchmarks."""
+    stride 32), 1x1 class logits, bilinear upsampling to the input size, then `head`: "logits"
+    (a [1, H, W, C] heatmap of logits: the engine applies the softmax), "softmax" (in the model)
+    or "argmax" (an int64 [1, H, W] class map). For benchmarks."""
     import keras
     import tensorflow as tf
     from keras import layers
@@ -98,7 +99,7 @@ def deeplab_like(size: int = 513, classes: int = 21, head: str = "softmax", alph
     x = layers.Resizing(size, size, interpolation="bilinear")(x)
     if head == "argmax":
         x = layers.Lambda(lambda t: tf.argmax(t, axis=-1), output_shape=(size, size))(x)
-    else:
+    elif head == "softmax":
         x = layers.Softmax()(x)
     return keras.Model(inp, x)
 
