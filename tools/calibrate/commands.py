@@ -3,7 +3,9 @@ colour targets and calibration profiles.
 
 Exit codes: 0 ok; 2 bad input; 3 pattern not found; 4 too few points; 5 degenerate
 homography; 6 unreadable image; 7 objective not in the profile; 8 invalid profile;
-9 measurement failed (no rulings, blank field too dark, ...).
+9 measurement failed (blank field too dark, ...); 10 refused: the input is not what the
+measurement needs (not a ruling, too little tissue, not a blank field) or its own
+cross-checks disagree, so no figure is given rather than a wrong one.
 """
 
 from __future__ import annotations
@@ -136,9 +138,9 @@ def cmd_display(args) -> int:
 
 def cmd_pixel_size(args) -> int:
     from lucida.calibration import measure_pixel_size
-    from lucida.calibration.imageio import read_image
+    from lucida.calibration.imageio import read_gray_native
 
-    image = read_image(args.image, "micrometer image")
+    image = read_gray_native(args.image, "micrometer image")  # 12/16-bit kept as is
     prof, path = _profile_target(args)
     res = measure_pixel_size(image, args.spacing_um)
     data = res.to_json()
