@@ -222,14 +222,14 @@ def cmd_color_target(args) -> int:
 
     images = [read_image(f, "training-domain image") for f in args.images]
     if args.method == "reinhard":
-        stats = fit_target(images)
+        stats = fit_target(images, names=[str(f) for f in args.images])
         data = {
             "method": "reinhard",
             "lab_mean": [round(v, 4) for v in stats.mean],
             "lab_std": [round(v, 4) for v in stats.std],
         }
     else:
-        t = fit_stain_target(images[0])
+        t = fit_stain_target(images[0], what=f"image {str(args.images[0])!r}")
         data = {
             "method": "macenko",
             "stains": [[round(v, 5) for v in s] for s in t.stains],
