@@ -76,21 +76,37 @@ def tissue_weight(lab8: np.ndarray) -> np.ndarray:
 def _weighted(lab8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(mean, std) 3-vectors in 8-bit Lab units, weighted by the tissue weight, and the
     tissue fraction (mean weight, 0..1)."""
+    mean, std, frac, _ = _weighted_chroma(lab8)
+    return mean, std, frac
+
+
+def _weighted_chroma(lab8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """_weighted plus the tissue's mean chroma (Lab units)."""
     px = lab8.reshape(-1, 3).astype(np.float64)
     w = tissue_weight(lab8).reshape(-1).astype(np.float64) / 255.0
     total = float(w.sum())
     if total <= 0:
-        return px.mean(axis=0), px.std(axis=0), 0.0
+        return px.mean(axis=0), px.std(axis=0), 0.0, 0.0
     mean = (w[:, None] * px).sum(axis=0) / total
     std = np.sqrt((w[:, None] * (px - mean) ** 2).sum(axis=0) / total)
-    return mean, std, total / len(w)
+    chroma = float((w * np.hypot(px[:, 1] - 128, px[:, 2] - 128)).sum() / total)
+    return mean, std, total / len(w), chroma
 
 
 MIN_TISSUE = 0.05  # tissue fraction a colour target must be measured on
 MIN_STD = 0.5  # Lab units: a target with less spread in any channel is degenerate
+MIN_MEAN_L = 15.0  # L*: a darker field is black, not tissue
+MIN_CHROMA = 18.0  # Lab units: stained tissue is coloured (real H&E 29-37; a board photo 13)
 
 
-def _check_tissue(frac: float, std8: np.ndarray, what: str) -> None:
+def _check_tissue(lab8: np.ndarray, what: str) -> None:
+    """Refuse a colour-target image without enough stained tissue (RefusedInputError)."""
+    mean8, std8, frac, chroma = _weighted_chroma(lab8)
+    if mean8[0] / _L8 < MIN_MEAN_L:
+        raise RefusedInputError(
+            f"{what} is black (mean L* {mean8[0] / _L8:.0f}, need >= {MIN_MEAN_L:.0f}): no light, "
+            "no tissue to take a colour target from"
+        )
     if frac < MIN_TISSUE:
         raise RefusedInputError(
             f"{what} has too little tissue for a colour target ({frac:.1%} of the field, need "
@@ -100,6 +116,11 @@ def _check_tissue(frac: float, std8: np.ndarray, what: str) -> None:
         raise RefusedInputError(
             f"{what} has no colour spread (Lab std {np.round(std8, 2).tolist()}, need >= "
             f"{MIN_STD} in every channel): a flat or synthetic field, not stained tissue"
+        )
+    if chroma < MIN_CHROMA:
+        raise RefusedInputError(
+            f"{what} has no stained tissue: its dark parts are grey (mean chroma {chroma:.1f}, "
+            f"need >= {MIN_CHROMA:.0f}); a pattern or black-and-white image, not H&E"
         )
 
 
@@ -130,8 +151,7 @@ def fit_target(images: Sequence[np.ndarray], names: Sequence[str] | None = None)
     for i, im in enumerate(images):
         what = f"image {names[i]!r}" if names else f"image {i + 1}"
         lab = _lab8(np.ascontiguousarray(im[::2, ::2]))
-        _, std8, frac = _weighted(lab)
-        _check_tissue(frac, std8, what)
+        _check_tissue(lab, what)
         labs.append(lab.reshape(-1, 1, 3))
     mean8, std8, _ = _weighted(np.concatenate(labs))
     return _to_stats(mean8, std8)
@@ -248,9 +268,7 @@ def fit_stain_target(
     """A Macenko target from a reference image of the training domain. Refuses
     (RefusedInputError, naming `what`) too little stained tissue or stain vectors that
     are not two distinct stains."""
-    lab = _lab8(np.ascontiguousarray(image[::2, ::2]))
-    _, std8, frac = _weighted(lab)
-    _check_tissue(frac, std8, what)
+    _check_tissue(_lab8(np.ascontiguousarray(image[::2, ::2])), what)
     try:
         s, m = stain_vectors(image, background)
     except MeasurementError as exc:
