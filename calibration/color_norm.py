@@ -2,16 +2,21 @@
 
 Applied to the model's input only, never to the image shown to the pathologist.
 
-- Reinhard: match the per-channel mean and standard deviation in CIE L*a*b* to a
-  target (`lab_mean`, `lab_std`; L in 0..100, a and b in about -128..127). Each
-  channel is an affine map, so after one RGB->Lab conversion it is a single 8-bit
-  look-up table, then Lab->RGB: a few ms for a 1080p frame.
+- Reinhard: match the per-channel mean and standard deviation in CIE L*a*b* of the
+  tissue to a target (`lab_mean`, `lab_std`; L in 0..100, a and b about -128..127).
 - Macenko: estimate the two stain vectors (haematoxylin, eosin) of the frame from
   optical density, and re-synthesise with the target's stain vectors and maximum
-  concentrations. Slower (float maths per pixel); optional.
+  concentrations.
 
-Source statistics are measured on tissue pixels (glass is left out) of each frame,
-on a subsample, and smoothed over frames (`momentum`) so the colours do not flicker.
+Both change tissue only: the result is blended with the original by a smooth tissue
+weight (a function of the pixel's colour: darker than glass, or coloured), so glass
+stays as it is and nothing jumps at any tissue fraction; the statistics are weighted
+by it too, smoothed over frames (`momentum`) so colours do not flicker.
+
+Per frame, each method runs exactly on every 12th pixel; a map affine in optical
+density (ODMap) is fitted to what it did there and applied to the whole frame with two
+8-bit LUTs and one 3x4 transform (`lucida calibrate bench-color` measures the cost
+against 5 ms / 20 ms per 1080p frame). `.exact(frame)` runs the method on every pixel.
 """
 
 from __future__ import annotations
@@ -157,6 +162,78 @@ def fit_target(images: Sequence[np.ndarray], names: Sequence[str] | None = None)
     return _to_stats(mean8, std8)
 
 
+# ------------------------------------------------------------ fast per-frame path
+
+OD_CODES = 255.0 / 2.0  # uint8 optical-density code per OD unit (base 10)
+FIT_STEP = 12  # the exact method runs on every 12th pixel each way; the map is fitted there
+MIN_SAMPLE = 16000  # pixels: smaller frames are sampled more densely
+RIDGE, RIDGE_CODE = 1e-4, 20.0  # identity prior: weight (share of the rows) and its OD code
+GLASS_DN = 226  # min(R, G, B) at or above which a pixel is glass for ODMap (L* ~ 90)
+GLASS_WEIGHT = 0.25  # the glass rows together weigh this many times all tissue rows
+
+
+def _od_codes(v: np.ndarray) -> np.ndarray:
+    return OD_CODES * -np.log10(np.maximum(v, 0.5) / 255.0)
+
+
+_LUT_OD = np.clip(np.rint(_od_codes(np.arange(256.0))), 0, 255).astype(np.uint8)
+_LUT_EXP = np.clip(np.rint(255.0 * 10 ** (-np.arange(256.0) / OD_CODES)), 0, 255).astype(np.uint8)
+
+
+class ODMap:
+    """A colour map that is affine in optical density: od_out = M @ [od_in, 1] (3x4, in
+    uint8 OD codes). Both normalizations are (nearly) this: Macenko exactly, Reinhard
+    after the Lab maths. Applying it to a frame is an 8-bit LUT to OD, one 3x4
+    cv2.transform and an 8-bit LUT back: ~3 passes over the frame instead of a Lab round
+    trip. Glass (OD ~0) maps to ~itself when the fit saw it unchanged.
+    """
+
+    def __init__(self, m: np.ndarray):
+        self.m = np.asarray(m, np.float32).reshape(3, 4)
+
+    @classmethod
+    def fit(cls, before: np.ndarray, after: np.ndarray) -> ODMap:
+        """Weighted least-squares map from the RGB pixels `before` to `after` (HxWx3
+        uint8 each). Glass is pinned: the sample's glass pixels and a ramp of bright
+        neutral greys (which must map to themselves) weigh GLASS_WEIGHT x all the tissue."""
+        greys = np.repeat(np.arange(205, 256, 2, dtype=np.uint8)[:, None], 3, axis=1)
+        src = np.concatenate([before.reshape(-1, 3), greys])
+        dst = np.concatenate([after.reshape(-1, 3), greys])
+        tissue = tissue_weight(_lab8(src.reshape(-1, 1, 3))).reshape(-1) / 255.0
+        glass = 1.0 - tissue
+        glass[len(src) - len(greys) :] = 1.0
+        wt = tissue + glass * (GLASS_WEIGHT * tissue.sum() / max(glass.sum(), 1e-9))
+        x = np.hstack([_od_codes(src.astype(np.float64)), np.ones((len(src), 1))])
+        y = _od_codes(dst.astype(np.float64))
+        r = np.sqrt(wt)[:, None]
+        # a weak pull towards "no change" keeps the map well conditioned when the frame
+        # has little tissue or one colour only (8-bit codes would amplify a wild map)
+        ridge = np.sqrt(RIDGE * wt.sum()) * RIDGE_CODE * np.eye(4)
+        a = np.linalg.lstsq(
+            np.vstack([x * r, ridge]), np.vstack([y * r, ridge[:, :3]]), rcond=None
+        )[0]
+        return cls(a.T)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The mapped frame; pixels bright in every channel (glass, min >= GLASS_DN) are
+        copied through, so 8-bit OD rounding (a few DN near white) never tints glass."""
+        h, w = image.shape[:2]
+        flat = np.ascontiguousarray(image).reshape(h, w * 3)
+        od = cv2.LUT(flat, _LUT_OD).reshape(h, w, 3)
+        od2 = cv2.transform(od, self.m)
+        out = cv2.LUT(od2.reshape(h, w * 3), _LUT_EXP).reshape(h, w, 3)
+        glass = cv2.inRange(image, (GLASS_DN,) * 3, (255, 255, 255))
+        cv2.copyTo(image, glass, out)
+        return out
+
+
+def _sample(image: np.ndarray) -> np.ndarray:
+    """Every n-th pixel each way (n <= FIT_STEP) keeping at least MIN_SAMPLE pixels."""
+    h, w = image.shape[:2]
+    step = int(max(1, min(FIT_STEP, np.sqrt(h * w / MIN_SAMPLE))))
+    return np.ascontiguousarray(image[::step, ::step])
+
+
 class ReinhardNormalizer:
     """Maps the Lab statistics of the tissue in frames onto `target`, blended by the
     smooth tissue weight so glass stays as it is.
@@ -191,24 +268,38 @@ class ReinhardNormalizer:
         y = (x - src[0]) * (t[1] / np.maximum(src[1], 1e-3)) + t[0]
         return np.clip(np.rint(y), 0, 255).astype(np.uint8).reshape(256, 1, 3)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Normalized HxWx3 uint8 RGB copy of `image` (glass unchanged)."""
+    def exact(self, image: np.ndarray, src: np.ndarray | None = None) -> np.ndarray:
+        """The method itself on every pixel: Lab statistics mapped to the target, blended
+        by the tissue weight (HxWx3 uint8 RGB; `src` 2x3 source stats, 8-bit Lab)."""
         lab = _lab8(image)
-        weight = tissue_weight(lab)
-        if self.fixed_source is not None:
-            src = self._to8(self.fixed_source)
-        else:
-            mean8, std8, frac = _weighted(np.ascontiguousarray(lab[::4, ::4]))
-            if frac <= 0:
+        if src is None:
+            src = self._source_stats(lab)
+            if src is None:
                 return image.copy()  # glass only: nothing to normalize
-            cur = np.stack([mean8, np.maximum(std8, 1e-3)])
-            if self._source is None or self.momentum == 0:
-                self._source = cur
-            else:
-                self._source = self.momentum * self._source + (1 - self.momentum) * cur
-            src = self._source
         norm = cv2.cvtColor(cv2.LUT(lab, self._table(src)), cv2.COLOR_LAB2RGB)
-        return blend(image, norm, weight)
+        return blend(image, norm, tissue_weight(lab))
+
+    def _source_stats(self, lab_small: np.ndarray) -> np.ndarray | None:
+        if self.fixed_source is not None:
+            return self._to8(self.fixed_source)
+        mean8, std8, frac = _weighted(lab_small)
+        if frac <= 0:
+            return None
+        cur = np.stack([mean8, np.maximum(std8, 1e-3)])
+        if self._source is None or self.momentum == 0:
+            self._source = cur
+        else:
+            self._source = self.momentum * self._source + (1 - self.momentum) * cur
+        return self._source
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Normalized HxWx3 uint8 RGB copy of `image` (glass unchanged): the exact method
+        on every 12th pixel, an ODMap fitted to it, applied to the whole frame."""
+        small = _sample(image)
+        src = self._source_stats(_lab8(small))
+        if src is None:
+            return image.copy()
+        return ODMap.fit(small, self.exact(small, src))(image)
 
 
 def blend(original: np.ndarray, normalized: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -284,11 +375,10 @@ def fit_stain_target(
 
 class MacenkoNormalizer:
     """Re-synthesises the tissue of frames with the target's stains (stain vectors
-    estimated per frame on every 4th pixel), blended by the tissue weight.
+    estimated per frame on every 12th pixel), blended by the tissue weight.
 
-    Per pixel this is linear in optical density: od_out = od @ M with the 3x3
-    M = pinv(frame stains) * (target max / frame max) @ target stains, so a frame costs
-    one float LUT (OD), one 3x3 transform, one exp and the blend.
+    Per pixel the stain swap is linear in optical density: od_out = od @ M with the 3x3
+    M = pinv(frame stains) * (target max / frame max) @ target stains.
     """
 
     def __init__(self, target: StainTarget):
@@ -296,20 +386,33 @@ class MacenkoNormalizer:
         bg = target.background
         self._od_lut = (-np.log((np.arange(256) + 1.0) / bg)).astype(np.float32).reshape(256, 1)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        bg = self.target.background
-        small = np.ascontiguousarray(image[::4, ::4])
+    def _matrix(self, image: np.ndarray) -> np.ndarray | None:
         try:
-            stains, max_c = stain_vectors(small, bg)
+            stains, max_c = stain_vectors(_sample(image), self.target.background)
         except MeasurementError:
-            return image.copy()  # glass only: nothing to normalize
+            return None  # glass only: nothing to normalize
         scale = np.asarray(self.target.max_conc) / np.maximum(max_c, 1e-6)
-        m = (np.linalg.pinv(stains) * scale[None, :]) @ np.asarray(self.target.stains)
+        return (np.linalg.pinv(stains) * scale[None, :]) @ np.asarray(self.target.stains)
+
+    def exact(self, image: np.ndarray, m: np.ndarray | None = None) -> np.ndarray:
+        """The method on every pixel (float OD maths), blended by the tissue weight."""
+        m = self._matrix(image) if m is None else m
+        if m is None:
+            return image.copy()
+        bg = self.target.background
         od = cv2.LUT(image, np.repeat(self._od_lut, 3, axis=1).reshape(256, 1, 3))
-        od2 = cv2.transform(od, (-m.T).astype(np.float32))  # -od_out
-        out = cv2.exp(od2)
+        out = cv2.exp(cv2.transform(od, (-m.T).astype(np.float32)))  # exp(-od_out)
         norm = cv2.convertScaleAbs(out, alpha=bg)
         return blend(image, norm, tissue_weight(_lab8(image)))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Normalized copy: stains from every 12th pixel, the exact method there, an ODMap
+        fitted to it applied to the whole frame."""
+        m = self._matrix(image)
+        if m is None:
+            return image.copy()
+        small = _sample(image)
+        return ODMap.fit(small, self.exact(small, m))(image)
 
 
 def normalizer_from_manifest(color_norm) -> Optional[Callable[[np.ndarray], np.ndarray]]:

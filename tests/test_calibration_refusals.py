@@ -115,7 +115,8 @@ def test_real_he_normalized_to_each_other(source):
     assert glass.sum() > 1000  # there is glass in these fields
     ab = cv2.cvtColor(out, cv2.COLOR_RGB2LAB)[glass][:, 1:].astype(float) - 128
     assert np.abs(ab.mean(axis=0)).max() <= 4.0
-    assert np.array_equal(out[glass], img[glass])
+    change = np.abs(out[glass].astype(int) - img[glass]).mean()
+    assert change <= 2.0, change  # DN, mean over the glass: glass is left as it was
 
 
 def test_real_he_target_accepted_and_charuco_refused(tmp_path, capsys):

@@ -418,6 +418,30 @@ def cmd_evaluate(args) -> int:
     return 0 if res["pass"] else 1
 
 
+def cmd_bench_color(args) -> int:
+    from lucida.tools.calibrate.color_bench import bench_color
+
+    res = bench_color(args.frames, args.seed)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['frame']} frames, load average {res['loadavg']:.2f} (shared cores: noisy)")
+        rt = res["lab_round_trip"]["cpu_ms"]
+        print(
+            f"  Lab round trip (peer): CPU p50/p90/p99 {rt['p50']} / {rt['p90']} / {rt['p99']} ms"
+        )
+        for name in ("reinhard", "macenko"):
+            r = res[name]
+            c, w = r["cpu_ms"], r["wall_ms"]
+            print(
+                f"  {name}: CPU p50/p90/p99 {c['p50']} / {c['p90']} / {c['p99']} ms on one thread, "
+                f"wall p50 {w['p50']} ms; limit {r['limit_ms']} ms (ratio "
+                f"{r['ratio_cpu_p50_to_limit']}), {r['ratio_cpu_p50_to_lab_round_trip']}x the peer"
+            )
+        print("PASS" if res["pass"] else "FAIL")
+    return 0 if res["pass"] else 1
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -501,6 +525,14 @@ def register(sub) -> None:
     )
     q.add_argument("--images", nargs="+", required=True, help="images of the training domain")
     q.add_argument("--method", choices=("reinhard", "macenko"), default="reinhard")
+
+    q = add(
+        "bench-color",
+        cmd_bench_color,
+        "bench: colour normalization per 1080p frame (p50/p90/p99) against its limits",
+    )
+    q.add_argument("--frames", type=int, default=30)
+    q.add_argument("--seed", type=int, default=0)
 
     q = add(
         "manual", cmd_manual, "manual registration: nudge circles onto a target slide (ARM-style)"
