@@ -79,3 +79,37 @@ def to_rgb(lut: np.ndarray, h_units: np.ndarray, e_units: np.ndarray) -> np.ndar
     return cv2.remap(
         lut, e_units, h_units, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
+
+
+def _rotate_towards(v: np.ndarray, to: np.ndarray, t: float) -> np.ndarray:
+    return _unit((1 - t) * np.asarray(v) + t * np.asarray(to))
+
+
+# Held-out stain protocols: each is beyond the range Stain.random draws for training
+# slides (vector noise sd 0.07, strengths 0.6-1.4 / 0.55-1.5, casts -6..+3 %).
+STAIN_SHIFTS = {
+    "hue": "both stain vectors turned towards blue (a different haematoxylin / eosin lot)",
+    "faded": "H and E at 0.35x (an old, faded or under-stained slide)",
+    "over": "H and E at 2x (over-stained)",
+    "ratio": "H 1.8x, E 0.4x (a different H:E ratio)",
+}
+
+
+def shifted_stain(stain: Stain, kind: str) -> Stain:
+    """`stain` under one held-out protocol of STAIN_SHIFTS (same tissue, other colours)."""
+    from dataclasses import replace
+
+    if kind == "hue":
+        blue = np.array([0.7, 0.6, 0.2])  # absorbs red and green: looks blue
+        return replace(
+            stain,
+            h_od=tuple(float(v) for v in _rotate_towards(stain.h_od, blue, 0.35)),
+            e_od=tuple(float(v) for v in _rotate_towards(stain.e_od, blue, 0.35)),
+        )
+    if kind == "faded":
+        return replace(stain, h_scale=stain.h_scale * 0.35, e_scale=stain.e_scale * 0.35)
+    if kind == "over":
+        return replace(stain, h_scale=stain.h_scale * 2.0, e_scale=stain.e_scale * 2.0)
+    if kind == "ratio":
+        return replace(stain, h_scale=stain.h_scale * 1.8, e_scale=stain.e_scale * 0.4)
+    raise ValueError(f"unknown stain shift {kind!r}; expected one of {', '.join(STAIN_SHIFTS)}")
