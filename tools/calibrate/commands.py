@@ -442,6 +442,27 @@ def cmd_bench_color(args) -> int:
     return 0 if res["pass"] else 1
 
 
+def cmd_bench_charuco(args) -> int:
+    from lucida.tools.calibrate.charuco_bench import bench_charuco
+
+    res = bench_charuco(args.images, args.intrinsics, args.repeats)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"load average {res['loadavg']:.2f} (shared cores: times are noisy)")
+        for r in res["photos"]:
+            o, c = r["ours_ms"], r["opencv_ms"]
+            print(
+                f"  {Path(r['image']).name}: {r['corners']} corners (OpenCV {r['opencv_corners']}), "
+                f"{r['mean_disagreement_px']} px apart, flat-board RMS {r['flat_board_rms_px']} px; "
+                f"ours p50/p90/p99 {o['p50']}/{o['p90']}/{o['p99']} ms, OpenCV "
+                f"{c['p50']}/{c['p90']}/{c['p99']} ms, ratio {r['ratio_p50']}"
+            )
+        print(f"ratio ours/OpenCV (p50, all photos) {res['ratio_p50_all']} (limit 1.5)")
+        print("PASS" if res["pass"] else "FAIL")
+    return 0 if res["pass"] else 1
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -525,6 +546,15 @@ def register(sub) -> None:
     )
     q.add_argument("--images", nargs="+", required=True, help="images of the training domain")
     q.add_argument("--method", choices=("reinhard", "macenko"), default="reinhard")
+
+    q = add(
+        "bench-charuco",
+        cmd_bench_charuco,
+        "bench: ChArUco detection vs OpenCV's CharucoDetector on photos of a printed board",
+    )
+    q.add_argument("--images", nargs="+", required=True, help="photos of a 5x7 DICT_6X6_250 board")
+    q.add_argument("--intrinsics", help="OpenCV calibration YAML of the camera (for undistortion)")
+    q.add_argument("--repeats", type=int, default=15)
 
     q = add(
         "bench-color",
