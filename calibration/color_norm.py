@@ -101,12 +101,12 @@ def _weighted_chroma(lab8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, f
 MIN_TISSUE = 0.05  # tissue fraction a colour target must be measured on
 MIN_STD = 0.5  # Lab units: a target with less spread in any channel is degenerate
 MIN_MEAN_L = 15.0  # L*: a darker field is black, not tissue
-MIN_CHROMA = 18.0  # Lab units: stained tissue is coloured (real H&E 29-37; a board photo 13)
+MIN_A = 6.0  # a*: H&E tissue is pink to purple (real and virtual 10-42; a board photo 2)
 
 
 def _check_tissue(lab8: np.ndarray, what: str) -> None:
     """Refuse a colour-target image without enough stained tissue (RefusedInputError)."""
-    mean8, std8, frac, chroma = _weighted_chroma(lab8)
+    mean8, std8, frac, _ = _weighted_chroma(lab8)
     if mean8[0] / _L8 < MIN_MEAN_L:
         raise RefusedInputError(
             f"{what} is black (mean L* {mean8[0] / _L8:.0f}, need >= {MIN_MEAN_L:.0f}): no light, "
@@ -122,10 +122,11 @@ def _check_tissue(lab8: np.ndarray, what: str) -> None:
             f"{what} has no colour spread (Lab std {np.round(std8, 2).tolist()}, need >= "
             f"{MIN_STD} in every channel): a flat or synthetic field, not stained tissue"
         )
-    if chroma < MIN_CHROMA:
+    if mean8[1] - 128 < MIN_A:
         raise RefusedInputError(
-            f"{what} has no stained tissue: its dark parts are grey (mean chroma {chroma:.1f}, "
-            f"need >= {MIN_CHROMA:.0f}); a pattern or black-and-white image, not H&E"
+            f"{what} has no stained tissue: its dark parts are not pink or purple (mean a* "
+            f"{mean8[1] - 128:.1f}, need >= {MIN_A:.0f}; H&E is 10-40); a pattern or a "
+            "black-and-white image?"
         )
 
 
