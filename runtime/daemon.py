@@ -25,7 +25,7 @@ from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
 from lucida.overlay.sinks import JpegStream, make_sink
 
 from .config import ConfigError, DaemonConfig, load_config
-from .engine import Engine
+from .devices import build_engine
 from .events import EventLog
 from .models import ActiveModel, ModelSelector
 from .pipeline import Optics, Pipeline, nominal_um_per_px
@@ -365,6 +365,7 @@ class Daemon:
         if self.serial is not None:
             self.serial.stop()
         self.pipeline.stop()
+        self.models.close()  # several Edge TPUs: their threads and delegates
         if self.http is not None:
             self.http.stop()
             self.http = None
@@ -383,6 +384,7 @@ class Daemon:
         if self.serial is not None:
             self.serial.stop()
         self.pipeline.stop()
+        self.models.close()
         self.config = new
         self._build()
         self._restore_settings()
@@ -441,10 +443,13 @@ class Daemon:
         if active is None:
             return {"ok": False, "error": "no model is running"}
         bundle = active.engine.bundle
-        engine = Engine(
+        engine = build_engine(
             bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
         )
-        result = engine.health_check(raise_on_fail=False)
+        try:
+            result = engine.health_check(raise_on_fail=False)
+        finally:
+            engine.close()
         self.events("health", model=bundle.name, **result)
         return {
             **result,
@@ -523,7 +528,7 @@ class Daemon:
     def _activate(self, bundle: Bundle) -> dict:
         """Load, health-check, then swap in between two frames; on failure nothing changes."""
         with self._swap_lock:
-            engine = Engine(
+            engine = build_engine(
                 bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
             )
             health = engine.health_check()  # raises HealthCheckError: the running model stays
@@ -576,7 +581,7 @@ class Daemon:
             if active is None:
                 raise ValueError("no model is running; name a bundle to benchmark")
             bundle = active.engine.bundle
-        engine = Engine(
+        engine = build_engine(
             bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
         )
         m = bundle.manifest
@@ -592,6 +597,7 @@ class Daemon:
             t0 = time.perf_counter_ns()
             engine.infer_tile(tile)
             times.append(time.perf_counter_ns() - t0)
+        engine.close()
         info = engine.info
         return {
             "bundle": bundle.name,

@@ -12,6 +12,7 @@ import numpy as np
 from lucida.models import Bundle, Registry
 from lucida.overlay.contours import ContourParams
 
+from .devices import build_engine
 from .engine import Engine
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class ModelSelector:
         bundle: Bundle | None = None,
         registry: Registry | None = None,
         task: str = "lymph",
-        device: str = "auto",
+        device: str | list[str] = "auto",
         num_threads: int | None = None,
     ):
         if bundle is None and registry is None:
@@ -76,10 +77,24 @@ class ModelSelector:
         with self._lock:
             e = self._engines.get(bundle.name)
             if e is None or e.bundle.path != bundle.path:
-                e = Engine(bundle, device=self.device, num_threads=self.num_threads)
-                self._engines[bundle.name] = e
+                e = build_engine(bundle, device=self.device, num_threads=self.num_threads)
+                self._keep(bundle.name, e)
                 log.info("loaded %s on %s (%s)", bundle.name, e.info.delegate, e.info.backend)
             return e
+
+    def _keep(self, name: str, engine: Engine) -> None:
+        """Store `engine` for bundle `name`; the one it replaces releases its devices' threads
+        (a frame still running on it finishes on the calling thread)."""
+        old = self._engines.get(name)
+        self._engines[name] = engine
+        if old is not None and old is not engine:
+            old.close()
+
+    def close(self) -> None:
+        """Release every engine's devices (several Edge TPUs: their threads)."""
+        with self._lock:
+            for e in self._engines.values():
+                e.close()
 
     def for_objective(self, objective: str | None) -> ActiveModel | None:
         pinned = self.pinned
@@ -109,14 +124,14 @@ class ModelSelector:
         """Run `bundle` (already loaded and checked as `engine`, if given) wherever it applies."""
         with self._lock:
             if engine is not None:
-                self._engines[bundle.name] = engine
+                self._keep(bundle.name, engine)
             self.pinned = bundle
 
     def replace(self, bundle: Bundle) -> ActiveModel:
         """Use `bundle` from now on (a deploy or an activate): built before it is swapped in."""
-        engine = Engine(bundle, device=self.device, num_threads=self.num_threads)
+        engine = build_engine(bundle, device=self.device, num_threads=self.num_threads)
         with self._lock:
-            self._engines[bundle.name] = engine
+            self._keep(bundle.name, engine)
             if self.bundle is not None:
                 self.bundle = bundle
         return ActiveModel.of(engine, bundle.manifest.contours)

@@ -148,7 +148,7 @@ def model_record(bundle, model_file: str = "cpu.tflite") -> dict:
     """What the DB keeps about a bundle's model: name, path, kind, candidate seed/spec, features,
     metrics."""
     from lucida.tools.latency.candidates import read_spec
-    from lucida.tools.latency.kernels import model_features
+    from lucida.tools.latency.whole_model import model_features
 
     spec = read_spec(bundle)
     path = bundle.file(model_file)
@@ -307,6 +307,7 @@ def pick_anchors(db: LatencyDB, target: str, backends: set, exclude: set, k: int
         (m, x)
         for m, x in db.measurements(target)
         if x.backend in backends
+        and m["kind"] in ("bundle", "candidate")  # not sampled kernels or zoo files: no bundle
         and m["sha256"] not in exclude
         and m["path"]
         and Path(m["path"]).is_file()

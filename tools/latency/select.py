@@ -67,6 +67,7 @@ class Choice:
     margin: float = 0.0  # predicted: the p90 safety margin already applied to invoke_p90_ms
     measured_frame_p90_ms: float | None = None  # known measurement (regret evaluation)
     predicted_frame_p90_ms: float | None = None  # predicted with margin (regret evaluation)
+    predictor: str | None = None  # predicted: "kernel-level" | "whole-model" | "edgetpu-analytic"
     fits: bool = False
     score: float | None = None
 
@@ -159,13 +160,19 @@ def gather(
     um_per_px: float | None = None,
     predicted_only: bool = False,
 ) -> tuple[list[Choice], list[str]]:
-    """Choices for the bundles, and notes on those left out (no accuracy, no latency)."""
-    from lucida.models import resolve_bundle
-    from lucida.tools.latency.kernels import PredictorError, model_features, predict
-    from lucida.tools.latency.predict import load_predictor
+    """Choices for the bundles, and notes on those left out (no accuracy, no latency).
 
+    Measured figures: the bundle's model measured on target (for an Edge TPU target such as
+    coral-usb/rpi4: its edgetpu.tflite measured on any device with an Edge TPU delegate, i.e.
+    `lucida profile --target http://DEVICE:8080`). Else predicted (`predict.predict_model`:
+    the Edge TPU estimate, the kernel-level or the whole-model predictor), marked so, with the
+    predictor's safety margin on p90."""
+    from lucida.models import resolve_bundle
+    from lucida.tools.latency import edgetpu
+    from lucida.tools.latency.predict import predict_model
+
+    tpu = edgetpu.is_edgetpu_target(target)
     choices, notes = [], []
-    predictor = None
     for spec in specs:
         bundle = resolve_bundle(spec)
         acc = accuracy_of(bundle, metric, objective)
@@ -180,23 +187,25 @@ def gather(
             continue
         tiles = tiles_per_frame(bundle, objective, um_per_px)
         known = None
-        for f in ("edgetpu.tflite", "cpu.tflite"):
-            if f in bundle.manifest.files and known is None:
-                known = db.get(bundle.sha256(f), target)
+        if tpu:
+            if "edgetpu.tflite" in bundle.manifest.files:
+                known = db.on_delegate(bundle.sha256("edgetpu.tflite"), "edgetpu")
+        else:
+            for f in ("edgetpu.tflite", "cpu.tflite"):
+                if f in bundle.manifest.files and known is None:
+                    known = db.get(bundle.sha256(f), target)
         pred = None
         if predicted_only or known is None:
             try:
-                predictor = predictor or load_predictor(db, target)
-            except PredictorError as exc:
+                pred = predict_model(db, target, str(bundle.path))
+            except ValueError as exc:  # no predictor, unreadable model
                 if known is None:
                     notes.append(
-                        f"{bundle.name}: not measured on {target} and no predictor ({exc})"
+                        f"{bundle.name}: not measured on {target} and no predictor "
+                        f"({str(exc).split(';')[0]}); measure it (seconds): "
+                        f"{fill_in_command([_unmeasured(bundle)], target)}"
                     )
                     continue
-            else:
-                feats = model_features(bundle.file("cpu.tflite"))
-                pred = predict(predictor, feats)
-                pred["margin"] = float(predictor["margin"])
         if known is not None and not predicted_only:
             p50, p90, source, margin = known.p50_ms, known.p90_ms, "measured", 0.0
         else:
@@ -213,6 +222,7 @@ def gather(
             frame_p90_ms=round(p90 * tiles, 3),
             source=source,
             margin=margin,
+            predictor=pred["predictor"] if source == "predicted" else None,
         )
         if known is not None:
             c.measured_frame_p90_ms = round(known.p90_ms * tiles, 3)
@@ -220,6 +230,40 @@ def gather(
             c.predicted_frame_p90_ms = round(pred["p90_ms"] * (1 + pred["margin"]) * tiles, 3)
         choices.append(c)
     return choices, notes
+
+
+def _unmeasured(bundle) -> Choice:
+    return Choice(bundle.name, str(bundle.path), 0.0, 1, 0, 0, 0, 0, "predicted")
+
+
+def fill_in_command(choices: list[Choice], target: str) -> str | None:
+    """The one command that measures the bundles whose figures are predicted (None if none):
+    local profiling takes seconds per bundle; an Edge TPU target needs the device's daemon."""
+    from lucida.tools.latency import edgetpu
+
+    paths = [c.path for c in choices if c.source == "predicted"]
+    if not paths:
+        return None
+    if edgetpu.is_edgetpu_target(target):
+        return "lucida profile --target http://DEVICE:8080 --token TOKEN " + " ".join(paths)
+    if target.startswith(("http://", "https://")):
+        return f"lucida profile --target {target} --token TOKEN " + " ".join(paths)
+    return "lucida profile " + " ".join(paths)
+
+
+def why(chosen: Choice, budget: float, metric: str) -> str:
+    """One line: why this bundle (accuracy, its p90 against the budget, measured or predicted)."""
+    spare = budget - chosen.frame_p90_ms
+    src = (
+        "measured"
+        if chosen.source == "measured"
+        else f"predicted by the {chosen.predictor} predictor, p90 +{chosen.margin * 100:.0f}% margin"
+    )
+    return (
+        f"{chosen.name}: the most accurate that fits ({metric} {chosen.accuracy:.4f}); p90 "
+        f"{chosen.frame_p90_ms:.2f} ms/frame ({src}) leaves {spare:.2f} ms "
+        f"({spare / budget * 100:.0f}%) of the {budget:.2f} ms budget"
+    )
 
 
 def overhead_for(db: LatencyDB, target: str, explicit: float | None) -> tuple[float, str]:
@@ -342,8 +386,8 @@ def regret(choices: list[Choice], n_budgets: int = 20, mnas_w: float | None = No
     return {
         "bundles": len(both),
         "budgets": n_budgets,
-        "same_pick": agree,
-        "misses": misses,
+        "same_pick": int(agree),
+        "misses": int(misses),
         "rows": rows,
     }
 
@@ -365,7 +409,12 @@ def register(sub) -> None:
     g.add_argument("--fps", type=float, default=None, help="frames per second to sustain")
     p.add_argument("--objective", default="20x", help="objective the model runs at (20x)")
     p.add_argument("--metric", default="fov_auc", help="manifest metric to maximize (fov_auc)")
-    p.add_argument("--target", default="local", help="'local', http://DEVICE:PORT or a DB key")
+    p.add_argument(
+        "--target",
+        default="local",
+        help="'local', http://DEVICE:PORT, a DB key, or an Edge TPU target (coral-usb3/x86_64, "
+        "coral-usb/rpi4, coral-usb2/rpi3, coral-pcie/devboard: estimated)",
+    )
     p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (1)")
     p.add_argument("--clock", choices=("cpu", "wall"), default=None, help="local: clock")
     p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")
@@ -402,8 +451,13 @@ def run(args) -> int:
     for n in notes:
         print(f"lucida select: note: {n}", file=sys.stderr)
     if not choices:
+        from lucida.models import resolve_bundle
+
+        cmd = fill_in_command([_unmeasured(resolve_bundle(b)) for b in args.bundles], target)
         raise SelectError(
-            f"none of the {len(args.bundles)} bundles can be compared: " + "; ".join(notes)
+            f"none of the {len(args.bundles)} bundles can be compared: "
+            + "; ".join(n.split("; measure it")[0] for n in notes)
+            + f". Measure them (a few seconds per bundle): {cmd}"
         )
     if args.evaluate_regret:
         r = regret(choices, args.budgets, args.mnas_w)
@@ -442,6 +496,10 @@ def run(args) -> int:
         "overhead_ms": overhead if args.fps else None,
         "overhead_source": overhead_src if args.fps else None,
         "chosen": chosen.name if chosen else None,
+        "why": why(chosen, budget, args.metric) if chosen else None,
+        "margin_ms": round(budget - chosen.frame_p90_ms, 3) if chosen else None,
+        "chosen_source": chosen.source if chosen else None,
+        "fill_in": fill_in_command(choices, target),
         "closest": closest.name if closest else None,
         "candidates": [asdict(c) for c in sorted(choices, key=lambda c: c.frame_p90_ms)],
         "left_out": notes,
@@ -474,10 +532,7 @@ def _print(result, choices, chosen, closest, budget) -> None:
             f"{c.frame_p90_ms:>10.3f}  {src}{'' if c.fits else '  over budget'}"
         )
     if chosen is not None:
-        print(
-            f"chosen: {chosen.name} ({result['metric']} {chosen.accuracy:.4f}, "
-            f"p90 {chosen.frame_p90_ms:.2f} ms/frame of {budget:.2f})"
-        )
+        print(f"chosen: {result['why']}")
     else:
         over = closest.frame_p90_ms - budget
         print(
@@ -485,5 +540,7 @@ def _print(result, choices, chosen, closest, budget) -> None:
             f"{closest.frame_p90_ms:.2f} ms/frame ({over:.2f} ms, "
             f"{over / budget * 100:.0f}% over)"
         )
+    if result["fill_in"]:
+        print(f"predicted figures; measure them with: {result['fill_in']}")
     if result["plot"]:
         print(f"plot: {result['plot']}")
