@@ -81,21 +81,14 @@ def tissue_weight(lab8: np.ndarray) -> np.ndarray:
 def _weighted(lab8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """(mean, std) 3-vectors in 8-bit Lab units, weighted by the tissue weight, and the
     tissue fraction (mean weight, 0..1)."""
-    mean, std, frac, _ = _weighted_chroma(lab8)
-    return mean, std, frac
-
-
-def _weighted_chroma(lab8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """_weighted plus the tissue's mean chroma (Lab units)."""
     px = lab8.reshape(-1, 3).astype(np.float64)
     w = tissue_weight(lab8).reshape(-1).astype(np.float64) / 255.0
     total = float(w.sum())
     if total <= 0:
-        return px.mean(axis=0), px.std(axis=0), 0.0, 0.0
+        return px.mean(axis=0), px.std(axis=0), 0.0
     mean = (w[:, None] * px).sum(axis=0) / total
     std = np.sqrt((w[:, None] * (px - mean) ** 2).sum(axis=0) / total)
-    chroma = float((w * np.hypot(px[:, 1] - 128, px[:, 2] - 128)).sum() / total)
-    return mean, std, total / len(w), chroma
+    return mean, std, total / len(w)
 
 
 MIN_TISSUE = 0.05  # tissue fraction a colour target must be measured on
@@ -106,7 +99,7 @@ MIN_A = 6.0  # a*: H&E tissue is pink to purple (real and virtual 10-42; a board
 
 def _check_tissue(lab8: np.ndarray, what: str) -> None:
     """Refuse a colour-target image without enough stained tissue (RefusedInputError)."""
-    mean8, std8, frac, _ = _weighted_chroma(lab8)
+    mean8, std8, frac = _weighted(lab8)
     if mean8[0] / _L8 < MIN_MEAN_L:
         raise RefusedInputError(
             f"{what} is black (mean L* {mean8[0] / _L8:.0f}, need >= {MIN_MEAN_L:.0f}): no light, "
