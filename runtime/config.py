@@ -57,6 +57,9 @@ class ModelsConfig(_Strict):
         Annotated[List[Annotated[str, Field(pattern=r"^(usb|pci):\d+$")]], Field(min_length=1)],
     ] = "auto"
     num_threads: Optional[int] = Field(default=None, ge=1)
+    # several devices, a bundle per objective: each bundle on devices of its own, all loaded
+    # at start, so a turn of the nosepiece reloads nothing (docs/accelerators.md)
+    preload: bool = False
     dirs: List[str] = Field(
         default_factory=list
     )  # extra bundle folders, searched after deployed ones

@@ -136,6 +136,7 @@ class Daemon:
             task=cfg.models.task,
             device=cfg.models.device,
             num_threads=cfg.models.num_threads,
+            preload=cfg.models.preload,
         )
         active = self.store.active()
         if active is not None:
@@ -348,7 +349,8 @@ class Daemon:
     def start(self) -> None:
         objectives = set(self.config.serial.positions.values()) if self.serial else set()
         loaded = self.models.preload(objectives | {self.config.source.objective})
-        self.events("models_loaded", models=loaded)
+        m = self.models  # placement: each bundle's own devices (models.preload), or why not
+        self.events("models_loaded", models=loaded, placement=m.placement, note=m.placement_note)
         self._restore_settings()
         self.pipeline.start()
         if self.serial is not None:

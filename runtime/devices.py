@@ -42,10 +42,23 @@ def build_engine(
     if not isinstance(device, (list, tuple)) and device != "all":
         return Engine(bundle, device=device, backend=backend, num_threads=num_threads)
     be = backend if isinstance(backend, Backend) else select_backend(backend)
-    specs = list(device) if device != "all" else [t.spec for t in list_edge_tpus(be)]
+    specs = device_specs(device, be)
     if len(specs) >= 2:
         return MultiEngine(bundle, specs, backend=be, num_threads=num_threads)
     return Engine(bundle, device=specs[0] if specs else "auto", backend=be, num_threads=num_threads)
+
+
+def device_specs(
+    device: str | list[str] | tuple, backend: str | Backend | None = None
+) -> list[str]:
+    """The Edge TPUs a `models.device` value names: the list itself, every one found for "all",
+    the one spec for "usb:N"/"pci:N"; none for "auto", "edgetpu" or "cpu"."""
+    if isinstance(device, (list, tuple)):
+        return list(device)
+    if device == "all":
+        be = backend if isinstance(backend, Backend) else select_backend(backend)
+        return [t.spec for t in list_edge_tpus(be)]
+    return [device] if device.startswith(("usb:", "pci:")) else []
 
 
 class DeviceSlot:

@@ -225,7 +225,7 @@ def test_profile_anchors_are_bundles_never_sampled_kernels(tmp_path):
     import hashlib
 
     from lucida.tools.latency.db import LatencyDB, Measurement
-    from lucida.tools.latency.profile import pick_anchors
+    from lucida.tools.latency.timing import pick_anchors
 
     real = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
     with LatencyDB(tmp_path / "lat.sqlite") as db:

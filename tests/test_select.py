@@ -10,6 +10,7 @@ import pytest
 from lucida.models.bundle import update_manifest
 from lucida.tools.cli import main
 from lucida.tools.latency.db import LatencyDB, Measurement
+from lucida.tools.latency.pareto import regret
 from lucida.tools.latency.select import (
     DEFAULT_OVERHEAD_MS,
     Choice,
@@ -17,7 +18,6 @@ from lucida.tools.latency.select import (
     SelectError,
     frame_budget_ms,
     pick,
-    regret,
     tiles_per_frame,
 )
 

@@ -80,7 +80,7 @@ def measure_files(
 ) -> dict[str, Measurement]:
     """Measure models (name, .tflite bytes, record for db.add_model) not yet in the DB for this
     CPU; {sha256: Measurement} for all of them (cached ones included)."""
-    from lucida.tools.latency.profile import HostDrift, measure
+    from lucida.tools.latency.timing import HostDrift, measure
     from tqdm import tqdm
 
     target = resolve_target("local", 1, "cpu")
@@ -138,7 +138,7 @@ def anchor_points(db: LatencyDB, target: str, backend: str) -> dict[str, tuple[M
     """The anchor kernels with their reference figures on this target (measured now, together,
     the first time: they define the target's scale)."""
     from lucida.tools.latency.kernel_space import build
-    from lucida.tools.latency.profile import measure
+    from lucida.tools.latency.timing import measure
 
     blobs = {}
     for spec in ANCHORS:
