@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,8 +15,6 @@ from lucida.runtime.engine import Engine
 from lucida.tools.cli import main
 
 pytestmark = pytest.mark.tf
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "realdata" / "models"
-BIRDS = REAL / "mobilenet_v2_1.0_224_inat_bird_quant.tflite"
 
 
 def _run(capsys, *argv):
@@ -209,21 +206,24 @@ def test_check_and_bundle_take_a_bundle_folder(tiny_bundle, capsys):
     assert "cpu.tflite" in out and "Traceback" not in out
 
 
-@pytest.mark.skipif(not BIRDS.exists(), reason="real classifier not in ../shared/realdata/models")
 def test_real_classifier_with_flags_only_matches_plain_litert(tmp_path, capsys):
     from ai_edge_litert.interpreter import Interpreter
+    from realdata import real
+
+    birds = real("models", "mobilenet_v2_1.0_224_inat_bird_quant.tflite")
+    labels, photo = real("models", "inat_bird_labels.txt"), real("models", "parrot.jpg")
 
     code, out = _run(
         capsys,
         "bundle",
         "--cpu",
-        BIRDS,
+        birds,
         "--labels",
-        REAL / "inat_bird_labels.txt",
+        labels,
         "--normalization",
         "raw",
         "--golden-input",
-        REAL / "parrot.jpg",
+        photo,
         "--name",
         "birds",
         "--task",
@@ -234,11 +234,11 @@ def test_real_classifier_with_flags_only_matches_plain_litert(tmp_path, capsys):
         tmp_path / "birds",
     )
     assert code == 0, out
-    code, out = _run(capsys, "infer", tmp_path / "birds", REAL / "parrot.jpg", "--json")
+    code, out = _run(capsys, "infer", tmp_path / "birds", photo, "--json")
     top = json.loads(out[out.index("{") :])["top"][0]
-    it = Interpreter(str(BIRDS))  # plain LiteRT, as pycoral's classify_image does
+    it = Interpreter(str(birds))  # plain LiteRT, as pycoral's classify_image does
     it.allocate_tensors()
-    rgb = cv2.cvtColor(cv2.imread(str(REAL / "parrot.jpg")), cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
     x = cv2.resize(rgb, (224, 224), interpolation=cv2.INTER_AREA)
     it.set_tensor(it.get_input_details()[0]["index"], x[None])
     it.invoke()
@@ -250,7 +250,7 @@ def test_real_classifier_with_flags_only_matches_plain_litert(tmp_path, capsys):
         capsys,
         "bundle",
         "--cpu",
-        BIRDS,
+        birds,
         "--name",
         "b",
         "--task",
