@@ -54,14 +54,15 @@ class Bundle:
     def sha256(self, name: str = "cpu.tflite") -> str:
         return self.manifest.files[name].sha256
 
-    def golden(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(input uint8 HxWx3, expected output float32) or None when the bundle has no golden pair."""
+    def golden(self, model_file: str = "cpu.tflite") -> tuple[np.ndarray, np.ndarray] | None:
+        """(input uint8 HxWx3, expected output float32 of `model_file`) or None when the bundle
+        has no golden pair. A model file without its own golden output uses cpu.tflite's."""
         g = self.manifest.golden
         if g is None:
             return None
         try:
             x = np.load(self.path / g.input, allow_pickle=False)
-            y = np.load(self.path / g.output, allow_pickle=False)
+            y = np.load(self.path / g.outputs.get(model_file, g.output), allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise BundleError(f"bundle {self.name}: golden I/O unreadable: {exc}") from None
         return x, y
@@ -125,7 +126,8 @@ def load_bundle(path: str | os.PathLike, unpack_dir: str | os.PathLike | None = 
     manifest = read_manifest(path)
     verify_files(path, manifest)
     if manifest.golden is not None:
-        for name in (manifest.golden.input, manifest.golden.output):
+        g = manifest.golden
+        for name in (g.input, g.output, *g.outputs.values()):
             if name not in manifest.files:
                 raise BundleError(
                     f"bundle {manifest.name}: golden file {name} not hashed in 'files'"

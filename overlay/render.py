@@ -36,6 +36,8 @@ class RenderContext:
         coordinates (cell centres at integers) to canvas px; both None when not drawn.
     viewport: (x, y, w, h) of the part of the canvas the observer sees (the square inside
         the eyepiece circle in AR mode); corner items (HUD, scale bar) go inside it.
+    classes: the model's drawable classes (overlay.classes.ClassStyle: index, name, colour,
+        on/off), for per-class colours and the legend; None for a single-class overlay.
     """
 
     objective: str | None = None
@@ -46,6 +48,7 @@ class RenderContext:
     heatmap: np.ndarray | None = None
     heatmap_to_canvas: np.ndarray | None = None
     viewport: tuple[int, int, int, int] | None = None
+    classes: tuple | None = None
 
 
 class Renderer(Protocol):
@@ -120,18 +123,51 @@ class ContourRenderer:
         return max(1, int(w))
 
     def annotate(self, canvas, regions: Regions, ctx: RenderContext | None = None):
+        """Outlines in `color`; regions tagged with a class in that class's colour (ctx.classes)."""
         if regions.empty:
             return canvas
         ctx = ctx or RenderContext()
-        cv2.polylines(
-            canvas,
-            to_fixed(regions.all_polygons()),
-            True,
-            self.color,
-            self.width_for(ctx.objective),
-            cv2.LINE_AA,
-            SHIFT,
-        )
+        width = self.width_for(ctx.objective)
+        for color, polys in _by_color(regions, ctx, self.color):
+            cv2.polylines(canvas, to_fixed(polys), True, color, width, cv2.LINE_AA, SHIFT)
+        return canvas
+
+
+def _by_color(regions: Regions, ctx: RenderContext, default: RGB) -> list:
+    """[(colour, polygons incl. holes)] grouping the regions by their class's colour."""
+    if regions.class_ids is None or not ctx.classes:
+        return [(default, regions.all_polygons())]
+    colors = {c.index: c.color for c in ctx.classes}
+    groups: dict = {}
+    for k, outer, holes in zip(regions.class_ids, regions.contours, regions.holes):
+        groups.setdefault(colors.get(k, default), []).extend([outer, *holes])
+    return list(groups.items())
+
+
+class LegendRenderer:
+    """The classes' colours and names in a corner of the viewport (preview mode); a class that
+    is switched off is listed in grey with "(off)". Draws nothing for a single-class model."""
+
+    def __init__(self, scale: float = 0.5, corner: str = "top-right"):
+        if corner not in ("top-right", "top-left"):
+            raise OverlayError(f"legend corner {corner!r}: expected 'top-right' or 'top-left'")
+        self.scale, self.corner = float(scale), corner
+
+    def annotate(self, canvas, regions: Regions, ctx: RenderContext | None = None):
+        ctx = ctx or RenderContext()
+        if not ctx.classes or len(ctx.classes) < 2:
+            return canvas
+        vx, vy, vw, _vh = _viewport(canvas, ctx)
+        line = int(28 * self.scale) + 6
+        labels = [c.name + ("" if c.on else " (off)") for c in ctx.classes]
+        text_w = max(cv2.getTextSize(t, FONT, self.scale, 1)[0][0] for t in labels)
+        box = line - 8
+        x0 = vx + 8 if self.corner == "top-left" else vx + vw - 8 - box - 6 - text_w
+        for i, (c, text) in enumerate(zip(ctx.classes, labels)):
+            y = vy + 8 + i * line
+            color = c.color if c.on else (128, 128, 128)
+            cv2.rectangle(canvas, (x0, y), (x0 + box, y + box), color, -1 if c.on else 1)
+            _put_text(canvas, text, (x0 + box + 6, y + box), color, self.scale, 1)
         return canvas
 
 

@@ -206,10 +206,17 @@ def make_app(daemon) -> web.Application:
             daemon.pipeline.set_overlay(body["enabled"])
         if "threshold" in body:
             daemon.pipeline.set_threshold(float(body["threshold"]))
+        classes = body.get("classes", {})
+        if not isinstance(classes, dict) or not all(
+            isinstance(v, bool) or v == "toggle" for v in classes.values()
+        ):
+            raise ValueError("'classes' must map class names to true, false or \"toggle\"")
+        for name, on in classes.items():
+            daemon.pipeline.set_class(name, None if on == "toggle" else on)
         await in_thread(daemon.save_settings)
-        return web.json_response(
-            {"overlay": daemon.pipeline.overlay_enabled, "threshold": daemon.pipeline.threshold}
-        )
+        state = {"overlay": daemon.pipeline.overlay_enabled, "threshold": daemon.pipeline.threshold}
+        classes = daemon.pipeline.classes()  # only a model with labelled or several classes
+        return web.json_response({**state, "classes": classes} if classes else state)
 
     async def calibration_manual(request):
         return web.json_response(

@@ -21,7 +21,12 @@ import numpy as np
 from lucida.models import Bundle, Registry, load_bundle
 from lucida.models.registry import SHIPPED_DIR
 from lucida.overlay.compose import ARComposer, PreviewComposer
-from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
+from lucida.overlay.render import (
+    ContourRenderer,
+    HudRenderer,
+    LegendRenderer,
+    ScaleBarRenderer,
+)
 from lucida.overlay.sinks import JpegStream, make_sink
 
 from .config import ConfigError, DaemonConfig, load_config
@@ -168,7 +173,9 @@ class Daemon:
             eyepiece_circle=circle,
             renderers=[ContourRenderer(), ScaleBarRenderer(), HudRenderer()],
         )
-        preview = PreviewComposer([ContourRenderer(), ScaleBarRenderer(), HudRenderer()])
+        preview = PreviewComposer(
+            [ContourRenderer(), ScaleBarRenderer(), HudRenderer(), LegendRenderer()]
+        )
         self.pipeline = Pipeline(
             build_source(cfg.source),
             self.models,
@@ -304,8 +311,9 @@ class Daemon:
             )
 
     def _serial_command(self, event) -> None:
-        """A foot pedal or simple-protocol line: overlay on/off/toggle, snapshot, threshold."""
-        from .serial_link import Overlay, OverlayToggle, Snap, Threshold
+        """A foot pedal or simple-protocol line: overlay on/off/toggle, snapshot, threshold,
+        a class on/off/toggle."""
+        from .serial_link import ClassSwitch, Overlay, OverlayToggle, Snap, Threshold
 
         if isinstance(event, Overlay):
             self.pipeline.set_overlay(event.on)
@@ -315,7 +323,13 @@ class Daemon:
             self.snapshot()
         elif isinstance(event, Threshold):
             self.pipeline.set_threshold(event.value)
-        if isinstance(event, (Overlay, OverlayToggle, Threshold)):
+        elif isinstance(event, ClassSwitch):
+            try:
+                self.pipeline.set_class(event.name, event.on)
+            except ValueError as exc:  # a pedal naming a class this model does not have
+                self.events("error", where="serial", message=str(exc))
+                return
+        if isinstance(event, (Overlay, OverlayToggle, Threshold, ClassSwitch)):
             self.save_settings()
 
     # -- operator settings that survive a restart ----------------------------------------------
@@ -324,11 +338,16 @@ class Daemon:
         return Path(self.config.state_dir, "settings.json")
 
     def save_settings(self) -> None:
-        """Overlay on/off and threshold, written atomically (a crash keeps the previous file)."""
+        """Overlay on/off, threshold and the classes switched off, written atomically (a crash
+        keeps the previous file)."""
         from lucida.calibration.atomic import atomic_write_text
 
         p = self.pipeline
-        data = {"overlay": p.overlay_enabled, "threshold": p.threshold_override}
+        data = {
+            "overlay": p.overlay_enabled,
+            "threshold": p.threshold_override,
+            "classes_off": sorted(p.classes_off),
+        }
         atomic_write_text(self.settings_file, json.dumps(data, indent=2) + "\n")
 
     def _restore_settings(self) -> None:
@@ -343,6 +362,9 @@ class Daemon:
             self.pipeline.set_threshold(float(data["threshold"]))
         if data.get("overlay") is False:
             self.pipeline.set_overlay(False)
+        off = data.get("classes_off")
+        if isinstance(off, list) and all(isinstance(n, str) for n in off):
+            self.pipeline.classes_off = set(off)
 
     def _window_keys(self) -> None:
         """Keys pressed in a window sink: "m" starts manual registration; then arrows, +/-,

@@ -47,6 +47,17 @@ class ActiveModel:
     def name(self) -> str:
         return self.engine.bundle.name
 
+    def class_styles(self, off=()) -> tuple | None:
+        """The drawable (positive) classes with names, colours and on/off state (names in `off`
+        are off); None for a single unlabelled positive class (drawn in the renderer's colour)."""
+        from lucida.overlay.classes import class_styles
+
+        o = self.engine.manifest.output
+        if len(o.positives) < 2 and not o.labels:
+            return None
+        names = [o.label(k) for k in range(o.channels)]
+        return class_styles(o.positives, names, [lab.color for lab in o.labels], off)
+
 
 class ModelSelector:
     """A fixed bundle, or a registry resolving (task, objective) -> bundle.

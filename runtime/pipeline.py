@@ -22,8 +22,9 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+from lucida.overlay.classes import ClassContours
 from lucida.overlay.compose import ARComposer, PreviewComposer
-from lucida.overlay.contours import ContourExtractor, ContourParams
+from lucida.overlay.contours import ContourParams
 from lucida.overlay.regions import Regions
 
 from .engine import ModelInput
@@ -215,12 +216,13 @@ class Pipeline:
         self.objective_override: str | None = None  # from the serial nosepiece, when there is one
         self.turret_moving = False
         self.threshold_override: float | None = None
+        self.classes_off: set[str] = set()  # class names the operator switched off
         self.ar_override: np.ndarray | None = None  # a calibration target shown instead
         self._generation = 0
         self._objective: str | None = "unset"
         self._active: ActiveModel | None = None
         self._optics = Optics()
-        self._extractor: ContourExtractor | None = None
+        self._extractor: ClassContours | None = None
         self._last_capture_ns = 0
         self._source_ok = False
         self._showing_overlay = False
@@ -343,7 +345,7 @@ class Pipeline:
         self.ar_override = canvas
         self.clear("calibration target" if canvas is not None else "calibration done")
 
-    def _extractor_for(self, active: ActiveModel | None) -> ContourExtractor | None:
+    def _extractor_for(self, active: ActiveModel | None) -> ClassContours | None:
         """Contour extraction with the model's parameters and the operator's threshold, if set."""
         if active is None:
             return None
@@ -353,7 +355,7 @@ class Pipeline:
             params["threshold"] = t
             if params.get("threshold_low") is not None:
                 params["threshold_low"] = min(params["threshold_low"], t)
-        return ContourExtractor(ContourParams.from_mapping(params))
+        return ClassContours(ContourParams.from_mapping(params))
 
     @property
     def threshold(self) -> float | None:
@@ -370,6 +372,37 @@ class Pipeline:
             self._extractor = self._extractor_for(self._active)
         self.on_event("threshold", threshold=threshold)
 
+    def classes(self) -> list[dict]:
+        """The running model's drawable classes: [{"index", "name", "color", "on"}]."""
+        with self._lock:
+            active = self._active
+        styles = active.class_styles(self.classes_off) if active else None
+        return [
+            {"index": c.index, "name": c.name, "color": list(c.color), "on": c.on}
+            for c in styles or ()
+        ]
+
+    def set_class(self, name: str | int, on: bool | None = None) -> dict:
+        """Switch one class of the running model on, off (on=False) or over (on=None), by name or
+        index; kept by name across model switches and restarts. Returns {name: on}."""
+        with self._lock:
+            active = self._active
+        styles = (active.class_styles(self.classes_off) if active else None) or ()
+        want = str(name).strip().lower()
+        match = [c for c in styles if want in (c.name.lower(), str(c.index))]
+        if not match:
+            known = ", ".join(c.name for c in styles) or "none (the model has one class)"
+            raise ValueError(f"class {name!r}: not a class of the running model; classes: {known}")
+        c = match[0]
+        on = (not c.on) if on is None else bool(on)
+        with self._lock:
+            if on:
+                self.classes_off.discard(c.name)
+            else:
+                self.classes_off.add(c.name)
+        self.on_event("class", name=c.name, on=on)
+        return {c.name: on}
+
     def status(self) -> dict:
         with self._lock:
             active, objective = self._active, self._objective
@@ -384,6 +417,7 @@ class Pipeline:
             "delegate": info.delegate if info else None,
             "fallback_reason": info.fallback_reason if info else None,
             **self._safety_status(),
+            "classes": self.classes(),
             # several Edge TPUs (runtime.devices): per-device state, invokes, errors, p50/p99
             "devices": getattr(active.engine, "device_stats", lambda: None)() if active else None,
             **self.stats.snapshot(
@@ -585,10 +619,20 @@ class Pipeline:
         frame, hm = res.frame, res.heatmap
         with self._lock:
             optics, objective, extractor = self._optics, self._objective, self._extractor
+            active = self._active
         um = optics.um_per_px or frame.meta.get("um_per_px")
+        styles = active.class_styles(self.classes_off) if active is not None else None
         t0, c0 = time.monotonic_ns(), time.thread_time_ns()  # render stage: contours, drawing
-        if res.regions is None:
-            res = replace(res, regions=extractor.extract(hm.probs, hm.affine, um))
+        if res.regions is None:  # a redraw (motion compensation) keeps the regions it had
+            regions = extractor.extract(
+                hm.probs,
+                hm.affine,
+                um,
+                classes=hm.classes,
+                class_ids=hm.class_ids or tuple(c.index for c in styles or ())[:1],
+                enabled=None if styles is None else [c.index for c in styles if c.on],
+            )
+            res = replace(res, regions=regions)
         self.stats.time("contours", time.monotonic_ns() - t0)
         c_contours = time.thread_time_ns()
         self.stats.cpu_time("contours", c_contours - c0)
@@ -611,6 +655,7 @@ class Pipeline:
                         um_per_px=um,
                         model=res.model,
                         fps=fps,
+                        classes=styles,
                     ),
                 )
             )
@@ -627,6 +672,7 @@ class Pipeline:
                         um_per_px=um,
                         model=res.model,
                         fps=fps,
+                        classes=styles,
                     ),
                 )
             )

@@ -5,7 +5,7 @@ listens to a simple line protocol (other microscopes, foot pedals), and reports:
   - `on_objective("20x")` when the objective changes, `on_objective(None)` while the turret is
     between positions, at an unknown position, or the link is lost (olympus: the display must
     blank when the objective cannot be known);
-  - `on_command(event)` for Overlay / OverlayToggle / Snap / Threshold lines.
+  - `on_command(event)` for Overlay / OverlayToggle / Snap / Threshold / ClassSwitch lines.
 Garbage, partial lines, a silent port and an unplugged adapter never end the thread: after
 `max_failed_reads` consecutive unanswered polls or I/O errors it closes the port and reopens it
 with back-off (the adapter may come back, under the same path or, with port="auto", another).
@@ -32,6 +32,7 @@ from .retry import Backoff
 from .serial_protocol import (
     PARSERS,
     Ack,
+    ClassSwitch,
     Event,
     LineFramer,
     ObjectiveName,
@@ -49,6 +50,7 @@ from .serial_protocol import (
 
 __all__ = [
     "Ack",
+    "ClassSwitch",
     "Event",
     "LineFramer",
     "ObjectiveName",
@@ -154,7 +156,7 @@ _UNSET = object()
 _OPEN_ERRORS = (serial.SerialException, OSError, ValueError) + (
     (termios.error,) if termios is not None else ()
 )
-_COMMANDS = (Overlay, OverlayToggle, Snap, Threshold)
+_COMMANDS = (Overlay, OverlayToggle, Snap, Threshold, ClassSwitch)
 
 
 class SerialLink:

@@ -1,4 +1,6 @@
-"""`lucida bench engine|pipeline|overlay|safety`: ours against the limit (or a peer) in one run, as JSON.
+"""`lucida bench engine|pipeline|overlay|safety`: ours against the limit (or a peer), as JSON.
+
+`lucida bench models --out DIR` builds one bundle per output kind to bench the engine on.
 
 Each benchmark discards the first inference after a model load and reports p50/p90/p99.
 """
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-BENCHES = ("engine", "pipeline", "overlay", "safety")
+BENCHES = ("engine", "pipeline", "overlay", "models", "safety")
 
 
 def register(sub) -> None:
@@ -40,13 +42,18 @@ def register(sub) -> None:
         help="pipeline with --sim-edgetpu-ms: simulated devices (1 device is measured too)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object only")
+    p.add_argument("--out", default="bench-models", help="models: folder for the bundles")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from lucida.models import resolve_bundle
 
-    if args.which == "engine":
+    if args.which == "models":
+        from lucida.tools.bench.models import build_bench_models
+
+        result = build_bench_models(args.out)
+    elif args.which == "engine":
         from lucida.tools.bench.engine import bench_engine
 
         result = bench_engine(resolve_bundle(args.bundle), args.runs, args.threads)

@@ -188,6 +188,7 @@ def quantize_to_bundle(
         cpu_tflite=tflite,
         golden_input=val[0].rgb,
         um_per_px=um_per_px,
+        check_input=report["verdict"]["ok"],  # a BAD report already names the problem
         output={
             "kind": kind,
             "channels": channels,
