@@ -1,7 +1,9 @@
 """Focus and exposure guard: a field badly out of focus or clipped gets no new overlay.
 
 Focus is the variance of the Laplacian of a small grey copy of the frame (the motion
-estimate's), compared with the median of the recent in-focus fields; exposure is the share of
+estimate's), compared with the median of the recent frames of the same field (the pipeline
+resets the history when the stage moves or the objective changes: tissue density alone changes
+the measure from field to field); exposure is the share of
 sampled pixels (every 8th, any channel) at or above 250 of 255.
 """
 

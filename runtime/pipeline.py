@@ -714,6 +714,7 @@ class Pipeline:
         if st.moving or frame.moving:
             if not self._in_motion:
                 self._in_motion = True
+                self.guard.reset()  # a new field: its focus is not comparable with the last one
                 self.on_event("motion", speed_um_s=round(st.speed_um_s, 1), seq=frame.seq)
                 self.clear("stage moving")
             return "stage moving"
