@@ -59,7 +59,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
         if (getattr(exc, "name", None) or "").split(".")[0] != "matplotlib":
             raise
         plots, report["plots_missing"] = {}, NO_MATPLOTLIB
-    if plots:
+    if plots or "plots_missing" in report:
         report["plots"] = {k: p.name for k, p in plots.items()}
         atomic_write_bytes(
             paths["json"], (json.dumps(report, indent=2, default=str) + "\n").encode()
