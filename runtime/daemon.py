@@ -113,6 +113,7 @@ class Daemon:
         self.serial = None
         self.manual = None
         self.manual_objective = None
+        self.on_ready = None  # called with the daemon once it serves (lucida run: the human lines)
         self._build()
 
     # -- assembly ---------------------------------------------------------------------------------
@@ -358,6 +359,8 @@ class Daemon:
 
             self.http = HttpServer(self, self.config.http.bind, self.config.http.port).start()
         self.events("daemon_ready", url=self.http.url, pid=os.getpid())
+        if self.on_ready is not None:
+            self.on_ready(self)
         sd_notify("READY=1\nSTATUS=running")
 
     def stop(self) -> None:

@@ -104,15 +104,32 @@ def register(sub) -> None:
     p.set_defaults(func=run_daemon)
 
 
+class CheckFailed(ValueError):
+    exit_code = 2
+
+
 def run_daemon(args) -> int:
     from lucida.runtime.config import load_config
     from lucida.runtime.daemon import Daemon
+    from lucida.runtime.preflight import preflight, ready_lines
 
     config = load_config(args.config)
+    findings = preflight(config, create=True)  # also makes the folders the daemon writes to
+    bad = [f for f in findings if not f.ok]
     if args.check:
-        print(f"{args.config}: valid")
+        for f in findings:
+            print(f.line())
+        if bad:
+            raise CheckFailed(
+                f"{args.config}: {len(bad)} problem(s) above; fix them and rerun --check"
+            )
+        print(f"{args.config}: valid, ready to run")
         return 0
-    return Daemon(config, args.config).run_forever()
+    for f in bad:  # the daemon may still cope (a serial adapter plugged in later): warn only
+        print(f"warning: {f.line()}", file=sys.stderr)
+    daemon = Daemon(config, args.config)
+    daemon.on_ready = lambda d: print("\n".join(ready_lines(config, d.http.url)), flush=True)
+    return daemon.run_forever()
 
 
 def build_parser() -> argparse.ArgumentParser:
