@@ -54,6 +54,11 @@ class StatusCollector:
             g = GaugeMetricFamily(f"lucida_{key}", f"frames per second ({key[4:]})")
             g.add_metric([], st[key])
             yield g
+        audit = getattr(self.daemon, "audit", None)
+        for key, value in (audit.disk() if audit is not None else {}).items():
+            g = GaugeMetricFamily(f"lucida_{key}", f"{key.replace('_', ' ')} (audit trail, disk)")
+            g.add_metric([], value)
+            yield g
         lat = GaugeMetricFamily(
             "lucida_stage_ms", "stage time percentiles (ms)", labels=["stage", "quantile"]
         )

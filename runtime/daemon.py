@@ -24,6 +24,7 @@ from lucida.overlay.compose import ARComposer, PreviewComposer
 from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
 from lucida.overlay.sinks import JpegStream, make_sink
 
+from .audit import AuditTrail
 from .config import ConfigError, DaemonConfig, load_config
 from .engine import Engine
 from .events import EventLog
@@ -38,6 +39,7 @@ from .systemd import sd_notify, watchdog_interval_s
 log = logging.getLogger(__name__)
 
 LIVE_WIDTH = 960  # px: the /live view is downscaled to keep JPEG encoding cheap
+AUDIT_FILE = "audit.jsonl"  # under state_dir/audit/, rotated by size (runtime.audit)
 
 
 def build_source(cfg) -> FrameSource:
@@ -106,6 +108,7 @@ class Daemon:
         self.token = config.token() or self._generated_token()
         self.live = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live: one encode per frame
         self.results = ResultLog()
+        self.audit = AuditTrail(Path(config.state_dir, "audit", AUDIT_FILE), self._audit_context)
         self.started_ns = time.monotonic_ns()
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -167,7 +170,7 @@ class Daemon:
             stall_timeout_ms=cfg.source.stall_timeout_ms,
             on_event=self.events,
             on_result=self._sample_timings,
-            on_display=self.results,
+            on_display=self._on_display,
         )
         self._frames_seen = 0
         if cfg.serial.port:
@@ -183,6 +186,21 @@ class Daemon:
             )
         else:
             self.serial = None
+
+    def _on_display(self, kind: str, t_ns: int, **what) -> None:
+        """The render stage's hook: the in-memory record for /results, and the audit trail."""
+        self.results(kind, t_ns, **what)
+        self.audit(kind, t_ns, **what)
+
+    def _audit_context(self) -> dict:
+        """Model file, threshold and calibration revision of what is shown now (cheap reads)."""
+        active = self.pipeline._active
+        return {
+            "model_sha256": active.engine.info.model_sha256 if active else None,
+            "threshold": self.pipeline.threshold,
+            "classes": None,  # per-class toggles (issue 14) fill this in
+            "calibration_revision": self.profile.profile.revision if self.profile else None,
+        }
 
     def _default_homography(self):
         """Camera px -> display px when uncalibrated: scale the camera frame onto the display."""
@@ -373,6 +391,7 @@ class Daemon:
             self.http = None
         self.events("daemon_stop")
         self.events.close()
+        self.audit.close()
 
     def reload(self) -> bool:
         """Re-read the config file; keep running on the old one when the new one is bad."""
@@ -433,6 +452,7 @@ class Daemon:
             serial=self.serial.status() if self.serial is not None else None,
             temperatures_c=temperatures_c(),
             rss_mb=rss_mb(),
+            disk=self.audit.disk(),
             versions=versions(),
             pid=os.getpid(),
         )

@@ -25,6 +25,7 @@ HOST_HINT = "this needs `pip install camera-lucida[host]`"
 # Modules under lucida.tools that add a subcommand (`lucida run` is here, in cli). Keep sorted by
 # command name.
 COMMAND_MODULES = [
+    "lucida.tools.device.audit",
     "lucida.tools.bench.command",
     "lucida.tools.toolchain.bundle",
     "lucida.tools.calibrate.commands",
