@@ -1,6 +1,7 @@
 """The daemon's HTTP API (aiohttp), on its own thread and event loop.
 
 GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events,
+/models (bundles held, the model of each objective),
 /results?since=I&truth=1 (display records on the device clock, see runtime.results).
 POST (bearer token required, compared in constant time): /snapshot, /overlay, /objective,
 /calibration/manual (ARM-style circles and cross, nudged, saved into the profile),
@@ -199,6 +200,9 @@ def make_app(daemon) -> web.Application:
         daemon.pipeline.set_objective(body.get("objective"))
         return web.json_response({"objective": body.get("objective")})
 
+    async def models(_request):
+        return web.json_response(await in_thread(daemon.inventory))
+
     async def upload(request):
         if request.content_length is not None and request.content_length > max_upload:
             return _error(
@@ -255,6 +259,7 @@ def make_app(daemon) -> web.Application:
             web.post("/overlay", overlay),
             web.post("/objective", objective),
             web.post("/calibration/manual", calibration_manual),
+            web.get("/models", models),
             web.post("/models", upload),
             web.post("/models/rollback", rollback),
             web.post("/models/{name}/activate", activate),

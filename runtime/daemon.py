@@ -458,6 +458,17 @@ class Daemon:
         )
         return st
 
+    def inventory(self) -> dict:
+        """GET /models: the bundles held, the one each objective would use, what runs now."""
+        from .inventory import inventory
+
+        st = self.pipeline.status()
+        running = {k: st.get(k) for k in ("model", "objective", "delegate", "backend")}
+        active = self.pipeline._active
+        running["sha256"] = active.engine.info.model_sha256 if active else None
+        objectives = set(self.config.serial.positions.values()) | {self.config.source.objective}
+        return inventory(self.models, self.store, objectives, running)
+
     def health(self) -> dict:
         """The golden check of the running bundle, on a fresh engine on the configured device."""
         active: ActiveModel | None = self.pipeline._active

@@ -108,3 +108,15 @@ def test_deploy_accepts_a_shipped_name_and_goes_back_to_it(daemon, capsys):  # n
     assert rc == 0, capsys.readouterr().err
     assert '"model": "lymph-s"' in capsys.readouterr().out
     assert call(daemon, "GET", "/status")[1]["model"] == "lymph-s"
+
+
+def test_models_lists_what_the_device_holds(daemon, capsys):  # noqa: F811
+    code, inv = call(daemon, "GET", "/models")
+    assert code == 200 and inv["running"]["model"] == "tiny"
+    assert inv["objectives"]["10x"] == "tiny" and inv["objectives"]["40x"] is None
+    assert any(b["name"] == "tiny" for b in inv["bundles"])
+    assert main(["models", "--to", daemon.http.url]) == 0
+    out = capsys.readouterr().out
+    assert "running: tiny" in out and "40x -> no model" in out
+    assert main(["models"]) == 0  # this host: the shipped bundles
+    assert "lymph-m" in capsys.readouterr().out

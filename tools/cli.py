@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "lucida.tools.toolchain.deploy",
     "lucida.tools.demo.evaluate",
     "lucida.tools.hil.command",
+    "lucida.tools.device.models",
     "lucida.tools.latency.predict",
     "lucida.tools.latency.profile",
     "lucida.tools.toolchain.quantize",
