@@ -1,7 +1,8 @@
 """The daemon's HTTP API (aiohttp), on its own thread and event loop.
 
 GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events,
-/models (bundles held, the model of each objective),
+/models (bundles held, the model of each objective), /snapshots and /snapshots/{id}[/{file}]
+(token required: they may hold patient images),
 /results?since=I&truth=1 (display records on the device clock, see runtime.results).
 POST (bearer token required, compared in constant time): /snapshot, /overlay, /objective,
 /calibration/manual (ARM-style circles and cross, nudged, saved into the profile),
@@ -174,8 +175,36 @@ def make_app(daemon) -> web.Application:
             raise ValueError("request body must be a JSON object")
         return body
 
-    async def snapshot(_request):
-        return web.json_response(await in_thread(daemon.snapshot))
+    def require_token(request) -> None:
+        """GETs that may carry patient images (snapshots) need the bearer token too."""
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise web.HTTPUnauthorized(
+                text='{"error": "snapshots need the bearer token"}', content_type="application/json"
+            )
+
+    async def snapshot(request):
+        body = await json_body(request)
+        for key in ("case_id", "comment"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ValueError(f"'{key}' must be a string")
+        return web.json_response(
+            await in_thread(daemon.snapshot, body.get("case_id"), body.get("comment"))
+        )
+
+    async def snapshot_list(request):
+        require_token(request)
+        return web.json_response({"snapshots": await in_thread(daemon.snapshots.list)})
+
+    async def snapshot_file(request):
+        require_token(request)
+        sid, name = request.match_info["sid"], request.match_info.get("name", "metadata.json")
+        try:
+            path = daemon.snapshots.file(sid, name)
+        except ValueError as exc:
+            return _error(404, str(exc))
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
     async def overlay(request):
         body = await json_body(request)
@@ -256,6 +285,9 @@ def make_app(daemon) -> web.Application:
             web.post("/health", health),
             web.post("/virtual", virtual),
             web.post("/snapshot", snapshot),
+            web.get("/snapshots", snapshot_list),
+            web.get("/snapshots/{sid}", snapshot_file),
+            web.get("/snapshots/{sid}/{name}", snapshot_file),
             web.post("/overlay", overlay),
             web.post("/objective", objective),
             web.post("/calibration/manual", calibration_manual),

@@ -31,6 +31,7 @@ from .events import EventLog
 from .models import ActiveModel, ModelSelector
 from .pipeline import Optics, Pipeline, nominal_um_per_px
 from .results import ResultLog
+from .snapshots import SnapshotStore
 from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource
 from .stats import percentiles_ms
 from .store import BundleStore
@@ -109,6 +110,8 @@ class Daemon:
         self.live = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live: one encode per frame
         self.results = ResultLog()
         self.audit = AuditTrail(Path(config.state_dir, "audit", AUDIT_FILE), self._audit_context)
+        self.snapshots = SnapshotStore(Path(config.state_dir, "snapshots"))
+        self.shown: dict | None = None  # the last display update: the overlay a snapshot keeps
         self.started_ns = time.monotonic_ns()
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -191,6 +194,8 @@ class Daemon:
         """The render stage's hook: the in-memory record for /results, and the audit trail."""
         self.results(kind, t_ns, **what)
         self.audit(kind, t_ns, **what)
+        if kind in ("overlay", "blank"):
+            self.shown = {"kind": kind, "t_ns": t_ns, **what}  # one reference swap, no copy
 
     def _audit_context(self) -> dict:
         """Model file, threshold and calibration revision of what is shown now (cheap reads)."""
@@ -311,7 +316,10 @@ class Daemon:
         elif isinstance(event, OverlayToggle):
             self.pipeline.set_overlay(not self.pipeline.overlay_enabled)
         elif isinstance(event, Snap):
-            self.snapshot()
+            try:
+                self.snapshot()
+            except ValueError as exc:  # nothing shown: the pedal press is logged, not fatal
+                self.events("error", where="snapshot", message=str(exc))
         elif isinstance(event, Threshold):
             self.pipeline.set_threshold(event.value)
         if isinstance(event, (Overlay, OverlayToggle, Threshold)):
@@ -452,7 +460,7 @@ class Daemon:
             serial=self.serial.status() if self.serial is not None else None,
             temperatures_c=temperatures_c(),
             rss_mb=rss_mb(),
-            disk=self.audit.disk(),
+            disk={**self.audit.disk(), **self.snapshots.usage()},
             versions=versions(),
             pid=os.getpid(),
         )
@@ -542,17 +550,22 @@ class Daemon:
         scope.set_path(StagePath([Waypoint(x, y, None, dwell) for x, y in pts], loop=True))
         return [[round(x, 1), round(y, 1)] for x, y in pts]
 
-    def snapshot(self) -> dict:
-        from lucida.overlay.sinks import write_png
+    def snapshot(self, case_id: str | None = None, comment: str | None = None) -> dict:
+        """Save what the eyepiece shows now with its provenance (see runtime.snapshots)."""
+        from .snapshots import capture
 
-        folder = Path(self.config.state_dir, "snapshots")
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = {}
-        if self.live.canvas is not None:
-            out["preview"] = str(write_png(folder / f"preview-{stamp}.png", self.live.canvas))
-        self.events("snapshot", **out)
+        images, metadata = capture(self, case_id, comment)
+        out = self.snapshots.save(images, metadata)
+        self.events("snapshot", id=out["id"], case_id=metadata["case_id"], bytes=out["bytes"])
         return out
+
+    def software(self) -> dict:
+        """Versions of what computed an overlay: lucida, Python, NumPy, the interpreter."""
+        active = self.pipeline._active
+        backend = (
+            f"{active.engine.info.backend} {active.engine.info.backend_version}" if active else None
+        )
+        return {**versions(), "interpreter": backend}
 
     def _activate(self, bundle: Bundle) -> dict:
         """Load, health-check, then swap in between two frames; on failure nothing changes."""
