@@ -1,6 +1,7 @@
 """The daemon's HTTP API (aiohttp), on its own thread and event loop.
 
-GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events,
+GET: / (operator page), /status, /metrics (Prometheus), /live (MJPEG of preview mode; ?view=ar:
+the eyepiece canvas), /events,
 /models (bundles held, the model of each objective), /snapshots and /snapshots/{id}[/{file}]
 (token required: they may hold patient images),
 /results?since=I&truth=1 (display records on the device clock, see runtime.results).
@@ -138,14 +139,15 @@ def make_app(daemon) -> web.Application:
                 "Cache-Control": "no-cache",
             }
         )
+        stream = daemon.live_ar if request.query.get("view") == "ar" else daemon.live
         await resp.prepare(request)
         seq, interval = -1, 1 / max(1.0, daemon.config.source.fps)
         try:
             while True:
-                if daemon.live.seq == seq or daemon.live.canvas is None:
+                if stream.seq == seq or stream.canvas is None:
                     await asyncio.sleep(interval / 2)
                     continue
-                got = await in_thread(daemon.live.wait_jpeg, seq, 0.0)  # shared by all viewers
+                got = await in_thread(stream.wait_jpeg, seq, 0.0)  # shared by all viewers
                 if got is None:
                     continue
                 seq, jpeg = got

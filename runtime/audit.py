@@ -96,9 +96,9 @@ class AuditTrail:
     @staticmethod
     def _overlay(result, objective) -> dict:
         regions = result.regions
-        areas_um2 = list(getattr(regions, "areas_um2", None) or [])
-        areas = areas_um2 or list(getattr(regions, "areas_px2", None) or [])
-        unit = "um2" if areas_um2 else "px2"
+        um2 = getattr(regions, "areas_um2", None)  # None when the pixel size is unknown
+        areas = list(um2 if um2 is not None else (getattr(regions, "areas_px2", None) or []))
+        unit = "um2" if um2 is not None else "px2"
         return {
             "shown": "overlay",
             "model": result.model,

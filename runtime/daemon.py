@@ -108,6 +108,7 @@ class Daemon:
         self.store = BundleStore(config.state_dir)
         self.token = config.token() or self._generated_token()
         self.live = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live: one encode per frame
+        self.live_ar = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live?view=ar: the eyepiece
         self.results = ResultLog()
         self.audit = AuditTrail(Path(config.state_dir, "audit", AUDIT_FILE), self._audit_context)
         self.snapshots = SnapshotStore(Path(config.state_dir, "snapshots"))
@@ -165,7 +166,7 @@ class Daemon:
             build_source(cfg.source),
             self.models,
             ar=ar,
-            ar_sinks=[make_sink(s) for s in cfg.sinks.ar],
+            ar_sinks=[*(make_sink(s) for s in cfg.sinks.ar), self.live_ar],
             preview=preview,
             preview_sinks=[*(make_sink(s) for s in cfg.sinks.preview), self.live],
             optics_for=self._optics_for,
@@ -461,6 +462,8 @@ class Daemon:
             temperatures_c=temperatures_c(),
             rss_mb=rss_mb(),
             disk={**self.audit.disk(), **self.snapshots.usage()},
+            display=self.display_state(),
+            threshold=self.pipeline.threshold,
             versions=versions(),
             pid=os.getpid(),
         )
@@ -558,6 +561,16 @@ class Daemon:
         out = self.snapshots.save(images, metadata)
         self.events("snapshot", id=out["id"], case_id=metadata["case_id"], bytes=out["bytes"])
         return out
+
+    def display_state(self) -> dict:
+        """What the eyepiece shows now: {"showing": "overlay" | "nothing", "reason", "since_ms"}."""
+        shown = self.shown
+        if shown is None:
+            return {"showing": "nothing", "reason": "starting", "since_ms": None}
+        since = round((time.monotonic_ns() - shown["t_ns"]) / 1e6)
+        if shown["kind"] == "overlay":
+            return {"showing": "overlay", "reason": None, "since_ms": since}
+        return {"showing": "nothing", "reason": shown.get("reason"), "since_ms": since}
 
     def software(self) -> dict:
         """Versions of what computed an overlay: lucida, Python, NumPy, the interpreter."""
