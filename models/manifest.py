@@ -117,6 +117,18 @@ class LatencyFigure(_Strict):
     command: str = ""
 
 
+class EdgeTpuFigures(_Strict):
+    """What the compiled edgetpu.tflite holds (read back by `lucida bundle`); bytes of parameters."""
+
+    subgraphs: int
+    min_runtime_version: Optional[int] = None
+    compiler_version: str = ""
+    on_chip_bytes: int = 0  # cached in the Edge TPU's SRAM
+    off_chip_bytes: int = 0  # streamed from host memory on every inference
+    caching_tokens: List[int] = Field(default_factory=list)  # shared = co-compiled
+    cpu_ops: List[str] = Field(default_factory=list)  # ops left on the CPU, in order
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -135,6 +147,7 @@ class Manifest(_Strict):
     golden: Optional[Golden] = None
     metrics: Dict[str, object] = Field(default_factory=dict)
     latency: Dict[str, LatencyFigure] = Field(default_factory=dict)
+    edgetpu: Optional[EdgeTpuFigures] = None
 
     @field_validator("contours")
     @classmethod

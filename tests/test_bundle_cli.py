@@ -49,6 +49,9 @@ def test_assemble_from_files(parts, tmp_path, capsys):
     b = load_bundle(out)
     assert b.has_edgetpu and b.manifest.objectives == ["10x", "20x"]
     assert b.manifest.input.um_per_px == 0.5 and b.manifest.version == "1.2.0"
+    tpu = b.manifest.edgetpu  # read back from the compiled model's Edge TPU package
+    assert tpu.subgraphs == 1 and tpu.min_runtime_version == 14 and tpu.cpu_ops == []
+    assert tpu.on_chip_bytes > 0 and tpu.off_chip_bytes == 0
     assert set(b.manifest.files) == {
         "cpu.tflite",
         "edgetpu.tflite",

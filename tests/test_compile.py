@@ -7,6 +7,7 @@ import os
 import stat
 
 import pytest
+import tflite_fakes as fakes
 from lucida.tools.cli import main
 from lucida.tools.toolchain.compile import parse_compiler_log
 
@@ -148,9 +149,14 @@ def test_parse_older_log_file_counts_from_the_table():
     assert r["operators"][3]["status"].startswith("Operation is otherwise supported")
 
 
-def _fake_compiler(folder, log: str, rc: int = 0):
-    """A shell script that behaves like edgetpu_compiler: writes MODEL_edgetpu.tflite, prints log."""
+def _fake_compiler(folder, log: str, rc: int = 0, compiled: bytes | None = None):
+    """A shell script that behaves like edgetpu_compiler: writes MODEL_edgetpu.tflite, prints log.
+
+    compiled: what it writes (default: the input with its ops replaced by one edgetpu-custom-op
+    in libedgetpu's layout, 3.89 MiB cached, as LOG_ALL_MAPPED says).
+    """
     (folder / "log.txt").write_text(log)
+    (folder / "compiled.tflite").write_bytes(compiled or b"")
     script = folder / "edgetpu_compiler"
     script.write_text(
         f"""#!/bin/sh
@@ -163,7 +169,7 @@ while [ $# -gt 1 ]; do
   esac
 done
 name=$(basename "$1" .tflite)
-[ {rc} -eq 0 ] && cp "$1" "$out/${{name}}_edgetpu.tflite"
+[ {rc} -eq 0 ] && cp "{folder}/compiled.tflite" "$out/${{name}}_edgetpu.tflite"
 cat "{folder}/log.txt"
 exit {rc}
 """
@@ -178,6 +184,18 @@ def model(tiny_bundle, tmp_path):
     dst = tmp_path / "tumor_int8.tflite"
     dst.write_bytes(tiny_bundle.file("cpu.tflite").read_bytes())
     return dst
+
+
+def _twin(model, on_chip_mib=3.89, off_chip_mib=0.0) -> bytes:
+    return fakes.compile_prefix(
+        model.read_bytes(), _last_op(model), int(on_chip_mib * 2**20), int(off_chip_mib * 2**20)
+    )
+
+
+def _last_op(model) -> int:
+    from lucida.tools.toolchain.tflite_reader import read_tflite
+
+    return len(read_tflite(model).ops) - 1
 
 
 @pytest.mark.tf
@@ -195,7 +213,7 @@ def test_compile_without_compiler_exits_3_with_install_steps(model, tmp_path, mo
 def test_compile_with_fake_compiler_on_path(model, tmp_path, monkeypatch, capsys):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    _fake_compiler(bin_dir, LOG_PARTIAL)
+    _fake_compiler(bin_dir, LOG_PARTIAL, compiled=_twin(model, 864 / 1024, 0.5))
     monkeypatch.delenv("LUCIDA_EDGETPU_COMPILER", raising=False)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     out_dir = tmp_path / "out"
@@ -210,11 +228,14 @@ def test_compile_with_fake_compiler_on_path(model, tmp_path, monkeypatch, capsys
 
 @pytest.mark.tf
 def test_compile_json_via_env_compiler(model, tmp_path, monkeypatch, capsys):
-    script = _fake_compiler(tmp_path, LOG_ALL_MAPPED)
+    script = _fake_compiler(tmp_path, LOG_ALL_MAPPED, compiled=_twin(model))
     monkeypatch.setenv("LUCIDA_EDGETPU_COMPILER", str(script))
     assert main(["compile", str(model), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["on_chip_mib"] == pytest.approx(3.89) and r["ops_cpu"] == 0
+    pk = r["package"]  # read back from the compiled file, and it agrees with the log
+    assert pk["edgetpu_subgraphs"] == 1 and pk["min_runtime_version"] == 14
+    assert pk["on_chip_bytes"] == int(3.89 * 2**20) and pk["log_mismatch"] == []
     assert r["edgetpu_model"] == str(model.parent / "tumor_int8_edgetpu.tflite")
     assert os.path.isfile(r["edgetpu_model"])
 
@@ -233,3 +254,19 @@ def test_compile_refuses_a_file_that_is_not_tflite(tmp_path, capsys):
     bad.write_text("not a model")
     assert main(["compile", str(bad), "--compiler", "/bin/true"]) == 2
     assert "not a TFLite model" in capsys.readouterr().err
+
+
+@pytest.mark.tf
+def test_compile_flags_a_compiled_file_that_disagrees_with_the_log(model, tmp_path, capsys):
+    script = _fake_compiler(tmp_path, LOG_ALL_MAPPED, compiled=_twin(model, 1.0, 2.0))
+    assert main(["compile", str(model), "--compiler", str(script)]) == 0
+    out = capsys.readouterr().out
+    assert "read back: 1 Edge TPU subgraph(s), runtime >= 14" in out
+    assert "disagree on on_chip_bytes: log 3.89 MiB, file 1.00 MiB" in out
+
+
+@pytest.mark.tf
+def test_compile_refuses_output_without_edgetpu_op(model, tmp_path, capsys):
+    script = _fake_compiler(tmp_path, LOG_ALL_MAPPED, compiled=model.read_bytes())
+    assert main(["compile", str(model), "--compiler", str(script)]) == 1
+    assert "no edgetpu-custom-op" in capsys.readouterr().err

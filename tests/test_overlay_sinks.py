@@ -200,7 +200,7 @@ def test_mjpeg_sink_does_not_encode_without_clients():
     with sink:
         sink.show(test_canvas())
         time.sleep(0.05)
-        assert sink._jpeg is None  # nobody asked: nothing encoded
+        assert sink.frames_jpeg.encodes == 0  # nobody asked: nothing encoded
 
 
 class Broken(Sink):

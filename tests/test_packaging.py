@@ -82,6 +82,7 @@ TOOLS_SHARED = {
     "lucida.tools.toolchain.bundle",  # build a bundle from TFLite bytes
     "lucida.tools.toolchain.tflite_reader",  # TF-free flatbuffer reader (op costs, features)
     "lucida.tools.toolchain.compile",  # the compiler-log parser (predictor features)
+    "lucida.tools.toolchain.edgetpu_rules",  # per-op Edge TPU verdicts (latency predictor)
     "lucida.tools.toolchain.deploy",  # POST to a device's daemon (remote profiling)
     "lucida.tools.hil.client",  # the HTTP client of a device's daemon (deploy)
 }

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from lucida.tools.toolchain import representative as cd
+from lucida.tools.toolchain import representative as rep
 from lucida.tools.toolchain.quant_report import compare, verdict
 
 
@@ -42,29 +42,29 @@ def test_heatmap_masks_are_compared_at_output_resolution():
 
 def test_fit_to_input_crops_large_and_enlarges_small_images():
     big = np.arange(100 * 120 * 3, dtype=np.uint32).reshape(100, 120, 3).astype(np.uint8)
-    out = cd.fit_to_input(big, 64, 48)
+    out = rep.fit_to_input(big, 64, 48)
     assert out.shape == (48, 64, 3)
     assert np.array_equal(out, big[26:74, 28:92])  # centre crop keeps the pixel size
     small = np.zeros((20, 30, 3), np.uint8)
-    assert cd.fit_to_input(small, 64, 64).shape == (64, 64, 3)
+    assert rep.fit_to_input(small, 64, 64).shape == (64, 64, 3)
 
 
 def test_image_listing_skips_masks_and_seeded_subset_is_stable(tmp_path: Path):
     for i in range(12):
         cv2.imwrite(str(tmp_path / f"t{i:02d}.png"), np.zeros((8, 8, 3), np.uint8))
     cv2.imwrite(str(tmp_path / "t00.mask.png"), np.zeros((8, 8), np.uint8))
-    files = cd.list_images(tmp_path)
-    assert len(files) == 12 and cd.mask_path(files[0]) == tmp_path / "t00.mask.png"
-    assert cd.pick_subset(files, 5, seed=3) == cd.pick_subset(files, 5, seed=3)
-    assert cd.pick_subset(files, 5, seed=3) != cd.pick_subset(files, 5, seed=4)
-    assert cd.pick_subset(files, 50, seed=3) == files
+    files = rep.list_images(tmp_path)
+    assert len(files) == 12 and rep.mask_path(files[0]) == tmp_path / "t00.mask.png"
+    assert rep.pick_subset(files, 5, seed=3) == rep.pick_subset(files, 5, seed=3)
+    assert rep.pick_subset(files, 5, seed=3) != rep.pick_subset(files, 5, seed=4)
+    assert rep.pick_subset(files, 50, seed=3) == files
     (tmp_path / "empty").mkdir()
-    with pytest.raises(cd.ImageSetError, match="no images"):
-        cd.list_images(tmp_path / "empty")
+    with pytest.raises(rep.ImageSetError, match="no images"):
+        rep.list_images(tmp_path / "empty")
 
 
 def test_normalize_matches_manifest_convention():
     rgb = np.array([[[0, 128, 255]]], np.uint8)
-    x = cd.normalize(rgb, (127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
+    x = rep.normalize(rgb, (127.5, 127.5, 127.5), (127.5, 127.5, 127.5))
     assert x.dtype == np.float32
     assert np.allclose(x, [[[-1.0, 0.5 / 127.5, 1.0]]])

@@ -105,7 +105,7 @@ def evaluate_pixel_size(trials: int, seed: int = 0, spacing_um: float = 10.0) ->
 
 def _virtual_camera(size: tuple[int, int], vignetting: float, seed: int):
     """(capture(scene) -> frame, dark() -> frame) from the virtual microscope's camera
-    model, or from calib_sim when lucida.runtime.virtual is not there."""
+    model, or from tools.calibrate.simulate when lucida.runtime.virtual is not there."""
     try:
         from lucida.runtime.virtual.camera import CameraConfig, CameraModel  # type: ignore
 
@@ -132,7 +132,7 @@ def _virtual_camera(size: tuple[int, int], vignetting: float, seed: int):
         def dark():
             return camera_expose(np.full((size[1], size[0], 3), 4.0, np.float32), rng, noise_dn=1.0)
 
-        return capture, dark, "tools.calib_sim"
+        return capture, dark, "tools.calibrate.simulate"
 
 
 def evaluate_flat_field(frames: int = 16, timing_frames: int = 300, seed: int = 0) -> dict:

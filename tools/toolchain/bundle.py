@@ -90,6 +90,7 @@ def build_bundle(
     files = {"cpu.tflite": cpu_tflite, **(extra_files or {})}
     if edgetpu_tflite is not None:
         files["edgetpu.tflite"] = edgetpu_tflite
+        manifest["edgetpu"] = edgetpu_figures(edgetpu_tflite)
     bundle = write_bundle(out_dir, manifest, files)
     # Golden output = this model's answer on the golden input, through the real engine.
     from lucida.runtime.engine import Engine
@@ -130,6 +131,28 @@ def check_edgetpu_model(cpu: bytes | str, edgetpu: bytes | str) -> None:
                 f"{e.path}: {which} {sig_b} differs from cpu.tflite's {sig_a}: compiled from "
                 "another model?"
             )
+
+
+def edgetpu_figures(edgetpu: bytes) -> dict:
+    """The manifest's "edgetpu" section: what the compiled model's packages hold."""
+    from lucida.tools.toolchain.edgetpu_ops import EDGETPU_CUSTOM_OP
+    from lucida.tools.toolchain.edgetpu_package import PackageReadError, read_compiled, summarize
+    from lucida.tools.toolchain.tflite_reader import read_tflite
+
+    model = read_tflite(edgetpu)
+    try:
+        s = summarize(read_compiled(model))
+    except PackageReadError as exc:
+        raise BundleError(f"edgetpu.tflite: {exc}") from None
+    return {
+        "subgraphs": s["edgetpu_subgraphs"],
+        "min_runtime_version": s["min_runtime_version"],
+        "compiler_version": s["compiler_version"],
+        "on_chip_bytes": s["on_chip_bytes"],
+        "off_chip_bytes": s["off_chip_bytes"],
+        "caching_tokens": s["caching_tokens"],
+        "cpu_ops": [op.opcode for op in model.ops if op.opcode != EDGETPU_CUSTOM_OP],
+    }
 
 
 def load_golden_input(path: str | os.PathLike, width: int, height: int) -> np.ndarray:

@@ -1,12 +1,16 @@
-"""`lucida check MODEL.tflite`: is this model Edge TPU compatible? Reads the flatbuffer, no TensorFlow.
+"""`lucida check MODEL.tflite`: what edgetpu_compiler will map, op by op. Reads the flatbuffer only.
 
-Rules (Coral "Model requirements", see `edgetpu_ops`): every op in the supported list for the
-target runtime, every tensor 8-bit (constant int32/int64 operands such as biases and shapes
-excepted), static shapes, batch 1, at most 3 non-trivial dimensions on mapped ops, one subgraph.
-The compiler maps ops up to the first unsupported one; that op and all after it run on the CPU.
-Warnings (not failures): parameters above the ~8 MiB on-chip memory, very large inputs.
+Per op: `runs_on` "edgetpu"/"cpu" with the reason (`edgetpu_rules`: Coral's op table and
+conditions, the compiler's single-subgraph partitioning, public compiler logs kept in
+tests/data/edgetpu_evidence.yaml), "uncertain" where the evidence has the compiler both mapping
+and refusing such ops (counted as mapped: `ops_mappable` is an upper bound). Per model: the Edge
+TPU segments as op-index ranges, CPU<->Edge TPU transitions, parameter bytes as laid out for the
+Edge TPU, on-chip (cached) vs off-chip (streamed). A compiled model (`*_edgetpu.tflite`) is read
+back through `edgetpu_package`: subgraphs, declared runtime version, on-chip/off-chip bytes.
 
-Exit codes: 0 compatible, 1 incompatible (each problem named), 2 unreadable file.
+Exit codes: 0 compatible, or "mapped except its tail" (only post-processing such as ArgMax or
+detection post-processing stays on the CPU, after the Edge TPU part); 1 incompatible (each
+problem named); 2 unreadable file.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from lucida.tools.toolchain import edgetpu_ops as E
+from lucida.tools.toolchain import edgetpu_rules as R
+from lucida.tools.toolchain.edgetpu_package import PackageReadError, read_compiled, summarize
 from lucida.tools.toolchain.tflite_reader import (
     OpInfo,
     TensorInfo,
@@ -23,9 +29,6 @@ from lucida.tools.toolchain.tflite_reader import (
     TFLiteReadError,
     read_tflite,
 )
-
-EIGHT_BIT = ("int8", "uint8")
-CONST_OK = ("int32", "int64")  # biases, shapes, axes, paddings
 
 
 @dataclass
@@ -41,25 +44,34 @@ class Problem:
 class CheckReport:
     path: str
     runtime_version: int
-    compatible: bool
+    compatible: bool  # every op maps to the Edge TPU (or the model is compiled and readable)
+    verdict: str  # "compatible" | "mapped_except_tail" | "incompatible"
     problems: list[Problem]
     warnings: list[str]
-    first_cpu_op: dict | None  # {"index", "opcode", "reason"}: where the CPU takes over
+    first_cpu_op: dict | None  # {"index", "opcode", "reason"}: the first op left on the CPU
     ops_total: int
-    ops_mappable: int  # ops before the first CPU op (what the compiler can map, at most)
-    param_bytes: int
+    ops_mappable: int  # ops on the Edge TPU, uncertain ones included (an upper bound)
+    ops_uncertain: int
+    param_bytes: int  # constant bytes in the file (compiled: package parameters + CPU constants)
     activation_bytes: int
-    macs: int
+    macs: int | None  # None for a compiled model: the Edge TPU part's MACs are not in the file
     compiled: bool  # already holds an edgetpu-custom-op
+    layout: dict = field(default_factory=dict)  # segments, transitions, leading/tail CPU ops
+    memory: dict = field(default_factory=dict)  # parameter layout: on-chip vs streamed bytes
+    package: dict | None = None  # compiled models: what the edgetpu-custom-op holds
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
     ops: list[dict] = field(default_factory=list)
 
     @property
+    def exit_ok(self) -> bool:
+        return self.verdict in ("compatible", "mapped_except_tail")
+
+    @property
     def reason(self) -> str:
         """One line: why the model is incompatible (first problem, and how many more)."""
         if not self.problems:
-            return "compatible"
+            return self.verdict.replace("_", " ")
         more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         return self.problems[0].message + more
 
@@ -85,11 +97,15 @@ def _tensor_dict(t: TensorInfo) -> dict:
     }
 
 
-def _op_dict(op: OpInfo) -> dict:
+def _op_dict(op: OpInfo, v: R.OpVerdict) -> dict:
     return {
         "index": op.index,
         "opcode": op.opcode,
         "version": op.version,
+        "runs_on": v.runs_on,
+        "reason": v.reason,
+        "kind": v.kind,
+        "uncertain": v.uncertain,
         "inputs": [_t(t) for t in op.inputs if not t.constant],
         "outputs": [_t(t) for t in op.outputs],
         "macs": op.macs,
@@ -97,58 +113,8 @@ def _op_dict(op: OpInfo) -> dict:
     }
 
 
-def _op_support(op: OpInfo, runtime: int) -> tuple[str, str] | None:
-    """(kind, why) the Edge TPU cannot map this op; None when it can, as far as the file tells."""
-    if op.custom:
-        if op.opcode == E.EDGETPU_CUSTOM_OP:
-            return None
-        return "custom_op", "is a custom op, not an Edge TPU op"
-    if op.opcode not in E.SUPPORTED_OPS:
-        return "unsupported_op", "is not supported by the Edge TPU"
-    need = E.SUPPORTED_OPS[op.opcode][0]
-    if need > runtime:
-        return "runtime_version", f"needs Edge TPU runtime >= {need} (targeting {runtime})"
-    return None
-
-
-def _op_dtype(op: OpInfo) -> tuple[str, str] | None:
-    """(kind, why) this op is not 8-bit; None when all its tensors are."""
-    if op.custom and op.opcode == E.EDGETPU_CUSTOM_OP:
-        return None
-    for t in (*op.inputs, *op.outputs):
-        if t.dtype in EIGHT_BIT or (t.constant and t.dtype in CONST_OK):
-            continue
-        what = "constant" if t.constant else "tensor"
-        tail = f"{what} '{t.name}' is {_t(t)}; the Edge TPU needs int8/uint8"
-        if t.dtype.startswith(("float", "bfloat")):
-            return "float_op", f"is a float op: {tail}"
-        return "dtype", f"is not 8-bit: {tail}"
-    return None
-
-
-def _op_rank(op: OpInfo, skip_batch: bool) -> tuple[str, str] | None:
-    """(kind, why) a tensor of this op has more than 3 non-trivial dimensions."""
-    for t in (*op.inputs, *op.outputs):
-        if t.constant or len(t.shape) <= 3:
-            continue
-        shape = (1, *t.shape[1:]) if skip_batch else t.shape
-        if any(d > 1 for d in shape[:-3]):
-            big = sum(1 for d in shape if d > 1)
-            return "rank", (
-                f"has tensor '{t.name}' {_t(t)} with {big} dimensions > 1; the Edge TPU maps at "
-                "most 3 (the innermost)"
-            )
-    return None
-
-
-def check_model(
-    model: TFLiteModel, runtime_version: int = E.DEFAULT_RUNTIME_VERSION
-) -> CheckReport:
-    """Apply the Edge TPU rules to a parsed model."""
-    problems: list[Problem] = []
-    warnings: list[str] = []
-    first_cpu: dict | None = None
-
+def _model_problems(model: TFLiteModel) -> list[Problem]:
+    problems = []
     for t in model.inputs:
         if t.shape_signature and t.shape_signature[0] < 0:
             problems.append(
@@ -187,56 +153,107 @@ def check_model(
                 "compiler maps only the main one",
             )
         )
+    return problems
 
-    batch_problem = any(p.kind in ("batch", "dynamic_batch") for p in problems)
-    for op in model.ops:
-        support = _op_support(op, runtime_version)
-        found = [
-            f
-            for f in (support, _op_dtype(op), None if support else _op_rank(op, batch_problem))
-            if f
-        ]
-        if found:
-            why = " and ".join(text for _, text in found)
-            problems.append(Problem(found[0][0], f"op {op.index} {op.opcode} {why}", op.index))
-            if first_cpu is None:
-                first_cpu = {"index": op.index, "opcode": op.opcode, "reason": why}
 
-    # The compiler maps ops up to the first one it cannot: say so on that op's problem.
-    if first_cpu is not None:
-        p = next(p for p in problems if p.op == first_cpu["index"])
-        rest = len(model.ops) - p.op - 1
-        p.message += f" (op {p.op} and the {rest} op(s) after it run on the CPU)"
+def check_model(
+    model: TFLiteModel, runtime_version: int = E.DEFAULT_RUNTIME_VERSION
+) -> CheckReport:
+    """Apply the Edge TPU rules to a parsed model."""
+    problems = _model_problems(model)
+    warnings: list[str] = []
+    verdicts = R.op_verdicts(model, runtime_version)
+    lay = R.layout(model, verdicts)
+    cpu = [v for v in verdicts if v.runs_on == R.CPU]
+    first_cpu = (
+        {"index": cpu[0].index, "opcode": cpu[0].op, "reason": cpu[0].reason} if cpu else None
+    )
+    for v in cpu:
+        if v.kind == "after_cpu":
+            continue
+        expected = v.index in lay["tail_cpu_ops"] and lay["tail_only"]
+        if not expected:
+            problems.append(Problem(v.kind, f"op {v.index} {v.op} {v.reason}", v.index))
+    op_problems = [p for p in problems if p.op is not None]
+    if op_problems:
+        p = op_problems[0]
+        after = [v.index for v in verdicts if v.kind == "after_cpu"]
+        if after:
+            p.message += f" (it and the {len(after)} op(s) that follow it run on the CPU)"
+        else:
+            p.message += " (it runs on the CPU)"
 
     compiled = any(op.custom and op.opcode == E.EDGETPU_CUSTOM_OP for op in model.ops)
-    if model.param_bytes > E.ON_CHIP_BYTES:
-        warnings.append(
-            f"parameters {model.param_bytes / 2**20:.1f} MiB exceed the ~8 MiB on-chip memory: the "
-            "rest streams from host memory on every inference (slower)"
-        )
-    for t in model.inputs:
-        if t.elements > E.LARGE_INPUT_ELEMENTS or max(t.shape[1:3] or (0,)) > E.LARGE_INPUT_SIDE:
-            warnings.append(
-                f"input '{t.name}' {_t(t)} is very large: edgetpu_compiler is known to fail or to "
-                "leave ops on the CPU for inputs this size; tile the frame instead"
+    package = None
+    macs: int | None = model.macs
+    param_bytes = model.param_bytes
+    if compiled:
+        try:
+            package = summarize(read_compiled(model))
+        except PackageReadError as exc:
+            problems.insert(0, Problem("package", f"unreadable Edge TPU package: {exc}"))
+        macs = None
+        if package:
+            runtime_version = package["min_runtime_version"] or runtime_version
+            param_bytes = (
+                package["on_chip_bytes"]
+                + package["off_chip_bytes"]
+                + sum(op.param_bytes for op in model.ops if not op.custom)
             )
-    mappable = first_cpu["index"] if first_cpu else len(model.ops)
+        memory = {
+            "on_chip_bytes": package["on_chip_bytes"] if package else None,
+            "off_chip_bytes": package["off_chip_bytes"] if package else None,
+            "source": "compiled package",
+        }
+    else:
+        memory = R.parameter_layout(model, verdicts)
+        memory["source"] = "estimate"
+        if memory["off_chip_bytes"] or model.param_bytes > E.ON_CHIP_BYTES:
+            total = max(memory["laid_out_bytes"], model.param_bytes)
+            warnings.append(
+                f"parameters ~{total / 2**20:.1f} MiB exceed the ~8 MiB on-chip memory (less "
+                "what activations need): the rest streams from host memory on every inference "
+                "(slower)"
+            )
+    for t in model.inputs:
+        if t.bytes > E.ON_CHIP_BYTES:
+            warnings.append(
+                f"input '{t.name}' {_t(t)} is very large ({t.bytes / 2**20:.1f} MiB, more than "
+                "the Edge TPU's on-chip memory): tile the frame instead"
+            )
+    uncertain = [v for v in verdicts if v.uncertain]
+    if uncertain:
+        warnings.append(
+            f"{len(uncertain)} op(s) uncertain (counted as mapped): "
+            + "; ".join(f"op {v.index} {v.op} {v.reason}" for v in uncertain[:3])
+        )
+    if problems:
+        verdict = "incompatible"
+    elif not cpu:
+        verdict = "compatible"
+    else:
+        verdict = "mapped_except_tail"
     return CheckReport(
         path=model.path,
         runtime_version=runtime_version,
-        compatible=not problems,
+        compatible=verdict == "compatible",
+        verdict=verdict,
         problems=problems,
         warnings=warnings,
         first_cpu_op=first_cpu,
         ops_total=len(model.ops),
-        ops_mappable=mappable,
-        param_bytes=model.param_bytes,
+        ops_mappable=len(verdicts) - len(cpu),
+        ops_uncertain=len(uncertain),
+        param_bytes=param_bytes,
         activation_bytes=model.activation_bytes,
-        macs=model.macs,
+        macs=macs,
         compiled=compiled,
+        layout=lay,
+        memory=memory,
+        package=package,
         inputs=[_tensor_dict(t) for t in model.inputs],
         outputs=[_tensor_dict(t) for t in model.outputs],
-        ops=[_op_dict(op) for op in model.ops],
+        ops=[_op_dict(op, v) for op, v in zip(model.ops, verdicts)],
     )
 
 
@@ -249,30 +266,72 @@ def _kib(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 2**20 else f"{n / 2**20:.2f} MiB"
 
 
+def _ranges(idx: list[int]) -> str:
+    return (
+        ", ".join(
+            f"{a}" if a == b else f"{a}-{b}"
+            for a, b in R.segments([R.OpVerdict(i, "", R.EDGETPU, "") for i in idx])
+        )
+        or "-"
+    )
+
+
 def format_report(r: CheckReport, out=None) -> None:
-    """The human-readable op table and verdict (to `out`, default stdout)."""
+    """The human-readable op table, grouped into Edge TPU and CPU parts, and the verdict."""
     out = out or sys.stdout
     p = lambda s="": print(s, file=out)  # noqa: E731
+    macs = "MACs unknown (compiled)" if r.macs is None else f"{r.macs / 1e6:.2f} M MACs"
     p(
         f"{r.path}: {r.ops_total} ops, parameters {_kib(r.param_bytes)}, activations "
-        f"{_kib(r.activation_bytes)}, {r.macs / 1e6:.2f} M MACs"
+        f"{_kib(r.activation_bytes)}, {macs}"
     )
-    p(f"  {'#':>3}  {'op':<24} {'v':>2}  {'inputs':<28} {'outputs':<24} {'MACs':>10}")
+    p(
+        f"  {'#':>3}  {'op':<24} {'v':>2}  {'runs on':<8} {'inputs':<28} {'outputs':<24} {'MACs':>10}"
+    )
     for op in r.ops:
         ins = " ".join(op["inputs"]) or "-"
         outs = " ".join(op["outputs"]) or "-"
-        mark = (
-            " <- CPU from here" if r.first_cpu_op and r.first_cpu_op["index"] == op["index"] else ""
-        )
+        where = op["runs_on"] + ("?" if op["uncertain"] else "")
+        mark = ""
+        if r.first_cpu_op and r.first_cpu_op["index"] == op["index"]:
+            mark = " <- CPU from here"
+        if op["runs_on"] == "cpu" or op["uncertain"]:
+            mark += f"  ({op['reason']})"
         p(
-            f"  {op['index']:>3}  {op['opcode']:<24} {op['version']:>2}  {ins:<28} {outs:<24} "
-            f"{op['macs']:>10}{mark}"
+            f"  {op['index']:>3}  {op['opcode']:<24} {op['version']:>2}  {where:<8} {ins:<28} "
+            f"{outs:<24} {op['macs']:>10}{mark}"
+        )
+    lay = r.layout
+    tpu = [o["index"] for o in r.ops if o["runs_on"] == "edgetpu"]
+    p(
+        f"Edge TPU: {r.ops_mappable} of {r.ops_total} ops (ops {_ranges(tpu)}), "
+        f"{lay.get('edgetpu_subgraphs', 0)} subgraph, {lay.get('transitions', 0)} CPU<->Edge TPU "
+        f"transition(s); CPU before it: {_ranges(lay.get('leading_cpu_ops', []))}; "
+        f"CPU after it: {_ranges(lay.get('tail_cpu_ops', []))}"
+    )
+    m = r.memory
+    if m.get("on_chip_bytes") is not None:
+        what = "read from the compiled package" if r.compiled else "estimated"
+        p(
+            f"parameters on-chip {_kib(m['on_chip_bytes'])}, streamed (off-chip) "
+            f"{_kib(m['off_chip_bytes'])} ({what})"
+        )
+    if r.package:
+        pk = r.package
+        p(
+            f"compiled: {pk['edgetpu_subgraphs']} Edge TPU subgraph(s), declares runtime >= "
+            f"{pk['min_runtime_version']}, compiler {pk['compiler_version'] or '?'}, "
+            f"caching token(s) {', '.join(f'{t:#x}' for t in pk['caching_tokens']) or '-'}"
         )
     for w in r.warnings:
         p(f"warning: {w}")
-    if r.compatible:
+    if r.verdict == "compatible":
         extra = " (already compiled)" if r.compiled else ""
         p(f"compatible with the Edge TPU (runtime >= {r.runtime_version}){extra}")
+    elif r.verdict == "mapped_except_tail":
+        tail = ", ".join(f"{o['index']} {o['opcode']}" for o in r.ops if o["runs_on"] == "cpu")
+        extra = " (already compiled)" if r.compiled else ""
+        p(f"mapped except its tail: only post-processing stays on the CPU (ops {tail}){extra}")
     else:
         p(f"NOT Edge TPU compatible: {r.reason}")
         for prob in r.problems[1:]:
@@ -283,7 +342,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "check",
         help="check a .tflite model against the Edge TPU's rules (no TensorFlow needed)",
-        description="Exit 0: compatible; 1: incompatible (each problem named); 2: unreadable.",
+        description="Exit 0: compatible, or mapped except a post-processing tail; 1: "
+        "incompatible (each problem named); 2: unreadable.",
     )
     p.add_argument("model", help="a .tflite file")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -307,4 +367,4 @@ def run(args) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         format_report(report)
-    return 0 if report.compatible else 1
+    return 0 if report.exit_ok else 1

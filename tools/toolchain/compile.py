@@ -171,7 +171,43 @@ def compile_model(
             else ((text.strip().splitlines() or ["no output"])[-1])
         )
         raise CompileError(f"{COMPILER} failed on {model.name} (exit {proc.returncode}): {why}")
+    result["package"] = verify_compiled(compiled, result)
     return result
+
+
+def verify_compiled(compiled: str | os.PathLike, log: dict | None = None) -> dict:
+    """Read back what the compiler wrote (`edgetpu_package`) and check it against its log.
+
+    Returns the package summary (subgraphs, declared runtime, on-chip/off-chip bytes, caching
+    tokens) plus "log_mismatch": the figures where the log and the file disagree beyond the
+    log's rounding (0.01 MiB or 1 %). Raises CompileError when the file holds no readable package.
+    """
+    from lucida.tools.toolchain.edgetpu_package import (
+        PackageReadError,
+        read_compiled,
+        summarize,
+    )
+    from lucida.tools.toolchain.tflite_reader import TFLiteReadError, read_tflite
+
+    try:
+        packages = read_compiled(read_tflite(compiled))
+    except (TFLiteReadError, PackageReadError) as exc:
+        raise CompileError(f"{COMPILER} wrote an unreadable model: {exc}") from None
+    if not packages:
+        raise CompileError(
+            f"{compiled}: no edgetpu-custom-op: nothing was compiled for the Edge TPU"
+        )
+    s = summarize(packages)
+    mismatch = []
+    for key, mib in (("on_chip_bytes", "on_chip_mib"), ("off_chip_bytes", "off_chip_mib")):
+        if log and mib in log:
+            got = s[key] / 2**20
+            if abs(got - log[mib]) > max(0.01, 0.01 * log[mib]):
+                mismatch.append(f"{key}: log {log[mib]:.2f} MiB, file {got:.2f} MiB")
+    if log and "subgraphs" in log and log["subgraphs"] != s["edgetpu_subgraphs"]:
+        mismatch.append(f"subgraphs: log {log['subgraphs']}, file {s['edgetpu_subgraphs']}")
+    s["log_mismatch"] = mismatch
+    return s
 
 
 def format_result(r: dict) -> str:
@@ -184,6 +220,15 @@ def format_result(r: dict) -> str:
     ]
     for row in r["operators"]:
         lines.append(f"    {row['op']:<28} {row['count']:>4}  {row['status']}")
+    pk = r.get("package")
+    if pk:
+        lines.append(
+            f"  read back: {pk['edgetpu_subgraphs']} Edge TPU subgraph(s), runtime >= "
+            f"{pk['min_runtime_version']}, on-chip {pk['on_chip_bytes'] / 2**20:.2f} MiB, "
+            f"off-chip {pk['off_chip_bytes'] / 2**20:.2f} MiB"
+        )
+        for m in pk["log_mismatch"]:
+            lines.append(f"warning: the compiled file and the log disagree on {m}")
     if r.get("ops_cpu"):
         lines.append("warning: part of the model runs on the CPU (slower); see `lucida check`")
     return "\n".join(lines)

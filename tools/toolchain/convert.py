@@ -7,7 +7,7 @@ way). `convert_int8(model, samples)` -> TFLite flatbuffer bytes: TFLITE_BUILTINS
 float even then; the result is read back and any float op left is an error naming the op.
 
 The representative dataset is the calibration images after exactly the bundle's preprocessing
-(`calib_data.normalize`: raw RGB pixels as float32 unless the manifest has a mean/std).
+(`representative.normalize`: raw RGB pixels as float32 unless the manifest has a mean/std).
 """
 
 from __future__ import annotations

@@ -66,3 +66,34 @@ DEFAULT_RUNTIME_VERSION = 14
 # Input tensors above this size are known to make edgetpu_compiler fail or split the graph.
 LARGE_INPUT_ELEMENTS = 1024 * 1024 * 3
 LARGE_INPUT_SIDE = 1024
+
+# Ops that are meant to stay on the CPU after the Edge TPU part (a model whose only CPU ops are
+# these, and what follows them, is "mapped except its tail"): arg-max of a segmentation map,
+# detection post-processing, decoders. Custom ops count when their name says post-processing.
+TAIL_OPS = frozenset(
+    {"ARG_MAX", "ARG_MIN", "DEQUANTIZE", "QUANTIZE", "CAST", "TOPK_V2", "GATHER", "GATHER_ND",
+     "NON_MAX_SUPPRESSION_V4", "NON_MAX_SUPPRESSION_V5", "SOFTMAX"}
+)  # fmt: skip
+TAIL_CUSTOM = r"(?i)post.?process|decod|nms|non.?max"
+
+# Where the evidence stops: beyond these sizes the compiler has left the op on the CPU in public
+# logs, below them it has mapped it (tests/data/edgetpu_evidence.yaml). Between: "uncertain".
+RESIZE_UNCERTAIN_PX = 256 * 256  # output height x width (edgetpu#597 1024x1024: CPU)
+MEAN_UNCERTAIN_PX = 128 * 128  # reduced height x width (edgetpu#461 256x128: CPU, 64x128: TPU)
+LSTM_UNCERTAIN_FEATURES = 900  # input features (edgetpu#598: fails above ~900-1000)
+TRANSPOSE_CONV_UNCERTAIN_BYTES = 1 << 20  # weights (edgetpu#684: 2 MiB kernel stayed on CPU)
+RESHAPE_UNCERTAIN_ELEMENTS = 1 << 20  # Coral: "certain reshapes might not be mapped" when large
+SOFTMAX_MAX_ELEMENTS = 16000  # Coral: 1-D input with at most 16,000 elements
+
+# Status texts edgetpu_compiler prints per op, for the reasons `check` gives.
+STATUS_MAPPED = "Mapped to Edge TPU"
+STATUS_UNSUPPORTED = "Operation not supported"
+STATUS_DTYPE = "Operation is working on an unsupported data type"
+STATUS_RANK = "Tensor has unsupported rank (up to 3 innermost dimensions mapped)"
+STATUS_SUBGRAPH = "More than one subgraph is not supported"
+STATUS_LIMIT = "Operation is otherwise supported, but not mapped due to some unspecified limitation"
+STATUS_VERSION = "Operation version not supported"
+
+# Highest op version compilers before 16 (runtime < 14) accepted, where logs show a refusal
+# ("Operation version not supported", "Didn't find op for builtin opcode ... version '3'").
+MAX_VERSION_BEFORE_14 = {"RESIZE_NEAREST_NEIGHBOR": 2, "RESIZE_BILINEAR": 2, "TRANSPOSE_CONV": 2}

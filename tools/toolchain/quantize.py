@@ -72,7 +72,7 @@ def quantize_to_bundle(
     0..255 pixels (written to the manifest; the runtime applies it). input_size: (W, H) px for
     models with a dynamic spatial size.
     """
-    from lucida.tools.toolchain import representative as cd
+    from lucida.tools.toolchain import representative as rep
     from lucida.tools.toolchain.bundle import REPORT_FILE, build_bundle
     from lucida.tools.toolchain.convert import QuantizeError, convert_int8, load_float_model
     from lucida.tools.toolchain.quant_report import (
@@ -84,8 +84,8 @@ def quantize_to_bundle(
     )
 
     model = Path(model)
-    available = cd.list_images(calib_dir)  # fail fast, before TensorFlow loads the model
-    chosen = cd.pick_subset(available, samples, seed)
+    available = rep.list_images(calib_dir)  # fail fast, before TensorFlow loads the model
+    chosen = rep.pick_subset(available, samples, seed)
     fm = load_float_model(model, input_size)
     h, w, _ = fm.input_shape
     out_shape = fm.output_shape
@@ -101,15 +101,15 @@ def quantize_to_bundle(
             f"--positive-index {positive_index} but the model has {channels} channel(s)"
         )
 
-    calib = cd.load_samples(chosen, w, h)
-    calib_inputs = [cd.normalize(s.rgb, mean, std) for s in calib]
+    calib = rep.load_samples(chosen, w, h)
+    calib_inputs = [rep.normalize(s.rgb, mean, std) for s in calib]
     notes = []
     if len(calib) < 100:
         notes.append(f"only {len(calib)} calibration images (100-500 recommended)")
     tflite = convert_int8(fm, calib_inputs, io_dtype, progress=progress)
 
     if val_dir is not None:
-        val_paths = cd.list_images(val_dir)[:MAX_VAL_IMAGES]
+        val_paths = rep.list_images(val_dir)[:MAX_VAL_IMAGES]
         val_source = f"--val {val_dir}"
     else:
         held_out = sorted(set(available) - set(chosen))[:MAX_VAL_IMAGES]
@@ -120,9 +120,9 @@ def quantize_to_bundle(
             else "the calibration images themselves (no --val): optimistic"
         )
     labels = "mask" if kind == "heatmap" else "folder"
-    val = cd.load_samples(val_paths, w, h, labels=labels)
+    val = rep.load_samples(val_paths, w, h, labels=labels)
     runner = Int8Runner(tflite, mean, std)
-    float_out = [fm.predict(cd.normalize(s.rgb, mean, std)) for s in val]
+    float_out = [fm.predict(rep.normalize(s.rgb, mean, std)) for s in val]
     int8_out = [runner(s.rgb) for s in val]
     output = compare(
         float_out,
@@ -154,7 +154,7 @@ def quantize_to_bundle(
         "notes": notes,
     }
     if layer_report:
-        debug = [cd.normalize(s.rgb, mean, std) for s in val[:DEBUG_SAMPLES]]
+        debug = [rep.normalize(s.rgb, mean, std) for s in val[:DEBUG_SAMPLES]]
         try:
             conv = fm.converter(calib_inputs, io_dtype, progress=progress, desc="layer debugger")
             report["layers"] = layer_errors(conv, debug)

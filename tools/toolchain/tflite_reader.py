@@ -66,6 +66,9 @@ class TensorInfo:
     scales: int = 0
     scale: float | None = None
     zero_point: int | None = None
+    values: tuple[int, ...] | None = None  # small int32/int64 constants (axes, strides, shapes)
+    all_zero: bool | None = None  # constants only: every byte is 0
+    variable: bool = False  # a state tensor (e.g. an LSTM's cell state)
 
     @property
     def dynamic(self) -> bool:
@@ -95,6 +98,7 @@ class OpInfo:
     macs: int = 0
     elements: int = 0
     options: dict = field(default_factory=dict)
+    custom_options: bytes = field(default=b"", repr=False)
 
     @property
     def param_bytes(self) -> int:
@@ -133,6 +137,7 @@ class TFLiteModel:
         d = asdict(self)
         d["macs"] = self.macs
         for op, od in zip(self.ops, d["ops"]):
+            od["custom_options"] = len(op.custom_options)  # bytes (the payload is binary)
             od["param_bytes"] = op.param_bytes
             od["activation_bytes"] = op.activation_bytes
         return d
@@ -149,7 +154,7 @@ def _tensor_bytes(shape: tuple[int, ...], dtype_size: float) -> int:
     return int(math.ceil(n * dtype_size))
 
 
-def _read_tensor(t, index: int, buffer_sizes: list[int]) -> TensorInfo:
+def _read_tensor(t, index: int, buffer_sizes: list[int], buffers=None) -> TensorInfo:
     dtype, size = _DTYPES.get(t.Type(), (f"type{t.Type()}", 0))
     shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
     sig = tuple(int(d) for d in t.ShapeSignatureAsNumpy()) if t.ShapeSignatureLength() else shape
@@ -163,6 +168,14 @@ def _read_tensor(t, index: int, buffer_sizes: list[int]) -> TensorInfo:
         scale = float(q.Scale(0))
         zp = int(q.ZeroPoint(0)) if q.ZeroPointLength() else 0
     name = t.Name()
+    values, all_zero = None, None
+    if constant and buffers is not None and buffers[buf] is not None:
+        raw = buffers[buf]
+        all_zero = not any(raw)
+        if dtype in ("int32", "int64") and nbytes <= 64:
+            import numpy as np
+
+            values = tuple(int(v) for v in np.frombuffer(raw, "<i4" if dtype == "int32" else "<i8"))
     return TensorInfo(
         index=index,
         name=name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name or ""),
@@ -174,21 +187,54 @@ def _read_tensor(t, index: int, buffer_sizes: list[int]) -> TensorInfo:
         scales=scales,
         scale=scale,
         zero_point=zp,
+        values=values,
+        all_zero=all_zero,
+        variable=bool(t.IsVariable()),
     )
 
 
-def _pool_options(op) -> dict:
+# builtin op -> (options class in the tflite package, fields read into OpInfo.options)
+_OPTIONS = {
+    "CONV_2D": ("Conv2DOptions", ("StrideH", "StrideW", "DilationHFactor", "DilationWFactor",
+                                  "FusedActivationFunction")),
+    "DEPTHWISE_CONV_2D": ("DepthwiseConv2DOptions", ("StrideH", "StrideW", "DilationHFactor",
+                                                     "DilationWFactor", "DepthMultiplier",
+                                                     "FusedActivationFunction")),
+    "AVERAGE_POOL_2D": ("Pool2DOptions", ("FilterHeight", "FilterWidth", "StrideH", "StrideW",
+                                          "FusedActivationFunction")),
+    "MAX_POOL_2D": ("Pool2DOptions", ("FilterHeight", "FilterWidth", "StrideH", "StrideW",
+                                      "FusedActivationFunction")),
+    "L2_POOL_2D": ("Pool2DOptions", ("FilterHeight", "FilterWidth", "StrideH", "StrideW",
+                                     "FusedActivationFunction")),
+    "CONCATENATION": ("ConcatenationOptions", ("Axis", "FusedActivationFunction")),
+    "STRIDED_SLICE": ("StridedSliceOptions", ("BeginMask", "EndMask", "EllipsisMask",
+                                              "NewAxisMask", "ShrinkAxisMask")),
+    "FULLY_CONNECTED": ("FullyConnectedOptions", ("WeightsFormat", "KeepNumDims",
+                                                  "FusedActivationFunction")),
+    "TRANSPOSE_CONV": ("TransposeConvOptions", ("StrideH", "StrideW")),
+    "RESIZE_BILINEAR": ("ResizeBilinearOptions", ("AlignCorners", "HalfPixelCenters")),
+    "RESIZE_NEAREST_NEIGHBOR": ("ResizeNearestNeighborOptions", ("AlignCorners",
+                                                                 "HalfPixelCenters")),
+}  # fmt: skip
+
+
+def _options(name: str, op) -> dict:
+    """The builtin options the Edge TPU rules and cost model read, as {snake_case: value}."""
+    import re
+
     import tflite
 
-    table = op.BuiltinOptions()
+    spec = _OPTIONS.get(name)
+    table = op.BuiltinOptions() if spec else None
     if table is None:
         return {}
-    opt = tflite.Pool2DOptions()
+    opt = getattr(tflite, spec[0])()
     opt.Init(table.Bytes, table.Pos)
-    return {
-        "filter": (opt.FilterHeight(), opt.FilterWidth()),
-        "stride": (opt.StrideH(), opt.StrideW()),
-    }
+    out = {re.sub(r"(?<!^)(?=[A-Z])", "_", f).lower(): int(getattr(opt, f)()) for f in spec[1]}
+    if "filter_height" in out:  # kept for the cost model (pool window, px)
+        out["filter"] = (out["filter_height"], out["filter_width"])
+        out["stride"] = (out["stride_h"], out["stride_w"])
+    return out
 
 
 def _work(name: str, ins: tuple[TensorInfo, ...], outs: tuple[TensorInfo, ...], options: dict):
@@ -247,24 +293,30 @@ def _parse(data: bytes, where: str) -> TFLiteModel:
 
     model = tflite.Model.GetRootAs(data, 0)
     n = len(data)
-    buffer_sizes = []
+    buffer_sizes, small = [], []
     for i in range(model.BuffersLength()):
         b = model.Buffers(i)
         if b.Offset() > 1:  # data stored after the flatbuffer (models > 2 GiB)
             if b.Offset() + b.Size() > n:
                 raise TFLiteReadError(f"{where}: truncated: buffer {i} ends past the end of file")
             buffer_sizes.append(int(b.Size()))
+            start = b.Offset()
+            small.append(data[start : start + b.Size()] if b.Size() <= 1 << 20 else None)
         elif b.DataLength():
             arr = b.DataAsNumpy()  # zero-copy view; raises when the vector runs past the end
             if arr.nbytes != b.DataLength():
                 raise ValueError("short buffer")
             buffer_sizes.append(int(b.DataLength()))
+            small.append(arr.tobytes() if arr.nbytes <= 1 << 20 else None)
         else:
             buffer_sizes.append(0)
+            small.append(None)
     if model.SubgraphsLength() < 1:
         raise TFLiteReadError(f"{where}: TFLite model without a subgraph")
     sg = model.Subgraphs(0)
-    tensors = tuple(_read_tensor(sg.Tensors(i), i, buffer_sizes) for i in range(sg.TensorsLength()))
+    tensors = tuple(
+        _read_tensor(sg.Tensors(i), i, buffer_sizes, small) for i in range(sg.TensorsLength())
+    )
     codes = []
     for i in range(model.OperatorCodesLength()):
         oc = model.OperatorCodes(i)
@@ -280,9 +332,10 @@ def _parse(data: bytes, where: str) -> TFLiteModel:
         outs = (
             tuple(tensors[j] for j in op.OutputsAsNumpy() if j >= 0) if op.OutputsLength() else ()
         )
-        options = _pool_options(op) if opname.endswith("POOL_2D") else {}
+        options = {} if custom else _options(opname, op)
         macs, elems = _work(opname, ins, outs, options)
-        ops.append(OpInfo(i, opname, version, custom, ins, outs, macs, elems, options))
+        copts = bytes(op.CustomOptionsAsNumpy().tobytes()) if op.CustomOptionsLength() else b""
+        ops.append(OpInfo(i, opname, version, custom, ins, outs, macs, elems, options, copts))
     ins = tuple(tensors[j] for j in sg.InputsAsNumpy()) if sg.InputsLength() else ()
     outs = tuple(tensors[j] for j in sg.OutputsAsNumpy()) if sg.OutputsLength() else ()
     const_buffers = {sg.Tensors(t.index).Buffer() for t in tensors if t.constant}
