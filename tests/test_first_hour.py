@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -61,8 +62,15 @@ def test_readme_config_checks_then_starts_and_says_where_the_page_is(tmp_path):
         assert (tmp_path / m.group(2)).read_text().strip()  # the token is where it says
         logs = proc.stdout.readline()
         assert logs.startswith("logs: lucida-state/log/events.jsonl")
-        with urllib.request.urlopen(m.group(1) + "/status", timeout=30) as r:
-            assert json.load(r)["objective"] == "10x"
+
+        def objective():
+            with urllib.request.urlopen(m.group(1) + "/status", timeout=30) as r:
+                return json.load(r)["objective"]
+
+        deadline = time.monotonic() + 60  # the first frame of the virtual camera sets it
+        while objective() != "10x" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert objective() == "10x"
         with urllib.request.urlopen(m.group(1) + "/", timeout=30) as r:
             assert b"<html" in r.read().lower()
     finally:
