@@ -74,6 +74,29 @@ class StatusCollector:
         )
         up.add_metric([str(st["model"]), str(st["delegate"])], 1.0)
         yield up
+        yield from _device_metrics(st.get("devices") or [])
+
+
+def _device_metrics(devices: list[dict]):
+    """Per Edge TPU (several devices, runtime.devices): invokes, errors, rebuilds, up, p50/p99."""
+    fams = {
+        k: CounterMetricFamily(f"lucida_device_{k}", f"Edge TPU {k}", labels=["device"])
+        for k in ("invokes", "errors", "rebuilds")
+    }
+    up = GaugeMetricFamily(
+        "lucida_device_up", "1 serving, 0 rebuilding or dropped", labels=["device"]
+    )
+    ms = GaugeMetricFamily(
+        "lucida_device_invoke_ms", "invoke time percentiles (ms)", labels=["device", "quantile"]
+    )
+    for d in devices:
+        for k, fam in fams.items():
+            fam.add_metric([d["device"]], d[k])
+        up.add_metric([d["device"]], 1.0 if d["state"] == "ok" else 0.0)
+        for q in ("50", "90", "99"):
+            ms.add_metric([d["device"], f"0.{q}"], d.get(f"invoke_ms_p{q}", 0.0))
+    if devices:
+        yield from (*fams.values(), up, ms)
 
 
 def make_app(daemon) -> web.Application:

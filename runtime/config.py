@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple, Union
+from typing import Annotated, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -51,8 +51,15 @@ class SourceConfig(_Strict):
 
 class ModelsConfig(_Strict):
     task: str = "lymph"
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|edgetpu|usb:\d+|pci:\d+)$")
+    # one spec, "all" (every Edge TPU found) or a list of specs: one interpreter per device
+    device: Union[
+        Annotated[str, Field(pattern=r"^(auto|cpu|edgetpu|all|usb:\d+|pci:\d+)$")],
+        Annotated[List[Annotated[str, Field(pattern=r"^(usb|pci):\d+$")]], Field(min_length=1)],
+    ] = "auto"
     num_threads: Optional[int] = Field(default=None, ge=1)
+    # several devices, a bundle per objective: each bundle on devices of its own, all loaded
+    # at start, so a turn of the nosepiece reloads nothing (docs/accelerators.md)
+    preload: bool = False
     dirs: List[str] = Field(
         default_factory=list
     )  # extra bundle folders, searched after deployed ones

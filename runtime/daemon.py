@@ -26,7 +26,7 @@ from lucida.overlay.sinks import JpegStream, make_sink
 
 from .audit import AuditTrail
 from .config import ConfigError, DaemonConfig, load_config
-from .engine import Engine
+from .devices import build_engine
 from .events import EventLog
 from .models import ActiveModel, ModelSelector
 from .pipeline import Optics, Pipeline, nominal_um_per_px
@@ -144,6 +144,7 @@ class Daemon:
             task=cfg.models.task,
             device=cfg.models.device,
             num_threads=cfg.models.num_threads,
+            preload=cfg.models.preload,
         )
         active = self.store.active()
         if active is not None:
@@ -376,7 +377,8 @@ class Daemon:
     def start(self) -> None:
         objectives = set(self.config.serial.positions.values()) if self.serial else set()
         loaded = self.models.preload(objectives | {self.config.source.objective})
-        self.events("models_loaded", models=loaded)
+        m = self.models  # placement: each bundle's own devices (models.preload), or why not
+        self.events("models_loaded", models=loaded, placement=m.placement, note=m.placement_note)
         self._restore_settings()
         self.pipeline.start()
         if self.serial is not None:
@@ -395,6 +397,7 @@ class Daemon:
         if self.serial is not None:
             self.serial.stop()
         self.pipeline.stop()
+        self.models.close()  # several Edge TPUs: their threads and delegates
         if self.http is not None:
             self.http.stop()
             self.http = None
@@ -414,6 +417,7 @@ class Daemon:
         if self.serial is not None:
             self.serial.stop()
         self.pipeline.stop()
+        self.models.close()
         self.config = new
         self._build()
         self._restore_settings()
@@ -486,10 +490,13 @@ class Daemon:
         if active is None:
             return {"ok": False, "error": "no model is running"}
         bundle = active.engine.bundle
-        engine = Engine(
+        engine = build_engine(
             bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
         )
-        result = engine.health_check(raise_on_fail=False)
+        try:
+            result = engine.health_check(raise_on_fail=False)
+        finally:
+            engine.close()
         self.events("health", model=bundle.name, **result)
         return {
             **result,
@@ -583,7 +590,7 @@ class Daemon:
     def _activate(self, bundle: Bundle) -> dict:
         """Load, health-check, then swap in between two frames; on failure nothing changes."""
         with self._swap_lock:
-            engine = Engine(
+            engine = build_engine(
                 bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
             )
             health = engine.health_check()  # raises HealthCheckError: the running model stays
@@ -636,7 +643,7 @@ class Daemon:
             if active is None:
                 raise ValueError("no model is running; name a bundle to benchmark")
             bundle = active.engine.bundle
-        engine = Engine(
+        engine = build_engine(
             bundle, device=self.config.models.device, num_threads=self.config.models.num_threads
         )
         m = bundle.manifest
@@ -652,6 +659,7 @@ class Daemon:
             t0 = time.perf_counter_ns()
             engine.infer_tile(tile)
             times.append(time.perf_counter_ns() - t0)
+        engine.close()
         info = engine.info
         return {
             "bundle": bundle.name,

@@ -12,6 +12,7 @@ import numpy as np
 from lucida.models import Bundle, Registry
 from lucida.overlay.contours import ContourParams
 
+from .devices import build_engine, device_specs
 from .engine import Engine
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,12 @@ class ModelSelector:
 
     Engines are built the first time a bundle is needed and kept; `for_objective` returns None
     when no bundle claims that objective (the overlay stays off there).
+
+    preload: give each objective's bundle Edge TPUs of its own when `preload()` runs (the devices
+    of `device` dealt out in turn), so every device keeps one model's parameters in its on-chip
+    cache and a turn of the nosepiece switches engines without loading anything. With fewer
+    devices than bundles it says so (`placement_note`) and every bundle uses every device (the
+    Edge TPU reloads its cache on each switch).
     """
 
     def __init__(
@@ -59,8 +66,9 @@ class ModelSelector:
         bundle: Bundle | None = None,
         registry: Registry | None = None,
         task: str = "lymph",
-        device: str = "auto",
+        device: str | list[str] = "auto",
         num_threads: int | None = None,
+        preload: bool = False,
     ):
         if bundle is None and registry is None:
             registry = Registry()
@@ -68,28 +76,54 @@ class ModelSelector:
         self.device = device
         # one core stays free for capture and rendering, which run beside inference
         self.num_threads = num_threads or pipeline_threads()
+        self.preload_devices = preload
+        self.placement: dict[str, list[str]] = {}  # bundle name -> the devices it has alone
+        self.placement_note = ""  # why bundles share devices although preload was asked for
         self._engines: dict[str, Engine] = {}
+        self._built_on: dict[str, object] = {}  # bundle name -> the device spec it was built for
         self._lock = threading.Lock()
         self.pinned: Bundle | None = None  # a deployed bundle, used at the objectives it claims
+
+    def _device_for(self, bundle: Bundle):
+        """The devices this bundle runs on: its own with a placement, else `device`."""
+        own = self.placement.get(bundle.name)
+        return (own[0] if len(own) == 1 else own) if own else self.device
 
     def engine(self, bundle: Bundle) -> Engine:
         with self._lock:
             e = self._engines.get(bundle.name)
-            if e is None or e.bundle.path != bundle.path:
-                e = Engine(bundle, device=self.device, num_threads=self.num_threads)
-                self._engines[bundle.name] = e
+            device = self._device_for(bundle)
+            if e is None or e.bundle.path != bundle.path or self._built_on[bundle.name] != device:
+                e = build_engine(bundle, device=device, num_threads=self.num_threads)
+                self._keep(bundle.name, e, device)
                 log.info("loaded %s on %s (%s)", bundle.name, e.info.delegate, e.info.backend)
             return e
 
-    def for_objective(self, objective: str | None) -> ActiveModel | None:
+    def _keep(self, name: str, engine: Engine, device=None) -> None:
+        """Store `engine` for bundle `name`; the one it replaces releases its devices' threads
+        (a frame still running on it finishes on the calling thread)."""
+        old = self._engines.get(name)
+        self._engines[name] = engine
+        self._built_on[name] = self.device if device is None else device
+        if old is not None and old is not engine:
+            old.close()
+
+    def close(self) -> None:
+        """Release every engine's devices (several Edge TPUs: their threads)."""
+        with self._lock:
+            for e in self._engines.values():
+                e.close()
+
+    def _resolve(self, objective: str | None) -> tuple[Bundle, object] | None:
+        """(bundle, contour parameters) for this objective, or None; builds nothing."""
         pinned = self.pinned
         if pinned is not None and (objective is None or objective in pinned.manifest.objectives):
-            return ActiveModel.of(self.engine(pinned), pinned.manifest.contours)
+            return pinned, pinned.manifest.contours
         if self.bundle is not None:
             m = self.bundle.manifest
             if objective is not None and objective not in m.objectives:
                 return None
-            return ActiveModel.of(self.engine(self.bundle), m.contours)
+            return self.bundle, m.contours
         if objective is None:
             return None
         try:
@@ -99,7 +133,11 @@ class ModelSelector:
             return None
         if objective not in resolved.bundle.manifest.objectives:
             return None
-        return ActiveModel.of(self.engine(resolved.bundle), resolved.contours)
+        return resolved.bundle, resolved.contours
+
+    def for_objective(self, objective: str | None) -> ActiveModel | None:
+        found = self._resolve(objective)
+        return None if found is None else ActiveModel.of(self.engine(found[0]), found[1])
 
     def bundle_for(self, objective: str | None) -> Bundle | None:
         """The bundle `for_objective` would run at this objective, without building an engine."""
@@ -118,21 +156,52 @@ class ModelSelector:
         return b if objective in b.manifest.objectives else None
 
     def preload(self, objectives) -> list[str]:
-        """Build the engines for these objectives now, so a turn of the nosepiece is instant."""
+        """Build the engines for these objectives now, so a turn of the nosepiece is instant;
+        with `preload_devices`, each bundle first gets devices of its own (`place`)."""
+        objectives = sorted({o for o in objectives if o is not None}, key=str)
+        if self.preload_devices:
+            found = (self._resolve(o) for o in objectives)
+            self.place([f[0] for f in found if f is not None])
         return sorted({a.name for a in map(self.for_objective, objectives) if a is not None})
+
+    def place(self, bundles: list[Bundle]) -> dict[str, list[str]]:
+        """Deal the configured devices out to these bundles (device i to bundle i mod n).
+
+        Fewer devices than bundles: no placement, the reason in `placement_note` (logged), and
+        every bundle loads on every device when it is switched to.
+        """
+        names = list(dict.fromkeys(b.name for b in bundles))
+        specs = device_specs(self.device)
+        with self._lock:
+            self.placement, self.placement_note = {}, ""
+            if len(names) < 2:
+                return {}
+            if len(specs) < len(names):
+                self.placement_note = (
+                    f"models.preload: {len(names)} bundles ({', '.join(names)}) but "
+                    f"{len(specs)} Edge TPU(s) in models.device ({', '.join(specs) or 'none'}): "
+                    "not one device each; every bundle loads on the shared device(s) when "
+                    "switched to"
+                )
+                log.warning("%s", self.placement_note)
+                return {}
+            self.placement = {n: specs[i :: len(names)] for i, n in enumerate(names)}
+            log.info("preload: %s", self.placement)
+            return dict(self.placement)
 
     def pin(self, bundle: Bundle, engine: Engine | None = None) -> None:
         """Run `bundle` (already loaded and checked as `engine`, if given) wherever it applies."""
         with self._lock:
             if engine is not None:
-                self._engines[bundle.name] = engine
+                self._keep(bundle.name, engine)
             self.pinned = bundle
 
     def replace(self, bundle: Bundle) -> ActiveModel:
         """Use `bundle` from now on (a deploy or an activate): built before it is swapped in."""
-        engine = Engine(bundle, device=self.device, num_threads=self.num_threads)
+        device = self._device_for(bundle)
+        engine = build_engine(bundle, device=device, num_threads=self.num_threads)
         with self._lock:
-            self._engines[bundle.name] = engine
+            self._keep(bundle.name, engine, device)
             if self.bundle is not None:
                 self.bundle = bundle
         return ActiveModel.of(engine, bundle.manifest.contours)

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
+import cv2
 import numpy as np
 from lucida.overlay.compose import ARComposer, PreviewComposer
 from lucida.overlay.contours import ContourExtractor, ContourParams
@@ -39,6 +40,13 @@ def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | 
         return um_at_1x / float(objective[:-1]) if objective else None
     except ValueError:
         return None
+
+
+def _chain(first, second):
+    """RGB -> RGB: `first` then `second` (either may be None; None when both are)."""
+    if first is None or second is None:
+        return first or second
+    return lambda img: second(first(img))
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,9 @@ class Stats:
     """Counters and recent timings (ns) of the loop; `snapshot()` is what /status and bench show."""
 
     STAGES = ("capture_wait", "preprocess", "infer", "contours", "render", "sinks", "latency")
+    # CPU time (time.thread_time_ns) per stage run, outside the model's invoke: what a faster
+    # accelerator cannot take away. infer_host: tensor copies, dequantization, stitching.
+    CPU_STAGES = ("capture", "preprocess", "infer_host", "contours", "render", "sinks")
 
     def __init__(self, window: int = 2000):
         self.t0_ns = time.monotonic_ns()
@@ -87,6 +98,7 @@ class Stats:
             ("frames_in", "processed", "displayed", "cleared", "reopens", "source_errors"), 0
         )
         self.timings = {k: deque(maxlen=window) for k in self.STAGES}
+        self.cpu = {k: deque(maxlen=window) for k in self.CPU_STAGES}
         self.events = {k: deque(maxlen=window) for k in ("in", "processed", "displayed")}
         self.lock = threading.Lock()
 
@@ -100,6 +112,25 @@ class Stats:
     def time(self, stage: str, ns: int) -> None:
         with self.lock:
             self.timings[stage].append(ns)
+
+    def cpu_time(self, stage: str, ns: int) -> None:
+        with self.lock:
+            self.cpu[stage].append(ns)
+
+    def clear_window(self) -> None:
+        """Forget recent timings (a bench's warm-up); counters keep counting."""
+        with self.lock:
+            for d in (*self.timings.values(), *self.cpu.values()):
+                d.clear()
+
+    def cpu_ms_per_frame(self) -> dict:
+        """Mean CPU ms per run of each stage (recent window) and their sum, "total"."""
+        with self.lock:
+            means = {k: float(np.mean(v)) / 1e6 if v else 0.0 for k, v in self.cpu.items()}
+        return {
+            **{k: round(v, 4) for k, v in means.items()},
+            "total": round(sum(means.values()), 4),
+        }
 
     def fps(self, ev: str, window_s: float = 5.0) -> float:
         """Events per second over the last `window_s` (read from the newest back: cheap per frame)."""
@@ -129,6 +160,7 @@ class Stats:
         }
         for stage, arr in timings.items():
             out.update(percentiles_ms(arr, f"{stage}_ms"))
+        out["cpu_ms_per_frame"] = self.cpu_ms_per_frame()
         return out
 
 
@@ -189,6 +221,9 @@ class Pipeline:
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
+        # the stages already run in parallel; OpenCV's own pool would add wake-ups and spinning
+        # beside them (bench pipeline: "other" CPU ms per frame), so OpenCV runs single-threaded
+        cv2.setNumThreads(1)
         for s in self.ar_sinks + self.preview_sinks:
             s.open()
         for name, fn in (
@@ -325,6 +360,8 @@ class Pipeline:
             "backend": f"{info.backend} {info.backend_version}" if info else None,
             "delegate": info.delegate if info else None,
             "fallback_reason": info.fallback_reason if info else None,
+            # several Edge TPUs (runtime.devices): per-device state, invokes, errors, p50/p99
+            "devices": getattr(active.engine, "device_stats", lambda: None)() if active else None,
             **self.stats.snapshot(
                 {"drops_capture": self.captured.drops, "drops_result": self.results.drops}
             ),
@@ -345,7 +382,7 @@ class Pipeline:
                     self.on_event("error", where="source", message=str(exc))
                     backoff.wait(self._stop)
                     continue
-            t0 = time.monotonic_ns()
+            t0, c0 = time.monotonic_ns(), time.thread_time_ns()
             try:
                 frame = self.source.read(timeout_s=0.1)
             except SourceError as exc:
@@ -363,6 +400,7 @@ class Pipeline:
             self.stats.time("capture_wait", time.monotonic_ns() - t0)
             self._last_capture_ns = frame.t_capture_ns
             self.stats.count("frames_in", frame.t_capture_ns)
+            self.stats.cpu_time("capture", time.thread_time_ns() - c0)
             self.captured.put((frame, self._prepare(frame)))
 
     def _switch(self, objective: str | None) -> None:
@@ -392,15 +430,12 @@ class Pipeline:
 
     def _preprocess(self, frame: Frame, active: ActiveModel, optics: Optics) -> Prepared:
         """Flat-field, the model's colour normalization, resampling to the model's pixel size."""
-        t0 = time.monotonic_ns()
-        image = optics.correct(frame.image) if optics.correct else frame.image
-        if (
-            active.normalize is not None
-        ):  # the model's colour domain; the display keeps the camera's
-            image = active.normalize(image)
+        t0, c0 = time.monotonic_ns(), time.thread_time_ns()
         um = optics.um_per_px or frame.meta.get("um_per_px")
-        x = active.engine.resample(image, um_per_px=um)
+        # at model px, after resampling (one pass over far fewer px); the display keeps the camera's
+        x = active.engine.resample(frame.image, um, _chain(optics.correct, active.normalize))
         self.stats.time("preprocess", time.monotonic_ns() - t0)
+        self.stats.cpu_time("preprocess", time.thread_time_ns() - c0)
         return Prepared(active, optics, x)
 
     def _prepare(self, frame: Frame) -> Prepared | None:
@@ -432,9 +467,13 @@ class Pipeline:
             return
         if prepared is None or prepared.active is not active or prepared.optics is not optics:
             prepared = self._preprocess(frame, active, optics)  # the model changed meanwhile
-        t1 = time.monotonic_ns()
-        heatmap = active.engine.infer_input(prepared.input)
+        engine = active.engine
+        t1, c1, k1 = time.monotonic_ns(), time.thread_time_ns(), engine.host_cpu_offset_ns()
+        heatmap = engine.infer_input(prepared.input)
         t2 = time.monotonic_ns()
+        self.stats.cpu_time(
+            "infer_host", time.thread_time_ns() - c1 + engine.host_cpu_offset_ns() - k1
+        )
         timings = {"infer": t2 - t1}
         self.stats.time("infer", t2 - t1)
         self.stats.count("processed")
@@ -493,9 +532,11 @@ class Pipeline:
         with self._lock:
             optics, objective, extractor = self._optics, self._objective, self._extractor
         um = optics.um_per_px or frame.meta.get("um_per_px")
-        t0 = time.monotonic_ns()  # the render stage: contours, then drawing
+        t0, c0 = time.monotonic_ns(), time.thread_time_ns()  # render stage: contours, drawing
         res = replace(res, regions=extractor.extract(hm.probs, hm.affine, um))
         self.stats.time("contours", time.monotonic_ns() - t0)
+        c_contours = time.thread_time_ns()
+        self.stats.cpu_time("contours", c_contours - c0)
         fps = self.stats.fps("processed")
         canvases = []
         if self.ar is not None:
@@ -529,11 +570,13 @@ class Pipeline:
                     ),
                 )
             )
-        t1 = time.monotonic_ns()
+        t1, c1 = time.monotonic_ns(), time.thread_time_ns()
         for sinks, canvas in canvases:
             for s in sinks:
                 s.show(canvas, frame.t_capture_ns)
         t2 = time.monotonic_ns()
+        self.stats.cpu_time("render", c1 - c_contours)
+        self.stats.cpu_time("sinks", time.thread_time_ns() - c1)
         self.stats.time("render", t1 - t0)
         self.stats.time("sinks", t2 - t1)
         self.stats.time("latency", t2 - frame.t_capture_ns)

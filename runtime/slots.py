@@ -31,4 +31,11 @@ class LatestSlot(Generic[T]):
             if self._item is None:
                 self._cond.wait(timeout_s)
             item, self._item = self._item, None
+            if item is not None:
+                self._cond.notify_all()  # wakes wait_taken
             return item
+
+    def wait_taken(self, timeout_s: float | None = None) -> bool:
+        """Wait until the slot is empty (its item was taken); True when it is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._item is None, timeout_s)

@@ -16,7 +16,7 @@ from lucida.tools.latency.candidates import (
     write_candidate,
 )
 from lucida.tools.latency.db import LatencyDB, Measurement
-from lucida.tools.latency.kernels import (
+from lucida.tools.latency.whole_model import (
     PredictorError,
     evaluate,
     fit_kernel_model,

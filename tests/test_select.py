@@ -10,6 +10,7 @@ import pytest
 from lucida.models.bundle import update_manifest
 from lucida.tools.cli import main
 from lucida.tools.latency.db import LatencyDB, Measurement
+from lucida.tools.latency.pareto import regret
 from lucida.tools.latency.select import (
     DEFAULT_OVERHEAD_MS,
     Choice,
@@ -17,7 +18,6 @@ from lucida.tools.latency.select import (
     SelectError,
     frame_budget_ms,
     pick,
-    regret,
     tiles_per_frame,
 )
 
@@ -257,3 +257,18 @@ def test_regret_counts_agreement_and_budget_misses():
     optimistic = exact[:2] + [_c("c", 0.9, 40, 40, 24)]
     r = regret(optimistic, 20)
     assert r["misses"] > 0 and r["same_pick"] < 20
+
+
+def test_nothing_measured_names_the_one_command_that_measures_them(tmp_path, capsys):
+    from pathlib import Path
+
+    models = Path(__file__).resolve().parents[1] / "models"
+    paths = [str(models / "lymph-s"), str(models / "lymph-m")]
+    db = str(tmp_path / "empty.sqlite")
+    url = "http://10.1.1.1:8080"
+    rc = main(["select", *paths, "--target", url, "--db", db, "--budget-ms", "50", "--no-plot"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"Measure them (a few seconds per bundle): lucida profile --target {url}" in err
+    assert all(p in err.splitlines()[-1] for p in paths)
+    assert "lucida candidates" not in err.splitlines()[-1]  # not the 10-minute candidate run

@@ -21,6 +21,19 @@ def register(sub) -> None:
     p.add_argument(
         "--threads", type=int, default=None, help="interpreter threads (default: all cores)"
     )
+    p.add_argument(
+        "--sim-edgetpu-ms",
+        type=float,
+        default=None,
+        help="pipeline: run on a SIMULATED Edge TPU (tests/fake_edgetpu.c) taking this many ms "
+        "per invoke; measures orchestration, not accuracy",
+    )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="pipeline with --sim-edgetpu-ms: simulated devices (1 device is measured too)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object only")
     p.set_defaults(func=run)
 
@@ -35,7 +48,13 @@ def run(args) -> int:
     elif args.which == "pipeline":
         from lucida.tools.bench.pipeline import bench_pipeline
 
-        result = bench_pipeline(resolve_bundle(args.bundle), args.seconds, args.threads)
+        result = bench_pipeline(
+            resolve_bundle(args.bundle),
+            args.seconds,
+            args.threads,
+            sim_edgetpu_ms=args.sim_edgetpu_ms,
+            devices=args.devices,
+        )
     else:
         from lucida.tools.bench.overlay import run_overlay_bench
 

@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS models (
     sha256 TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     path TEXT NOT NULL,
-    kind TEXT NOT NULL,          -- 'bundle' | 'candidate' | 'model'
+    kind TEXT NOT NULL,          -- 'bundle' | 'candidate' | 'model' | 'kernel' | 'zoo'
     seed INTEGER,                -- candidates: the seed their architecture was drawn from
     spec TEXT,                   -- candidates: JSON of the architecture
     features TEXT,               -- JSON of predictor features (per-op rows and totals)
@@ -65,6 +65,13 @@ CREATE TABLE IF NOT EXISTS overhead (
     render_ms REAL NOT NULL,
     source TEXT,
     measured_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kernel_predictors (
+    target TEXT NOT NULL,        -- kernel-level predictors (kernel_model), fitted on sampled kernels
+    backend TEXT NOT NULL,
+    json TEXT NOT NULL,
+    fitted_at REAL NOT NULL,
+    PRIMARY KEY (target, backend)
 );
 CREATE TABLE IF NOT EXISTS predictors (
     target TEXT NOT NULL,
@@ -255,6 +262,16 @@ class LatencyDB:
         row = self.conn.execute(q + " ORDER BY measured_at DESC LIMIT 1", args).fetchone()
         return _measurement(row) if row else None
 
+    def on_delegate(self, sha256: str, delegate_prefix: str) -> Measurement | None:
+        """The newest measurement of this model on any target whose delegate starts with the
+        prefix (e.g. 'edgetpu': an Edge TPU device profiled through its daemon)."""
+        row = self.conn.execute(
+            "SELECT * FROM latency WHERE sha256 = ? AND delegate LIKE ? "
+            "ORDER BY measured_at DESC LIMIT 1",
+            (sha256, delegate_prefix + "%"),
+        ).fetchone()
+        return _measurement(row) if row else None
+
     def measurements(self, target: str, kind: str | None = None) -> list[tuple[dict, Measurement]]:
         """(model, measurement) pairs on a target, optionally only models of one kind."""
         q = "SELECT m.*, l.* FROM latency l JOIN models m ON m.sha256 = l.sha256 WHERE l.target = ?"
@@ -299,6 +316,21 @@ class LatencyDB:
         if backend is not None:
             q, args = q + " AND backend = ?", (target, backend)
         row = self.conn.execute(q + " ORDER BY fitted_at DESC LIMIT 1", args).fetchone()
+        return json.loads(row["json"]) if row else None
+
+    def put_kernel_predictor(self, target: str, backend: str, predictor: dict) -> None:
+        """Store the kernel-level predictor (see kernel_model) of a target."""
+        with self.conn:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO kernel_predictors VALUES (?,?,?,?)",
+                (target, backend, json.dumps(predictor), time.time()),
+            )
+
+    def kernel_predictor(self, target: str) -> dict | None:
+        row = self.conn.execute(
+            "SELECT json FROM kernel_predictors WHERE target = ? ORDER BY fitted_at DESC LIMIT 1",
+            (target,),
+        ).fetchone()
         return json.loads(row["json"]) if row else None
 
 

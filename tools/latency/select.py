@@ -27,9 +27,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-import numpy as np
 from lucida.tools.latency.db import LatencyDB, resolve_target
 
 FRAME = (1920, 1080)  # px, the camera frame the budget is for
@@ -67,6 +65,7 @@ class Choice:
     margin: float = 0.0  # predicted: the p90 safety margin already applied to invoke_p90_ms
     measured_frame_p90_ms: float | None = None  # known measurement (regret evaluation)
     predicted_frame_p90_ms: float | None = None  # predicted with margin (regret evaluation)
+    predictor: str | None = None  # predicted: "kernel-level" | "whole-model" | "edgetpu-analytic"
     fits: bool = False
     score: float | None = None
 
@@ -139,16 +138,6 @@ def pick(choices: list[Choice], budget: float, mnas_w: float | None = None) -> C
     return max(fitting, key=lambda c: (c.accuracy, -c.frame_p90_ms))
 
 
-def pareto(choices: list[Choice]) -> list[Choice]:
-    """Choices no other beats on both accuracy and per-frame p90, by latency."""
-    front, best = [], -math.inf
-    for c in sorted(choices, key=lambda c: (c.frame_p90_ms, -c.accuracy)):
-        if c.accuracy > best:
-            front.append(c)
-            best = c.accuracy
-    return front
-
-
 # -- gathering -------------------------------------------------------------------------------
 def gather(
     specs: list[str],
@@ -159,13 +148,19 @@ def gather(
     um_per_px: float | None = None,
     predicted_only: bool = False,
 ) -> tuple[list[Choice], list[str]]:
-    """Choices for the bundles, and notes on those left out (no accuracy, no latency)."""
-    from lucida.models import resolve_bundle
-    from lucida.tools.latency.kernels import PredictorError, model_features, predict
-    from lucida.tools.latency.predict import load_predictor
+    """Choices for the bundles, and notes on those left out (no accuracy, no latency).
 
+    Measured figures: the bundle's model measured on target (for an Edge TPU target such as
+    coral-usb/rpi4: its edgetpu.tflite measured on any device with an Edge TPU delegate, i.e.
+    `lucida profile --target http://DEVICE:8080`). Else predicted (`predict.predict_model`:
+    the Edge TPU estimate, the kernel-level or the whole-model predictor), marked so, with the
+    predictor's safety margin on p90."""
+    from lucida.models import resolve_bundle
+    from lucida.tools.latency import edgetpu
+    from lucida.tools.latency.predict import predict_model
+
+    tpu = edgetpu.is_edgetpu_target(target)
     choices, notes = [], []
-    predictor = None
     for spec in specs:
         bundle = resolve_bundle(spec)
         acc = accuracy_of(bundle, metric, objective)
@@ -180,23 +175,25 @@ def gather(
             continue
         tiles = tiles_per_frame(bundle, objective, um_per_px)
         known = None
-        for f in ("edgetpu.tflite", "cpu.tflite"):
-            if f in bundle.manifest.files and known is None:
-                known = db.get(bundle.sha256(f), target)
+        if tpu:
+            if "edgetpu.tflite" in bundle.manifest.files:
+                known = db.on_delegate(bundle.sha256("edgetpu.tflite"), "edgetpu")
+        else:
+            for f in ("edgetpu.tflite", "cpu.tflite"):
+                if f in bundle.manifest.files and known is None:
+                    known = db.get(bundle.sha256(f), target)
         pred = None
         if predicted_only or known is None:
             try:
-                predictor = predictor or load_predictor(db, target)
-            except PredictorError as exc:
+                pred = predict_model(db, target, str(bundle.path))
+            except ValueError as exc:  # no predictor, unreadable model
                 if known is None:
                     notes.append(
-                        f"{bundle.name}: not measured on {target} and no predictor ({exc})"
+                        f"{bundle.name}: not measured on {target} and no predictor "
+                        f"({str(exc).split(';')[0]}); measure it (seconds): "
+                        f"{fill_in_command([_unmeasured(bundle)], target)}"
                     )
                     continue
-            else:
-                feats = model_features(bundle.file("cpu.tflite"))
-                pred = predict(predictor, feats)
-                pred["margin"] = float(predictor["margin"])
         if known is not None and not predicted_only:
             p50, p90, source, margin = known.p50_ms, known.p90_ms, "measured", 0.0
         else:
@@ -213,6 +210,7 @@ def gather(
             frame_p90_ms=round(p90 * tiles, 3),
             source=source,
             margin=margin,
+            predictor=pred["predictor"] if source == "predicted" else None,
         )
         if known is not None:
             c.measured_frame_p90_ms = round(known.p90_ms * tiles, 3)
@@ -220,6 +218,40 @@ def gather(
             c.predicted_frame_p90_ms = round(pred["p90_ms"] * (1 + pred["margin"]) * tiles, 3)
         choices.append(c)
     return choices, notes
+
+
+def _unmeasured(bundle) -> Choice:
+    return Choice(bundle.name, str(bundle.path), 0.0, 1, 0, 0, 0, 0, "predicted")
+
+
+def fill_in_command(choices: list[Choice], target: str) -> str | None:
+    """The one command that measures the bundles whose figures are predicted (None if none):
+    local profiling takes seconds per bundle; an Edge TPU target needs the device's daemon."""
+    from lucida.tools.latency import edgetpu
+
+    paths = [c.path for c in choices if c.source == "predicted"]
+    if not paths:
+        return None
+    if edgetpu.is_edgetpu_target(target):
+        return "lucida profile --target http://DEVICE:8080 --token TOKEN " + " ".join(paths)
+    if target.startswith(("http://", "https://")):
+        return f"lucida profile --target {target} --token TOKEN " + " ".join(paths)
+    return "lucida profile " + " ".join(paths)
+
+
+def why(chosen: Choice, budget: float, metric: str) -> str:
+    """One line: why this bundle (accuracy, its p90 against the budget, measured or predicted)."""
+    spare = budget - chosen.frame_p90_ms
+    src = (
+        "measured"
+        if chosen.source == "measured"
+        else f"predicted by the {chosen.predictor} predictor, p90 +{chosen.margin * 100:.0f}% margin"
+    )
+    return (
+        f"{chosen.name}: the most accurate that fits ({metric} {chosen.accuracy:.4f}); p90 "
+        f"{chosen.frame_p90_ms:.2f} ms/frame ({src}) leaves {spare:.2f} ms "
+        f"({spare / budget * 100:.0f}%) of the {budget:.2f} ms budget"
+    )
 
 
 def overhead_for(db: LatencyDB, target: str, explicit: float | None) -> tuple[float, str]:
@@ -230,128 +262,6 @@ def overhead_for(db: LatencyDB, target: str, explicit: float | None) -> tuple[fl
     if row is not None:
         return row["capture_ms"] + row["render_ms"], f"latency DB ({row['source']})"
     return DEFAULT_OVERHEAD_MS, "default (development host)"
-
-
-# -- the plot --------------------------------------------------------------------------------
-def plot(
-    choices: list[Choice],
-    budget: float,
-    chosen: Choice | None,
-    path: str | Path,
-    title: str,
-    metric: str,
-) -> Path:
-    """Accuracy vs per-frame p90 latency: measured filled, predicted hollow with the margin as
-    an error bar, Pareto front, budget line, chosen point. PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    for src, style in (("measured", dict(color="C0")), ("predicted", dict(color="C1"))):
-        pts = [c for c in choices if c.source == src]
-        if not pts:
-            continue
-        x = [c.frame_p90_ms for c in pts]
-        y = [c.accuracy for c in pts]
-        if src == "predicted":
-            lo = [c.frame_p90_ms - c.frame_p90_ms / (1 + c.margin) for c in pts]
-            ax.errorbar(x, y, xerr=[lo, [0] * len(pts)], fmt="none", ecolor="C1", alpha=0.5)
-            ax.scatter(x, y, facecolors="none", edgecolors="C1", label="predicted (+margin)")
-        else:
-            ax.scatter(x, y, label="measured", **style)
-    front = pareto(choices)
-    if len(front) > 1:
-        ax.step(
-            [c.frame_p90_ms for c in front],
-            [c.accuracy for c in front],
-            where="post",
-            color="grey",
-            lw=1,
-            alpha=0.7,
-            label="Pareto front",
-        )
-    for c in choices:
-        ax.annotate(
-            c.name,
-            (c.frame_p90_ms, c.accuracy),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    ax.axvline(budget, color="C3", ls="--", label=f"budget {budget:.1f} ms/frame")
-    if chosen is not None:
-        ax.scatter(
-            [chosen.frame_p90_ms],
-            [chosen.accuracy],
-            marker="*",
-            s=260,
-            color="C2",
-            zorder=5,
-            label=f"chosen: {chosen.name}",
-        )
-    lat = [c.frame_p90_ms for c in choices] + [budget]
-    if lat and max(lat) / max(min(lat), 1e-9) > 20:
-        ax.set_xscale("log")
-    ax.set_xlabel("per-frame p90 latency (ms) = tiles x per-invoke p90")
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
-# -- regret ----------------------------------------------------------------------------------
-def regret(choices: list[Choice], n_budgets: int = 20, mnas_w: float | None = None) -> dict:
-    """Predicted-latency picks against the measured-latency oracle over n budgets spread
-    log-evenly across the measured per-frame p90 range (0.9x the fastest to 1.1x the slowest):
-    a scaled family's latencies grow geometrically, so even steps in ms would put most budgets
-    between its two largest members."""
-    both = [c for c in choices if c.measured_frame_p90_ms and c.predicted_frame_p90_ms]
-    if len(both) < 2:
-        raise SelectError(
-            "regret evaluation needs >= 2 bundles both measured on the target and predictable"
-        )
-    lats = [c.measured_frame_p90_ms for c in both]
-    budgets = np.geomspace(0.9 * min(lats), 1.1 * max(lats), n_budgets)
-    rows, agree, misses = [], 0, 0
-    for b in budgets:
-        oracle = pick([_as(c, c.measured_frame_p90_ms) for c in both], b, mnas_w)
-        chosen = pick([_as(c, c.predicted_frame_p90_ms) for c in both], b, mnas_w)
-        same = (oracle and oracle.name) == (chosen and chosen.name)
-        miss = chosen is not None and chosen.measured_frame_p90_ms > b
-        agree += same
-        misses += miss
-        rows.append(
-            {
-                "budget_ms": round(float(b), 3),
-                "oracle": oracle.name if oracle else None,
-                "predicted_pick": chosen.name if chosen else None,
-                "same": bool(same),
-                "misses_budget_when_measured": bool(miss),
-            }
-        )
-    return {
-        "bundles": len(both),
-        "budgets": n_budgets,
-        "same_pick": agree,
-        "misses": misses,
-        "rows": rows,
-    }
-
-
-def _as(c: Choice, frame_p90: float) -> Choice:
-    d = asdict(c)
-    d["frame_p90_ms"] = frame_p90
-    return Choice(**d)
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -365,7 +275,12 @@ def register(sub) -> None:
     g.add_argument("--fps", type=float, default=None, help="frames per second to sustain")
     p.add_argument("--objective", default="20x", help="objective the model runs at (20x)")
     p.add_argument("--metric", default="fov_auc", help="manifest metric to maximize (fov_auc)")
-    p.add_argument("--target", default="local", help="'local', http://DEVICE:PORT or a DB key")
+    p.add_argument(
+        "--target",
+        default="local",
+        help="'local', http://DEVICE:PORT, a DB key, or an Edge TPU target (coral-usb3/x86_64, "
+        "coral-usb/rpi4, coral-usb2/rpi3, coral-pcie/devboard: estimated)",
+    )
     p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (1)")
     p.add_argument("--clock", choices=("cpu", "wall"), default=None, help="local: clock")
     p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")
@@ -402,10 +317,17 @@ def run(args) -> int:
     for n in notes:
         print(f"lucida select: note: {n}", file=sys.stderr)
     if not choices:
+        from lucida.models import resolve_bundle
+
+        cmd = fill_in_command([_unmeasured(resolve_bundle(b)) for b in args.bundles], target)
         raise SelectError(
-            f"none of the {len(args.bundles)} bundles can be compared: " + "; ".join(notes)
+            f"none of the {len(args.bundles)} bundles can be compared: "
+            + "; ".join(n.split("; measure it")[0] for n in notes)
+            + f". Measure them (a few seconds per bundle): {cmd}"
         )
     if args.evaluate_regret:
+        from lucida.tools.latency.pareto import regret
+
         r = regret(choices, args.budgets, args.mnas_w)
         r.update(target=target, objective=args.objective, metric=args.metric)
         if args.json:
@@ -432,6 +354,8 @@ def run(args) -> int:
         title = f"{target} | {args.objective} | budget {budget:.1f} ms/frame" + (
             f" ({args.fps:g} fps - {overhead:.1f} ms overhead)" if args.fps else ""
         )
+        from lucida.tools.latency.pareto import plot
+
         plot_path = str(plot(choices, budget, chosen, args.plot, title, args.metric))
     result = {
         "target": target,
@@ -442,6 +366,10 @@ def run(args) -> int:
         "overhead_ms": overhead if args.fps else None,
         "overhead_source": overhead_src if args.fps else None,
         "chosen": chosen.name if chosen else None,
+        "why": why(chosen, budget, args.metric) if chosen else None,
+        "margin_ms": round(budget - chosen.frame_p90_ms, 3) if chosen else None,
+        "chosen_source": chosen.source if chosen else None,
+        "fill_in": fill_in_command(choices, target),
         "closest": closest.name if closest else None,
         "candidates": [asdict(c) for c in sorted(choices, key=lambda c: c.frame_p90_ms)],
         "left_out": notes,
@@ -474,10 +402,7 @@ def _print(result, choices, chosen, closest, budget) -> None:
             f"{c.frame_p90_ms:>10.3f}  {src}{'' if c.fits else '  over budget'}"
         )
     if chosen is not None:
-        print(
-            f"chosen: {chosen.name} ({result['metric']} {chosen.accuracy:.4f}, "
-            f"p90 {chosen.frame_p90_ms:.2f} ms/frame of {budget:.2f})"
-        )
+        print(f"chosen: {result['why']}")
     else:
         over = closest.frame_p90_ms - budget
         print(
@@ -485,5 +410,7 @@ def _print(result, choices, chosen, closest, budget) -> None:
             f"{closest.frame_p90_ms:.2f} ms/frame ({over:.2f} ms, "
             f"{over / budget * 100:.0f}% over)"
         )
+    if result["fill_in"]:
+        print(f"predicted figures; measure them with: {result['fill_in']}")
     if result["plot"]:
         print(f"plot: {result['plot']}")

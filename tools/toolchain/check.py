@@ -211,9 +211,11 @@ def check_model(
         if memory["off_chip_bytes"] or model.param_bytes > E.ON_CHIP_BYTES:
             total = max(memory["laid_out_bytes"], model.param_bytes)
             warnings.append(
-                f"parameters ~{total / 2**20:.1f} MiB exceed the ~8 MiB on-chip memory (less "
-                "what activations need): the rest streams from host memory on every inference "
-                "(slower)"
+                f"parameters ~{total / 2**20:.1f} MiB exceed the ~8 MiB on-chip memory (the "
+                f"compiler caches about {E.PARAM_CACHE_BYTES / 2**20:.1f} MiB, no layer above "
+                f"{E.PARAM_OP_CACHE_BYTES / 2**20:.1f} MiB): ~"
+                f"{memory['off_chip_bytes'] / 2**20:.1f} MiB stream from host memory on every "
+                "inference (slower)"
             )
     for t in model.inputs:
         if t.bytes > E.ON_CHIP_BYTES:

@@ -1,4 +1,6 @@
-"""`lucida compile MODEL.tflite`: run Coral's `edgetpu_compiler` and parse what it prints into JSON.
+"""`lucida compile MODEL.tflite [MORE ...]`: run Coral's `edgetpu_compiler`, parse what it prints.
+
+Several models are co-compiled (`cocompile.py`); one model is handled here.
 
 The compiler is optional (x86-64 Linux only, not on PyPI or Debian): it is looked up as the
 `--compiler` argument, then $LUCIDA_EDGETPU_COMPILER, then `edgetpu_compiler` on PATH. When it is
@@ -38,7 +40,7 @@ _INTS = {
     "ops_total": r"Total number of operations:\s*(\d+)",
     "ops_tpu": r"Number of operations that will run on Edge TPU:\s*(\d+)",
     "ops_cpu": r"Number of operations that will run on CPU:\s*(\d+)",
-    "compile_ms": r"Model compiled successfully in\s*(\d+)\s*ms",
+    "compile_ms": r"Models? compiled successfully in\s*(\d+)\s*ms",
 }
 _TEXT = {
     "compiler_version": r"Edge TPU Compiler version\s*(\S+)",
@@ -131,6 +133,17 @@ def find_compiler(explicit: str | None = None) -> str:
     return path
 
 
+def run_compiler(cmd: list[str], timeout_s: float) -> tuple[subprocess.CompletedProcess, str]:
+    """Run the compiler command; returns the process and what it printed (stdout, then stderr)."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"{COMPILER} did not finish within {timeout_s:g} s") from None
+    except OSError as exc:
+        raise CompileError(f"cannot run {cmd[0]}: {exc.strerror}") from None
+    return proc, proc.stdout + ("\n" + proc.stderr if proc.stderr else "")
+
+
 def compile_model(
     model: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -151,13 +164,7 @@ def compile_model(
     out_dir = Path(out_dir) if out_dir else model.resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
     cmd = [exe, "-s", "-m", str(runtime_version), "-o", str(out_dir), str(model)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise CompileError(f"{COMPILER} did not finish within {timeout_s:g} s") from None
-    except OSError as exc:
-        raise CompileError(f"cannot run {exe}: {exc.strerror}") from None
-    text = proc.stdout + ("\n" + proc.stderr if proc.stderr else "")
+    proc, text = run_compiler(cmd, timeout_s)
     result = parse_compiler_log(text)
     log_path = out_dir / f"{model.stem}_edgetpu.log"
     if not result["operators"] and log_path.is_file():  # older compilers print the table only there
@@ -239,8 +246,15 @@ def register(sub) -> None:
         "compile",
         help="compile a .tflite model for the Edge TPU with edgetpu_compiler (exit 3: not installed)",
     )
-    p.add_argument("model", help="a full-integer .tflite file (e.g. a bundle's cpu.tflite)")
-    p.add_argument("--out-dir", help="where MODEL_edgetpu.tflite goes (default: beside MODEL)")
+    p.add_argument(
+        "model",
+        nargs="+",
+        help="full-integer .tflite file(s) (e.g. a bundle's cpu.tflite); several are co-compiled "
+        "to share the Edge TPU's on-chip parameter cache, each reported on its own",
+    )
+    p.add_argument(
+        "--out-dir", help="where MODEL_edgetpu.tflite goes (default: beside the first MODEL)"
+    )
     p.add_argument(
         "--runtime-version",
         type=int,
@@ -254,8 +268,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    if len(args.model) > 1:
+        from lucida.tools.toolchain.cocompile import compile_models, format_cocompile
+
+        result = compile_models(
+            args.model, args.out_dir, args.runtime_version, args.compiler, args.timeout
+        )
+        print(json.dumps(result, indent=2) if args.json else format_cocompile(result))
+        return 0
     result = compile_model(
-        args.model, args.out_dir, args.runtime_version, args.compiler, args.timeout
+        args.model[0], args.out_dir, args.runtime_version, args.compiler, args.timeout
     )
     print(json.dumps(result, indent=2) if args.json else format_result(result))
     return 0

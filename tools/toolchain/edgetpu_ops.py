@@ -60,6 +60,21 @@ EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 # On-chip SRAM that caches parameters (Coral: "roughly 8 MB"); beyond it weights stream from host.
 ON_CHIP_BYTES = 8 * 1024 * 1024
 
+# Parameter layout of edgetpu_compiler 16, fitted on real compile logs of models the tests rebuild
+# (tests/data/edgetpu_memory.yaml; docs/edgetpu_check.md "Parameter layout"): a weight op's
+# parameters are stored as rows of output channels, padded to a multiple of PARAM_ROWS; each row
+# holds the kernel taps x input depth padded to a multiple of PARAM_DEPTH (bytes, int8), plus
+# PARAM_CHANNEL_BYTES of requantization data when the weights are quantized per channel (none
+# when per tensor); int32 biases and shape operands take no parameter memory of their own.
+PARAM_ROWS = 64
+PARAM_DEPTH = 4
+PARAM_CHANNEL_BYTES = 8
+# Parameter bytes the compiler caches on chip, filled in op order, and the largest single op it
+# caches; the rest streams. Fitted: every cached/streamed split in the evidence holds for a cache
+# of 7.63-7.80 MiB and a per-op limit of 6.80-7.09 MiB; these are the middles.
+PARAM_CACHE_BYTES = 8_093_696  # 7.72 MiB
+PARAM_OP_CACHE_BYTES = 7_282_688  # 6.95 MiB
+
 # Default runtime version we target (libedgetpu 16.0 / compiler 16 implement runtime 14).
 DEFAULT_RUNTIME_VERSION = 14
 

@@ -304,56 +304,83 @@ def _round(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV", "CONV_3D")
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """How edgetpu_compiler stores a weight op's parameters (defaults: fitted, edgetpu_ops).
+
+    rows: output channels are padded to a multiple of this; depth: each channel's input depth is
+    padded to a multiple of this (bytes, int8); channel_bytes: requantization data per padded
+    channel when the weights are quantized per channel (bytes).
+    """
+
+    rows: int = E.PARAM_ROWS
+    depth: int = E.PARAM_DEPTH
+    channel_bytes: int = E.PARAM_CHANNEL_BYTES
+
+
+FITTED_LAYOUT = ParamLayout()
+
+
+def op_parameter_bytes(op: OpInfo, layout: ParamLayout = FITTED_LAYOUT) -> tuple[int, int]:
+    """(raw, laid-out) parameter bytes of one op as edgetpu_compiler 16 stores them.
+
+    Weight ops (conv, fully-connected): output channels padded to `layout.rows`, each row the
+    kernel taps x input depth padded to `layout.depth` bytes, plus `layout.channel_bytes` per
+    padded channel when the weights are quantized per channel; the int32 bias takes nothing of
+    its own. Fitted and checked on real compile logs (tests/data/edgetpu_memory.yaml);
+    depthwise convolutions use the same rule with the channels as rows (not validated: no real
+    figure of a depthwise model we can rebuild). Other ops: their 8-bit constant operands as
+    they are; int32/int64 operands (shapes, paddings) take nothing.
+    """
+    consts = _consts(op)
+    raw = sum(t.bytes for t in consts)
+    w = next((t for t in consts if t.dtype in EIGHT_BIT and len(t.shape) >= 2), None)
+    if op.opcode not in WEIGHT_OPS or w is None:
+        return raw, sum(t.bytes for t in consts if t.dtype in EIGHT_BIT)
+    if op.opcode == "DEPTHWISE_CONV_2D":  # [1, kh, kw, channels]
+        rows, row = w.shape[-1], w.elements // max(w.shape[-1], 1)
+    else:  # [out, (kh, kw,) in]
+        rows = w.shape[0]
+        row = (w.elements // max(rows * w.shape[-1], 1)) * _round(w.shape[-1], layout.depth)
+    per_channel = layout.channel_bytes if w.scales > 1 else 0
+    return raw, _round(rows, layout.rows) * (row + per_channel)
+
+
 def parameter_layout(
-    model: TFLiteModel, verdicts: list[OpVerdict], cache_bytes: int = E.ON_CHIP_BYTES
+    model: TFLiteModel,
+    verdicts: list[OpVerdict],
+    cache_bytes: int = E.PARAM_CACHE_BYTES,
+    layout: ParamLayout = FITTED_LAYOUT,
+    op_cache_bytes: int = E.PARAM_OP_CACHE_BYTES,
 ) -> dict:
     """Parameter bytes of the Edge TPU part as the compiler lays them out, on-chip vs streamed.
 
-    Assumptions (documented, not measured against a compiled twin): weights are stored with
-    their output channels padded to a multiple of 4 (depthwise: channels padded to a multiple
-    of 4); each output channel carries its int32 bias plus 4 bytes of requantization (scale
-    and shift); each op's block is aligned to 64 bytes. The cache holds the on-chip SRAM minus
-    the largest activation working set (input + output of one mapped op), filled in op order;
-    what does not fit streams from host memory at every inference.
+    Each mapped op's parameters (`op_parameter_bytes`) are cached on chip in op order while they
+    fit `cache_bytes` (the compiler's parameter cache, fitted on real logs; it did not shrink with
+    activations of up to 2.5 MiB per tensor there) and the op itself is at most
+    `op_cache_bytes`; an op that is not cached streams from host memory at every inference (later
+    ops may still be cached). Bytes: raw (the file's constants), laid out, on-chip, off-chip.
     """
     on_tpu = {v.index for v in verdicts if v.runs_on == EDGETPU}
-    work = max(
-        (
-            sum(t.bytes for t in op.inputs if not t.constant) + sum(t.bytes for t in op.outputs)
-            for op in model.ops
-            if op.index in on_tpu
-        ),
-        default=0,
-    )
-    capacity = max(cache_bytes - work, 0)
     raw = laid = on_chip = off_chip = 0
-    per_op = []
     for op in model.ops:
         if op.index not in on_tpu:
             continue
-        consts = _consts(op)
-        if not consts:
-            continue
-        b = sum(t.bytes for t in consts)
-        w = next((t for t in consts if t.dtype in EIGHT_BIT and len(t.shape) >= 2), None)
-        size = b
-        if w is not None:
-            co = w.shape[-1] if op.opcode == "DEPTHWISE_CONV_2D" else w.shape[0]
-            per = w.elements // max(co, 1)
-            size = b - w.bytes + per * _round(co, 4) + 4 * _round(co, 4)
-        size = _round(size, 64)
+        b, size = op_parameter_bytes(op, layout)
         raw += b
         laid += size
-        if on_chip + size <= capacity:
+        if size <= op_cache_bytes and on_chip + size <= cache_bytes:
             on_chip += size
         else:
             off_chip += size
-        per_op.append({"index": op.index, "raw_bytes": b, "laid_out_bytes": size})
     return {
         "raw_bytes": raw,
         "laid_out_bytes": laid,
         "on_chip_bytes": on_chip,
         "off_chip_bytes": off_chip,
-        "cache_capacity_bytes": capacity,
+        "cache_capacity_bytes": cache_bytes,
         "fits_on_chip": off_chip == 0,
     }

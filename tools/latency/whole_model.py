@@ -1,4 +1,6 @@
-"""A latency predictor from a .tflite file alone, for a target that has been profiled before.
+"""The whole-model latency predictor: a kernel sum fitted on whole measured models (the random
+candidates) of a target that has been profiled before, a device's daemon included. (For this
+machine's CPU, `kernel_model` is fitted on kernels measured alone and generalizes further.)
 
 nn-Meter's idea on TFLite: a model's latency is the sum of its kernels' latencies, and each kernel
 type has its own cost model. In an int8 TFLite graph every op already is a fused kernel (batch
