@@ -141,19 +141,8 @@ class ModelSelector:
 
     def bundle_for(self, objective: str | None) -> Bundle | None:
         """The bundle `for_objective` would run at this objective, without building an engine."""
-        pinned = self.pinned
-        if pinned is not None and (objective is None or objective in pinned.manifest.objectives):
-            return pinned
-        if self.bundle is not None:
-            ok = objective is None or objective in self.bundle.manifest.objectives
-            return self.bundle if ok else None
-        if objective is None:
-            return None
-        try:
-            b = self.registry.resolve(self.task, objective).bundle
-        except ValueError:
-            return None
-        return b if objective in b.manifest.objectives else None
+        found = self._resolve(objective)
+        return None if found is None else found[0]
 
     def preload(self, objectives) -> list[str]:
         """Build the engines for these objectives now, so a turn of the nosepiece is instant;
