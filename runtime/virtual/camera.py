@@ -26,6 +26,14 @@ class CameraError(ValueError):
     """A camera setting out of range."""
 
 
+# Camera colour casts / white-balance errors held out from training (colour_gains R, G, B).
+CAMERA_SHIFTS = {
+    "warm": (1.0, 0.82, 0.6),  # tungsten lamp, daylight white balance
+    "cool": (0.72, 0.86, 1.0),  # LED / daylight lamp, tungsten white balance
+    "green": (0.82, 1.0, 0.78),  # a green-heavy sensor left unbalanced
+}
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """Camera settings.

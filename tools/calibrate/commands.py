@@ -3,7 +3,9 @@ colour targets and calibration profiles.
 
 Exit codes: 0 ok; 2 bad input; 3 pattern not found; 4 too few points; 5 degenerate
 homography; 6 unreadable image; 7 objective not in the profile; 8 invalid profile;
-9 measurement failed (no rulings, blank field too dark, ...).
+9 measurement failed (blank field too dark, ...); 10 refused: the input is not what the
+measurement needs (not a ruling, too little tissue, not a blank field) or its own
+cross-checks disagree, so no figure is given rather than a wrong one.
 """
 
 from __future__ import annotations
@@ -136,9 +138,9 @@ def cmd_display(args) -> int:
 
 def cmd_pixel_size(args) -> int:
     from lucida.calibration import measure_pixel_size
-    from lucida.calibration.imageio import read_image
+    from lucida.calibration.imageio import read_gray_native
 
-    image = read_image(args.image, "micrometer image")
+    image = read_gray_native(args.image, "micrometer image")  # 12/16-bit kept as is
     prof, path = _profile_target(args)
     res = measure_pixel_size(image, args.spacing_um)
     data = res.to_json()
@@ -220,14 +222,14 @@ def cmd_color_target(args) -> int:
 
     images = [read_image(f, "training-domain image") for f in args.images]
     if args.method == "reinhard":
-        stats = fit_target(images)
+        stats = fit_target(images, names=[str(f) for f in args.images])
         data = {
             "method": "reinhard",
             "lab_mean": [round(v, 4) for v in stats.mean],
             "lab_std": [round(v, 4) for v in stats.std],
         }
     else:
-        t = fit_stain_target(images[0])
+        t = fit_stain_target(images[0], what=f"image {str(args.images[0])!r}")
         data = {
             "method": "macenko",
             "stains": [[round(v, 5) for v in s] for s in t.stains],
@@ -416,6 +418,51 @@ def cmd_evaluate(args) -> int:
     return 0 if res["pass"] else 1
 
 
+def cmd_bench_color(args) -> int:
+    from lucida.tools.calibrate.color_bench import bench_color
+
+    res = bench_color(args.frames, args.seed)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"{res['frame']} frames, load average {res['loadavg']:.2f} (shared cores: noisy)")
+        rt = res["lab_round_trip"]["cpu_ms"]
+        print(
+            f"  Lab round trip (peer): CPU p50/p90/p99 {rt['p50']} / {rt['p90']} / {rt['p99']} ms"
+        )
+        for name in ("reinhard", "macenko"):
+            r = res[name]
+            c, w = r["cpu_ms"], r["wall_ms"]
+            print(
+                f"  {name}: CPU p50/p90/p99 {c['p50']} / {c['p90']} / {c['p99']} ms on one thread, "
+                f"wall p50 {w['p50']} ms; limit {r['limit_ms']} ms (ratio "
+                f"{r['ratio_cpu_p50_to_limit']}), {r['ratio_cpu_p50_to_lab_round_trip']}x the peer"
+            )
+        print("PASS" if res["pass"] else "FAIL")
+    return 0 if res["pass"] else 1
+
+
+def cmd_bench_charuco(args) -> int:
+    from lucida.tools.calibrate.charuco_bench import bench_charuco
+
+    res = bench_charuco(args.images, args.intrinsics, args.repeats)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"load average {res['loadavg']:.2f} (shared cores: times are noisy)")
+        for r in res["photos"]:
+            o, c = r["ours_ms"], r["opencv_ms"]
+            print(
+                f"  {Path(r['image']).name}: {r['corners']} corners (OpenCV {r['opencv_corners']}), "
+                f"{r['mean_disagreement_px']} px apart, flat-board RMS {r['flat_board_rms_px']} px; "
+                f"ours p50/p90/p99 {o['p50']}/{o['p90']}/{o['p99']} ms, OpenCV "
+                f"{c['p50']}/{c['p90']}/{c['p99']} ms, ratio {r['ratio_p50']}"
+            )
+        print(f"ratio ours/OpenCV (p50, all photos) {res['ratio_p50_all']} (limit 1.5)")
+        print("PASS" if res["pass"] else "FAIL")
+    return 0 if res["pass"] else 1
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -499,6 +546,23 @@ def register(sub) -> None:
     )
     q.add_argument("--images", nargs="+", required=True, help="images of the training domain")
     q.add_argument("--method", choices=("reinhard", "macenko"), default="reinhard")
+
+    q = add(
+        "bench-charuco",
+        cmd_bench_charuco,
+        "bench: ChArUco detection vs OpenCV's CharucoDetector on photos of a printed board",
+    )
+    q.add_argument("--images", nargs="+", required=True, help="photos of a 5x7 DICT_6X6_250 board")
+    q.add_argument("--intrinsics", help="OpenCV calibration YAML of the camera (for undistortion)")
+    q.add_argument("--repeats", type=int, default=15)
+
+    q = add(
+        "bench-color",
+        cmd_bench_color,
+        "bench: colour normalization per 1080p frame (p50/p90/p99) against its limits",
+    )
+    q.add_argument("--frames", type=int, default=30)
+    q.add_argument("--seed", type=int, default=0)
 
     q = add(
         "manual", cmd_manual, "manual registration: nudge circles onto a target slide (ARM-style)"
