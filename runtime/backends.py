@@ -60,6 +60,7 @@ def _quiet(cls: type) -> type:
                 return super().allocate_tensors()
 
     Interpreter.__qualname__ = f"Quiet{cls.__name__}"
+    Interpreter.__module__ = cls.__module__  # the engine finds OpResolverType beside the class
     return Interpreter
 
 

@@ -212,7 +212,7 @@ class Daemon:
         return {
             "model_sha256": active.engine.info.model_sha256 if active else None,
             "threshold": self.pipeline.threshold,
-            "classes": None,  # per-class toggles (issue 14) fill this in
+            "classes": [c["name"] for c in self.pipeline.classes() if c["on"]] or None,
             "calibration_revision": self.profile.profile.revision if self.profile else None,
         }
 
