@@ -13,7 +13,7 @@ weight (a function of the pixel's colour: darker than glass, or coloured), so gl
 stays as it is and nothing jumps at any tissue fraction; the statistics are weighted
 by it too, smoothed over frames (`momentum`) so colours do not flicker.
 
-Per frame, each method runs exactly on every 12th pixel; a map affine in optical
+Per frame, each method runs exactly on every 24th pixel; a map affine in optical
 density (ODMap) is fitted to what it did there and applied to the whole frame with two
 8-bit LUTs and one 3x4 transform (`lucida calibrate bench-color` measures the cost
 against 5 ms / 20 ms per 1080p frame). `.exact(frame)` runs the method on every pixel.
@@ -159,8 +159,8 @@ def fit_target(images: Sequence[np.ndarray], names: Sequence[str] | None = None)
 # ------------------------------------------------------------ fast per-frame path
 
 OD_CODES = 255.0 / 2.0  # uint8 optical-density code per OD unit (base 10)
-FIT_STEP = 12  # the exact method runs on every 12th pixel each way; the map is fitted there
-MIN_SAMPLE = 16000  # pixels: smaller frames are sampled more densely
+FIT_STEP = 24  # the exact method runs on every 24th pixel each way; the map is fitted there
+MIN_SAMPLE = 4000  # pixels: smaller frames are sampled more densely
 RIDGE, RIDGE_CODE = 1e-4, 20.0  # identity prior: weight (share of the rows) and its OD code
 GLASS_DN = 226  # min(R, G, B) at or above which a pixel is glass for ODMap (L* ~ 90)
 GLASS_WEIGHT = 0.25  # the glass rows together weigh this many times all tissue rows
@@ -288,7 +288,7 @@ class ReinhardNormalizer:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Normalized HxWx3 uint8 RGB copy of `image` (glass unchanged): the exact method
-        on every 12th pixel, an ODMap fitted to it, applied to the whole frame."""
+        on every 24th pixel, an ODMap fitted to it, applied to the whole frame."""
         small = _sample(image)
         src = self._source_stats(_lab8(small))
         if src is None:
@@ -369,7 +369,7 @@ def fit_stain_target(
 
 class MacenkoNormalizer:
     """Re-synthesises the tissue of frames with the target's stains (stain vectors
-    estimated per frame on every 12th pixel), blended by the tissue weight.
+    estimated per frame on every 24th pixel), blended by the tissue weight.
 
     Per pixel the stain swap is linear in optical density: od_out = od @ M with the 3x3
     M = pinv(frame stains) * (target max / frame max) @ target stains.
@@ -400,7 +400,7 @@ class MacenkoNormalizer:
         return blend(image, norm, tissue_weight(_lab8(image)))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Normalized copy: stains from every 12th pixel, the exact method there, an ODMap
+        """Normalized copy: stains from every 24th pixel, the exact method there, an ODMap
         fitted to it applied to the whole frame."""
         m = self._matrix(image)
         if m is None:

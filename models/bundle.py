@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
@@ -24,6 +25,16 @@ from .manifest import Manifest
 
 MANIFEST = "manifest.json"
 MAX_UNPACKED_BYTES = 256 * 1024 * 1024
+
+# Temp folders that .tar.gz bundles were unpacked into (no unpack_dir given): the Bundle's files
+# live there while the process runs; they are removed when it exits.
+_UNPACKED: list[Path] = []
+
+
+@atexit.register
+def _remove_unpacked() -> None:
+    while _UNPACKED:
+        shutil.rmtree(_UNPACKED.pop(), ignore_errors=True)
 
 
 class BundleError(ValueError):
@@ -119,8 +130,17 @@ def load_bundle(path: str | os.PathLike, unpack_dir: str | os.PathLike | None = 
     """Load and verify a bundle folder or .tar.gz (unpacked safely into `unpack_dir` or a temp dir)."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        dest = Path(unpack_dir) if unpack_dir else Path(tempfile.mkdtemp(prefix="lucida-bundle-"))
-        path = unpack_archive(path, dest)
+        if unpack_dir:
+            path = unpack_archive(path, Path(unpack_dir))
+        else:
+            dest = Path(tempfile.mkdtemp(prefix="lucida-bundle-"))
+            _UNPACKED.append(dest)
+            try:
+                path = unpack_archive(path, dest)
+            except BundleError:
+                shutil.rmtree(dest, ignore_errors=True)
+                _UNPACKED.remove(dest)
+                raise
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle folder or .tar.gz")
     manifest = read_manifest(path)

@@ -399,8 +399,10 @@ class ScaleBarRenderer:
 
 
 class HudRenderer:
-    """A small status line at the top left of the viewport: model, objective, fps, status.
+    """A status line at the top left of the viewport: model, objective, fps, status.
 
+    Outlined text sized for the display: font_scale None means 1.0 per 1080 px of canvas height
+    (about 22 px capital height at 1080p, never below 0.55), stroke 2 px from 720 px up.
     model / objective / fps given here are defaults; the values in ctx take precedence.
     """
 
@@ -410,12 +412,12 @@ class HudRenderer:
         objective: str | None = None,
         fps: float | None = None,
         color: RGB = (255, 255, 255),
-        font_scale: float = 0.55,
+        font_scale: float | None = None,
         margin_px: int = 16,
     ):
         self.model, self.objective, self.fps = model, objective, fps
         self.color = _color(color)
-        self.font_scale = float(font_scale)
+        self.font_scale = None if font_scale is None else float(font_scale)
         self.margin_px = int(margin_px)
 
     def lines(self, ctx: RenderContext) -> list[str]:
@@ -439,9 +441,12 @@ class HudRenderer:
         ctx = ctx or RenderContext()
         vx, vy, _, _ = _viewport(canvas, ctx)
         y = vy + self.margin_px
+        h = canvas.shape[0]
+        scale = self.font_scale if self.font_scale is not None else max(0.55, h / 1080)
+        thick = 2 if h >= 720 else 1
         for line in self.lines(ctx):
-            (_, th), base = cv2.getTextSize(line, FONT, self.font_scale, 1)
+            (_, th), base = cv2.getTextSize(line, FONT, scale, thick)
             y += th
-            _put_text(canvas, line, (vx + self.margin_px, y), self.color, self.font_scale, 1)
-            y += base + 6
+            _put_text(canvas, line, (vx + self.margin_px, y), self.color, scale, thick)
+            y += base + max(6, th // 2)
         return canvas

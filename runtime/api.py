@@ -1,6 +1,9 @@
 """The daemon's HTTP API (aiohttp), on its own thread and event loop.
 
-GET: / (live page), /status, /metrics (Prometheus), /live (MJPEG of preview mode), /events,
+GET: / (operator page), /status, /metrics (Prometheus), /live (MJPEG of preview mode; ?view=ar:
+the eyepiece canvas), /events,
+/models (bundles held, the model of each objective), /snapshots and /snapshots/{id}[/{file}]
+(token required: they may hold patient images),
 /results?since=I&truth=1 (display records on the device clock, see runtime.results).
 POST (bearer token required, compared in constant time): /snapshot, /overlay, /objective,
 /calibration/manual (ARM-style circles and cross, nudged, saved into the profile),
@@ -54,6 +57,11 @@ class StatusCollector:
         for key in ("fps_in", "fps_processed", "fps_displayed"):
             g = GaugeMetricFamily(f"lucida_{key}", f"frames per second ({key[4:]})")
             g.add_metric([], st[key])
+            yield g
+        audit = getattr(self.daemon, "audit", None)
+        for key, value in (audit.disk() if audit is not None else {}).items():
+            g = GaugeMetricFamily(f"lucida_{key}", f"{key.replace('_', ' ')} (audit trail, disk)")
+            g.add_metric([], value)
             yield g
         lat = GaugeMetricFamily(
             "lucida_stage_ms", "stage time percentiles (ms)", labels=["stage", "quantile"]
@@ -158,14 +166,15 @@ def make_app(daemon) -> web.Application:
                 "Cache-Control": "no-cache",
             }
         )
+        stream = daemon.live_ar if request.query.get("view") == "ar" else daemon.live
         await resp.prepare(request)
         seq, interval = -1, 1 / max(1.0, daemon.config.source.fps)
         try:
             while True:
-                if daemon.live.seq == seq or daemon.live.canvas is None:
+                if stream.seq == seq or stream.canvas is None:
                     await asyncio.sleep(interval / 2)
                     continue
-                got = await in_thread(daemon.live.wait_jpeg, seq, 0.0)  # shared by all viewers
+                got = await in_thread(stream.wait_jpeg, seq, 0.0)  # shared by all viewers
                 if got is None:
                     continue
                 seq, jpeg = got
@@ -195,8 +204,36 @@ def make_app(daemon) -> web.Application:
             raise ValueError("request body must be a JSON object")
         return body
 
-    async def snapshot(_request):
-        return web.json_response(await in_thread(daemon.snapshot))
+    def require_token(request) -> None:
+        """GETs that may carry patient images (snapshots) need the bearer token too."""
+        header = request.headers.get("Authorization", "")
+        given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            raise web.HTTPUnauthorized(
+                text='{"error": "snapshots need the bearer token"}', content_type="application/json"
+            )
+
+    async def snapshot(request):
+        body = await json_body(request)
+        for key in ("case_id", "comment"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ValueError(f"'{key}' must be a string")
+        return web.json_response(
+            await in_thread(daemon.snapshot, body.get("case_id"), body.get("comment"))
+        )
+
+    async def snapshot_list(request):
+        require_token(request)
+        return web.json_response({"snapshots": await in_thread(daemon.snapshots.list)})
+
+    async def snapshot_file(request):
+        require_token(request)
+        sid, name = request.match_info["sid"], request.match_info.get("name", "metadata.json")
+        try:
+            path = daemon.snapshots.file(sid, name)
+        except ValueError as exc:
+            return _error(404, str(exc))
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
     async def overlay(request):
         body = await json_body(request)
@@ -227,6 +264,9 @@ def make_app(daemon) -> web.Application:
         body = await json_body(request)
         daemon.pipeline.set_objective(body.get("objective"))
         return web.json_response({"objective": body.get("objective")})
+
+    async def models(_request):
+        return web.json_response(await in_thread(daemon.inventory))
 
     async def upload(request):
         if request.content_length is not None and request.content_length > max_upload:
@@ -282,9 +322,13 @@ def make_app(daemon) -> web.Application:
             web.post("/virtual", virtual),
             web.post("/camera", camera),
             web.post("/snapshot", snapshot),
+            web.get("/snapshots", snapshot_list),
+            web.get("/snapshots/{sid}", snapshot_file),
+            web.get("/snapshots/{sid}/{name}", snapshot_file),
             web.post("/overlay", overlay),
             web.post("/objective", objective),
             web.post("/calibration/manual", calibration_manual),
+            web.get("/models", models),
             web.post("/models", upload),
             web.post("/models/rollback", rollback),
             web.post("/models/{name}/activate", activate),

@@ -29,6 +29,7 @@ from lucida.overlay.render import (
 )
 from lucida.overlay.sinks import JpegStream, make_sink
 
+from .audit import AuditTrail
 from .config import ConfigError, DaemonConfig, load_config
 from .devices import build_engine
 from .events import EventLog
@@ -36,6 +37,7 @@ from .models import ActiveModel, ModelSelector
 from .pipeline import Optics, Pipeline, nominal_um_per_px
 from .results import ResultLog
 from .safety import Safety
+from .snapshots import SnapshotStore
 from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource, SourceError
 from .stats import percentiles_ms
 from .store import BundleStore
@@ -44,6 +46,7 @@ from .systemd import sd_notify, watchdog_interval_s
 log = logging.getLogger(__name__)
 
 LIVE_WIDTH = 960  # px: the /live view is downscaled to keep JPEG encoding cheap
+AUDIT_FILE = "audit.jsonl"  # under state_dir/audit/, rotated by size (runtime.audit)
 
 
 def build_source(cfg) -> FrameSource:
@@ -124,7 +127,11 @@ class Daemon:
         self.store = BundleStore(config.state_dir)
         self.token = config.token() or self._generated_token()
         self.live = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live: one encode per frame
+        self.live_ar = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live?view=ar: the eyepiece
         self.results = ResultLog()
+        self.audit = AuditTrail(Path(config.state_dir, "audit", AUDIT_FILE), self._audit_context)
+        self.snapshots = SnapshotStore(Path(config.state_dir, "snapshots"))
+        self.shown: dict | None = None  # the last display update: the overlay a snapshot keeps
         self.started_ns = time.monotonic_ns()
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -132,6 +139,7 @@ class Daemon:
         self.serial = None
         self.manual = None
         self.manual_objective = None
+        self.on_ready = None  # called with the daemon once it serves (lucida run: the human lines)
         self._build()
 
     # -- assembly ---------------------------------------------------------------------------------
@@ -180,7 +188,7 @@ class Daemon:
             build_source(cfg.source),
             self.models,
             ar=ar,
-            ar_sinks=[make_sink(s) for s in cfg.sinks.ar],
+            ar_sinks=[*(make_sink(s) for s in cfg.sinks.ar), self.live_ar],
             preview=preview,
             preview_sinks=[*(make_sink(s) for s in cfg.sinks.preview), self.live],
             optics_for=self._optics_for,
@@ -188,7 +196,7 @@ class Daemon:
             stall_timeout_ms=cfg.source.stall_timeout_ms,
             on_event=self._pipeline_event,
             on_result=self._sample_timings,
-            on_display=self.results,
+            on_display=self._on_display,
             safety=Safety(
                 **cfg.safety.model_dump(), max_overlay_age_ms=cfg.display.max_overlay_age_ms
             ),
@@ -209,6 +217,28 @@ class Daemon:
             )
         else:
             self.serial = None
+
+    def _on_display(
+        self, kind: str, t_ns: int, shift_px=None, redraw: bool = False, **what
+    ) -> None:
+        """The render stage's hook: the in-memory record for /results, and the audit trail.
+        A redraw (motion compensation following the field) is not a new record."""
+        if redraw:
+            return
+        self.results(kind, t_ns, shift_px=shift_px, **what)
+        self.audit(kind, t_ns, **what)
+        if kind in ("overlay", "blank"):
+            self.shown = {"kind": kind, "t_ns": t_ns, **what}  # one reference swap, no copy
+
+    def _audit_context(self) -> dict:
+        """Model file, threshold and calibration revision of what is shown now (cheap reads)."""
+        active = self.pipeline._active
+        return {
+            "model_sha256": active.engine.info.model_sha256 if active else None,
+            "threshold": self.pipeline.threshold,
+            "classes": [c["name"] for c in self.pipeline.classes() if c["on"]] or None,
+            "calibration_revision": self.profile.profile.revision if self.profile else None,
+        }
 
     def _default_homography(self):
         """Camera px -> display px when uncalibrated: scale the camera frame onto the display."""
@@ -320,7 +350,10 @@ class Daemon:
         elif isinstance(event, OverlayToggle):
             self.pipeline.set_overlay(not self.pipeline.overlay_enabled)
         elif isinstance(event, Snap):
-            self.snapshot()
+            try:
+                self.snapshot()
+            except ValueError as exc:  # nothing shown: the pedal press is logged, not fatal
+                self.events("error", where="snapshot", message=str(exc))
         elif isinstance(event, Threshold):
             self.pipeline.set_threshold(event.value)
         elif isinstance(event, ClassSwitch):
@@ -401,6 +434,8 @@ class Daemon:
 
             self.http = HttpServer(self, self.config.http.bind, self.config.http.port).start()
         self.events("daemon_ready", url=self.http.url, pid=os.getpid())
+        if self.on_ready is not None:
+            self.on_ready(self)
         sd_notify("READY=1\nSTATUS=running")
 
     def stop(self) -> None:
@@ -414,6 +449,7 @@ class Daemon:
             self.http = None
         self.events("daemon_stop")
         self.events.close()
+        self.audit.close()
 
     def reload(self) -> bool:
         """Re-read the config file; keep running on the old one when the new one is bad."""
@@ -475,11 +511,25 @@ class Daemon:
             serial=self.serial.status() if self.serial is not None else None,
             temperatures_c=temperatures_c(),
             rss_mb=rss_mb(),
+            disk={**self.audit.disk(), **self.snapshots.usage()},
+            display=self.display_state(),
+            threshold=self.pipeline.threshold,
             versions=versions(),
             pid=os.getpid(),
             camera=self.pipeline.source.controls_applied,
         )
         return st
+
+    def inventory(self) -> dict:
+        """GET /models: the bundles held, the one each objective would use, what runs now."""
+        from .inventory import inventory
+
+        st = self.pipeline.status()
+        running = {k: st.get(k) for k in ("model", "objective", "delegate", "backend")}
+        active = self.pipeline._active
+        running["sha256"] = active.engine.info.model_sha256 if active else None
+        objectives = set(self.config.serial.positions.values()) | {self.config.source.objective}
+        return inventory(self.models, self.store, objectives, running)
 
     def health(self) -> dict:
         """The golden check of the running bundle, on a fresh engine on the configured device."""
@@ -581,17 +631,32 @@ class Daemon:
         scope.set_path(StagePath([Waypoint(x, y, None, dwell) for x, y in pts], loop=True))
         return [[round(x, 1), round(y, 1)] for x, y in pts]
 
-    def snapshot(self) -> dict:
-        from lucida.overlay.sinks import write_png
+    def snapshot(self, case_id: str | None = None, comment: str | None = None) -> dict:
+        """Save what the eyepiece shows now with its provenance (see runtime.snapshots)."""
+        from .snapshots import capture
 
-        folder = Path(self.config.state_dir, "snapshots")
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        out = {}
-        if self.live.canvas is not None:
-            out["preview"] = str(write_png(folder / f"preview-{stamp}.png", self.live.canvas))
-        self.events("snapshot", **out)
+        images, metadata = capture(self, case_id, comment)
+        out = self.snapshots.save(images, metadata)
+        self.events("snapshot", id=out["id"], case_id=metadata["case_id"], bytes=out["bytes"])
         return out
+
+    def display_state(self) -> dict:
+        """What the eyepiece shows now: {"showing": "overlay" | "nothing", "reason", "since_ms"}."""
+        shown = self.shown
+        if shown is None:
+            return {"showing": "nothing", "reason": "starting", "since_ms": None}
+        since = round((time.monotonic_ns() - shown["t_ns"]) / 1e6)
+        if shown["kind"] == "overlay":
+            return {"showing": "overlay", "reason": None, "since_ms": since}
+        return {"showing": "nothing", "reason": shown.get("reason"), "since_ms": since}
+
+    def software(self) -> dict:
+        """Versions of what computed an overlay: lucida, Python, NumPy, the interpreter."""
+        active = self.pipeline._active
+        backend = (
+            f"{active.engine.info.backend} {active.engine.info.backend_version}" if active else None
+        )
+        return {**versions(), "interpreter": backend}
 
     def _activate(self, bundle: Bundle) -> dict:
         """Load, health-check, then swap in between two frames; on failure nothing changes."""

@@ -117,7 +117,7 @@ class Engine:
         if self._lut is not None and q.dtype != "float32":
             self._lut_cv = lut.view(np.uint8).reshape(256, 1, 3)  # cv2.LUT wants 8-bit tables
         self._bgr = m.input.color_order == "BGR"
-        self.decoder = OutputDecoder(m.output, m.quantization.output)
+        self.decoder = OutputDecoder(m.output, m.quantization.output, threads=self.num_threads)
         self._small_logged = False
         self._plans: dict[tuple, TilePlan] = {}
         self._affines: dict[tuple, np.ndarray] = {}

@@ -150,6 +150,11 @@ class ModelSelector:
         found = self._resolve(objective)
         return None if found is None else ActiveModel.of(self.engine(found[0]), found[1])
 
+    def bundle_for(self, objective: str | None) -> Bundle | None:
+        """The bundle `for_objective` would run at this objective, without building an engine."""
+        found = self._resolve(objective)
+        return None if found is None else found[0]
+
     def preload(self, objectives) -> list[str]:
         """Build the engines for these objectives now, so a turn of the nosepiece is instant;
         with `preload_devices`, each bundle first gets devices of its own (`place`)."""

@@ -18,12 +18,24 @@ a table over class indices. Pure NumPy/OpenCV, no interpreter: the engine and ot
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 
 from .quant import dequantize
 
 _EXP_SAFE = 80.0  # |x| below this keeps exp(x) finite in float32 for sums of many classes
+_EXP_SAFE64 = 700.0  # the same for float64; wider code ranges take the exact float path
+_POOL: ThreadPoolExecutor | None = None  # shared by every decoder: bands of one output in parallel
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="decode")
+    return _POOL
 
 
 def _activate(x: np.ndarray, activation: str) -> np.ndarray:
@@ -40,7 +52,8 @@ def _activate(x: np.ndarray, activation: str) -> np.ndarray:
 class OutputDecoder:
     """Decodes one bundle's output tensor. spec: manifest OutputSpec; quant: its TensorQuant."""
 
-    def __init__(self, spec, quant):
+    def __init__(self, spec, quant, threads: int = 1):
+        self.threads = max(1, int(threads))  # workers for large softmax outputs (the engine's)
         self.kind, self.activation = spec.kind, spec.activation
         self.channels = spec.channels
         self.positives = tuple(spec.positives)
@@ -53,7 +66,9 @@ class OutputDecoder:
                 np.int8 if self.dtype == "int8" else np.uint8
             )
             self._lut = _activate(dequantize(codes, *self.q), self.activation)
-        elif self.eight_bit:  # softmax: exp over monotone uint8 indices (int8 codes xor 0x80)
+        elif self.eight_bit and self.q[0] * 255 < _EXP_SAFE64:
+            # softmax: exp over monotone uint8 indices (int8 codes xor 0x80), shifted by the
+            # global bound (code 255) instead of a per-position max: finite while s*255 is small
             scale = self.q[0]
             dt = np.float32 if scale * 255 < _EXP_SAFE else np.float64
             self._exp = np.exp(scale * (np.arange(256) - 255.0)).astype(dt)
@@ -101,11 +116,22 @@ class OutputDecoder:
         probs = np.empty((h, w), np.float32)
         stack = np.empty((h, w, k), np.float32) if k > 1 else None
         band = max(1, (1 << 18) // max(1, w * c))
-        for y in range(0, h, band):
-            p, st = self._softmax_rows(codes[y : y + band].reshape(-1, w * c))
-            probs[y : y + band] = p.reshape(-1, w)
-            if stack is not None:
-                stack[y : y + band] = st.reshape(-1, w, k)
+
+        def rows(y0: int, y1: int) -> None:  # cv2.LUT, BLAS and NumPy release the GIL
+            for y in range(y0, y1, band):
+                p, st = self._softmax_rows(codes[y : min(y1, y + band)].reshape(-1, w * c))
+                probs[y : min(y1, y + band)] = p.reshape(-1, w)
+                if stack is not None:
+                    stack[y : min(y1, y + band)] = st.reshape(-1, w, k)
+
+        workers = min(self.threads, -(-h // band))
+        if workers <= 1:
+            rows(0, h)
+        else:  # one contiguous share of bands per worker
+            step = -(-h // workers)
+            jobs = [_pool().submit(rows, y, min(h, y + step)) for y in range(0, h, step)]
+            for job in jobs:
+                job.result()
         return probs, stack
 
     def _softmax_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

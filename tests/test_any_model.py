@@ -320,3 +320,133 @@ def test_daemon_draws_each_class_in_its_colour_and_switches_them(gleason_bundle,
         assert again.pipeline.classes_off == {"GP4"}
     finally:
         again.stop()
+
+
+def _overlay_px(canvas: np.ndarray) -> np.ndarray:
+    """The coloured (contour) px of an eyepiece canvas, without the grey status line and scale."""
+    c = canvas.astype(np.int16)
+    return (c.max(-1) - c.min(-1)) > 100
+
+
+def _daemon_canvas(bundle, frame: np.ndarray, tmp_path: Path) -> np.ndarray:
+    """Run the daemon (HTTP on loopback, a replay source of `frame`) until the eyepiece sink
+    shows an overlay; returns that canvas (RGB, the frame's size)."""
+    from lucida.runtime.config import parse_config
+    from lucida.runtime.daemon import Daemon
+    from test_daemon import TOKEN, wait_for
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    _write_png(frames / "0.png", frame)
+    h, w = frame.shape[:2]
+    source = {"type": "replay", "path": str(frames), "fps": 20.0, "width": w, "height": h}
+    daemon = Daemon(parse_config(daemon_config(tmp_path, bundle, source, TOKEN)))
+    sink = CanvasSink()
+    daemon.pipeline.ar_sinks.append(sink)
+    daemon.pipeline.set_objective("10x")
+    daemon.start()
+    try:
+        assert wait_for(lambda: sink.last is not None, 20), "the daemon drew nothing"
+        time.sleep(0.3)  # a few more frames: the overlay is steady on a still scene
+        return sink.last
+    finally:
+        daemon.stop()
+
+
+def _bundle_for_display(capsys, tflite, out: Path, *flags) -> object:
+    """`lucida bundle` a bare .tflite at 1 um/px, with contours fine enough for small frames."""
+    from lucida.models.bundle import update_manifest
+
+    _lucida(
+        capsys,
+        "bundle",
+        "--cpu",
+        tflite,
+        *flags,
+        "--um-per-px",
+        1.0,
+        "--name",
+        out.name,
+        "--task",
+        "test",
+        "--objectives",
+        "10x",
+        "--out",
+        out,
+    )
+    update_manifest(
+        out, contours={"blur_sigma_px": 1.0, "min_area_um2": 20.0, "flicker_margin": 0.0}
+    )
+    return load_bundle(out)
+
+
+def test_daemon_outlines_the_segmenters_positive_class(made, capsys, tmp_path):
+    """bundle -> daemon: the ArgMax class map's positive class (as plain LiteRT computes it on
+    the same frame) is outlined on the eyepiece, and nothing is drawn away from its edge."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    d = made["dir"]
+    it = Interpreter(str(d / "seg.tflite"))
+    it.allocate_tensors()
+    for seed in range(20):  # random weights: the first scene where one class covers a part
+        scene = _seg_scene(seed=seed)
+        it.set_tensor(it.get_input_details()[0]["index"], scene[None])
+        it.invoke()
+        want = it.get_tensor(it.get_output_details()[0]["index"])[0]
+        frac = np.bincount(want.ravel(), minlength=21) / want.size
+        cls = int(np.argmin(np.abs(frac - 0.3)))
+        if 0.1 < frac[cls] < 0.7:
+            break
+    assert 0.1 < frac[cls] < 0.7, "no scene with a class covering part of the frame"
+    keras_map = np.argmax(np.asarray(made["seg"](scene[None].astype(np.float32)))[0], -1)
+    assert np.mean((keras_map == cls) == (want == cls)) > 0.8  # int8 vs float, same input
+    b = _bundle_for_display(
+        capsys,
+        d / "seg.tflite",
+        tmp_path / "b" / "seg",
+        "--labels",
+        d / "voc.txt",
+        "--positive",
+        str(cls),
+    )
+    assert b.manifest.output.kind == "class_map" and b.manifest.output.positives == [cls]
+    canvas = _daemon_canvas(b, scene, tmp_path)
+    drawn = _overlay_px(canvas)
+    mask = (want == cls).astype(np.uint8)
+    edge = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    dist = cv2.distanceTransform(1 - edge, cv2.DIST_L2, 3)  # px to the class's edge
+    assert drawn.sum() > 0.3 * edge.sum()  # the outline is there ...
+    assert np.percentile(dist[drawn], 95) <= 4.0  # ... on the class's edge, not elsewhere
+
+
+def test_daemon_draws_the_classifiers_positive_tiles(made, capsys, tmp_path):
+    """bundle -> daemon: a 1000-class patch classifier over a two-tile frame. The positive set
+    (ARM's rule: their probabilities summed) is every class the float Keras model scores higher
+    on the left tile than on the right one, so it holds the left tile's top class; the overlay
+    is a region over the left tile and nothing over the right one."""
+    d = made["dir"]
+    left, right = _tinted(2, 96, 96, seed=11)
+    p_left, p_right = (
+        np.asarray(made["cls"](t[None].astype(np.float32)))[0] for t in (left, right)
+    )
+    pos = np.flatnonzero(p_left > p_right)
+    top = int(np.argmax(p_left))
+    assert top in pos and int(np.argmax(p_right)) not in pos
+    assert p_left[pos].sum() > 0.7 and p_right[pos].sum() < 0.3  # far from the 0.5 threshold
+    b = _bundle_for_display(
+        capsys,
+        d / "cls.tflite",
+        tmp_path / "b" / "cls",
+        "--labels",
+        d / "cls.txt",
+        "--positive",
+        ",".join(str(k) for k in pos),
+        "--tile-stride",
+        96,
+    )
+    assert b.manifest.output.kind == "class_scores" and b.manifest.output.positives == list(pos)
+    canvas = _daemon_canvas(b, np.concatenate([left, right], axis=1), tmp_path)
+    ys, xs = np.nonzero(_overlay_px(canvas))
+    assert len(xs) > 50  # a region is drawn (inside the eyepiece's round field stop) ...
+    assert 88 <= xs.max() <= 96 + 8  # ... whose right edge is the tiles' border (the outline's
+    # width and the interpolation between tile centres spill a few px): none over the right tile

@@ -34,12 +34,34 @@ def test_softmax_positive_set_matches_float_softmax(dtype, positives):
     p = _softmax(dequantize(raw, scale, zp).astype(np.float64))
     probs, stack = dec.positive(raw)
     assert probs.shape == (9, 7) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs, p[..., positives].sum(-1), atol=1e-5)
+    # the exp-table path equals the float64 softmax within float32 rounding
+    np.testing.assert_allclose(probs, p[..., positives].sum(-1), rtol=1e-6, atol=2e-7)
     if len(positives) > 1:
-        np.testing.assert_allclose(stack, p[..., positives], atol=1e-5)
+        np.testing.assert_allclose(stack, p[..., positives], rtol=1e-6, atol=2e-7)
     else:
         assert stack is None
     np.testing.assert_array_equal(dec.class_index(raw), p.argmax(-1))
+
+
+@pytest.mark.parametrize(
+    "scale", [0.02, 0.11, 0.5, 3.0]
+)  # s*255: 5, 28, 128 (float64), 765 (exact)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_softmax_large_output_in_parallel_bands_is_exact(scale, threads):
+    """A DeepLab-sized row (many bands, shared by workers) gives the float softmax to float32
+    rounding, whatever the output scale: narrow, float64 table, or the exact float fallback."""
+    rng = np.random.default_rng(2)
+    raw = rng.integers(0, 256, (40, 513, 21)).astype(np.uint8)
+    raw[:5] = rng.integers(0, 8, (5, 513, 21))  # low codes: far below the global bound
+    dec = OutputDecoder(
+        OutputSpec(kind="heatmap", channels=21, activation="softmax", positive_classes=[15]),
+        TensorQuant(dtype="uint8", scale=scale, zero_point=128),
+        threads=threads,
+    )
+    p = _softmax(dequantize(raw, scale, 128).astype(np.float64))[..., 15]
+    probs, stack = dec.positive(raw)
+    assert stack is None and probs.dtype == np.float32
+    np.testing.assert_allclose(probs, p, rtol=1e-6, atol=2e-7)
 
 
 def test_sigmoid_classes_sum_is_clipped_and_stacked():

@@ -11,7 +11,6 @@ cross-checks disagree, so no figure is given rather than a wrong one.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
@@ -328,145 +327,9 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_simulate(args) -> int:
-    import numpy as np
-    from lucida.calibration.imageio import write_image
-    from lucida.calibration.pattern import load_pattern, render_pattern
-    from lucida.tools.calibrate.simulate import GEOMETRIES, random_homography, simulate_capture
-
-    spec = load_pattern(args.pattern)
-    rng = np.random.default_rng(args.seed)
-    camera = tuple(int(v) for v in args.camera.lower().split("x")) if args.camera else None
-    circle = _floats(args.circle, 3, "--circle") if args.circle else None
-    if camera is None:
-        match = [g for g in GEOMETRIES.values() if g[0] == tuple(spec.display)]
-        camera = match[0][1] if match else tuple(spec.display)
-        circle = circle if circle is not None else (match[0][2] if match else None)
-    h, eval_pts, params = random_homography(rng, tuple(spec.display), camera, circle)
-    img = simulate_capture(
-        render_pattern(spec),
-        h,
-        camera,
-        rng,
-        circle,
-        blur_sigma=args.blur,
-        noise_dn=args.noise,
-        pattern_gain=args.pattern_gain,
-    )
-    write_image(args.out, img)
-    truth = Path(args.out).with_suffix(".truth.json")
-    truth.write_text(
-        json.dumps(
-            {
-                "homography": h.tolist(),
-                "eval_camera_px": eval_pts.tolist(),
-                "camera": list(camera),
-                "circle": circle,
-                "params": {
-                    k: (float(v) if np.isscalar(v) else [float(x) for x in v])
-                    for k, v in params.items()
-                },
-            },
-            indent=1,
-        )
-    )
-    _emit(args, {"captured": str(args.out), "truth": str(truth)}, f"wrote {args.out} and {truth}")
-    return 0
-
-
-def cmd_simulate_micrometer(args) -> int:
-    from lucida.calibration.imageio import write_image
-    from lucida.tools.calibrate.simulate import micrometer_image
-
-    m = micrometer_image(args.seed, period_px=args.period_px)
-    write_image(args.out, m.image)
-    _emit(
-        args,
-        {"image": str(args.out), "period_px": m.period_px, "angle_deg": m.angle_deg},
-        f"wrote {args.out}: period {m.period_px:.4f} px at {m.angle_deg:.2f} deg",
-    )
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from lucida.tools.calibrate.accuracy import evaluate
-
-    res = evaluate(args.trials, args.pixel_trials, args.seed, args.flat_frames)
-    if not args.per_trial:
-        res["registration"].pop("per_trial", None)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        r, p, f = res["registration"], res["pixel_size"], res["flat_field"]
-        print(
-            f"registration ({r['trials']} trials, {len(r['failures'])} failed): corner error mean "
-            f"{r['mean_corner_error_px']} px, p95 {r['p95_corner_error_px']} px, worst {r['worst_corner_error_px']} px "
-            f"(limits 0.5 / 1.5); {r['register_ms_p50']} ms per registration (p50)"
-        )
-        print(
-            f"pixel size ({p['trials']} trials, {len(p['failures'])} failed): error mean {p['mean_error_pct']} %, "
-            f"worst {p['worst_error_pct']} % (limit 0.5 %), within 3 sigma {p['within_3_sigma']}"
-        )
-        t = f["ms_per_frame"]
-        print(
-            f"flat field ({f['frame']}): non-uniformity {f['nonuniformity_before_pct']} % -> "
-            f"{f['nonuniformity_after_pct']} %; per frame: CPU {t['cpu_p50']} / {t['cpu_p99']} ms "
-            f"p50/p99 on one thread, wall {t['wall_p50']} / {t['wall_p99']} ms "
-            f"(limit 2 ms, CPU p50 ratio {f['ratio_cpu_p50_to_limit']})"
-        )
-        print("PASS" if res["pass"] else "FAIL")
-    return 0 if res["pass"] else 1
-
-
-def cmd_bench_color(args) -> int:
-    from lucida.tools.calibrate.color_bench import bench_color
-
-    res = bench_color(args.frames, args.seed)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(f"{res['frame']} frames, load average {res['loadavg']:.2f} (shared cores: noisy)")
-        rt = res["lab_round_trip"]["cpu_ms"]
-        print(
-            f"  Lab round trip (peer): CPU p50/p90/p99 {rt['p50']} / {rt['p90']} / {rt['p99']} ms"
-        )
-        for name in ("reinhard", "macenko"):
-            r = res[name]
-            c, w = r["cpu_ms"], r["wall_ms"]
-            print(
-                f"  {name}: CPU p50/p90/p99 {c['p50']} / {c['p90']} / {c['p99']} ms on one thread, "
-                f"wall p50 {w['p50']} ms; limit {r['limit_ms']} ms (ratio "
-                f"{r['ratio_cpu_p50_to_limit']}), {r['ratio_cpu_p50_to_lab_round_trip']}x the peer"
-            )
-        print("PASS" if res["pass"] else "FAIL")
-    return 0 if res["pass"] else 1
-
-
-def cmd_bench_charuco(args) -> int:
-    from lucida.tools.calibrate.charuco_bench import bench_charuco
-
-    res = bench_charuco(args.images, args.intrinsics, args.repeats)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        print(f"load average {res['loadavg']:.2f} (shared cores: times are noisy)")
-        for r in res["photos"]:
-            o, c = r["ours_ms"], r["opencv_ms"]
-            print(
-                f"  {Path(r['image']).name}: {r['corners']} corners (OpenCV {r['opencv_corners']}), "
-                f"{r['mean_disagreement_px']} px apart, flat-board RMS {r['flat_board_rms_px']} px; "
-                f"ours p50/p90/p99 {o['p50']}/{o['p90']}/{o['p99']} ms, OpenCV "
-                f"{c['p50']}/{c['p90']}/{c['p99']} ms, ratio {r['ratio_p50']}"
-            )
-        print(f"ratio ours/OpenCV (p50, all photos) {res['ratio_p50_all']} (limit 1.5)")
-        print("PASS" if res["pass"] else "FAIL")
-    return 0 if res["pass"] else 1
-
-
-# ---------------------------------------------------------------- parser
-
-
 def register(sub) -> None:
+    from lucida.tools.calibrate import trials
+
     p = sub.add_parser(
         "calibrate", help="display registration, pixel size, flat-field, colour, profiles"
     )
@@ -549,7 +412,7 @@ def register(sub) -> None:
 
     q = add(
         "bench-charuco",
-        cmd_bench_charuco,
+        trials.cmd_bench_charuco,
         "bench: ChArUco detection vs OpenCV's CharucoDetector on photos of a printed board",
     )
     q.add_argument("--images", nargs="+", required=True, help="photos of a 5x7 DICT_6X6_250 board")
@@ -558,7 +421,7 @@ def register(sub) -> None:
 
     q = add(
         "bench-color",
-        cmd_bench_color,
+        trials.cmd_bench_color,
         "bench: colour normalization per 1080p frame (p50/p90/p99) against its limits",
     )
     q.add_argument("--frames", type=int, default=30)
@@ -587,7 +450,11 @@ def register(sub) -> None:
     q.add_argument("--profile", required=True)
     q.add_argument("--objective")
 
-    q = add("simulate", cmd_simulate, "host: simulate the camera's photo of a pattern over tissue")
+    q = add(
+        "simulate",
+        trials.cmd_simulate,
+        "host: simulate the camera's photo of a pattern over tissue",
+    )
     q.add_argument("--pattern", required=True)
     q.add_argument("--out", required=True)
     q.add_argument("--seed", type=int, default=0)
@@ -600,14 +467,18 @@ def register(sub) -> None:
     )
 
     q = add(
-        "simulate-micrometer", cmd_simulate_micrometer, "host: simulate a stage micrometer image"
+        "simulate-micrometer",
+        trials.cmd_simulate_micrometer,
+        "host: simulate a stage micrometer image",
     )
     q.add_argument("--out", required=True)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--period-px", type=float, help="ruling pitch in px (default random 6..70)")
 
     q = add(
-        "evaluate", cmd_evaluate, "bench: seeded registration, pixel-size and flat-field trials"
+        "evaluate",
+        trials.cmd_evaluate,
+        "bench: seeded registration, pixel-size and flat-field trials",
     )
     q.add_argument("--trials", type=int, default=50, help="registration trials")
     q.add_argument("--pixel-trials", type=int, default=50, help="pixel-size trials")

@@ -408,10 +408,11 @@ def verify_bundle(path: str | os.PathLike) -> dict:
 
     Returns what was checked: name, version, files with sizes, the golden error against atol.
     """
+    from lucida.models import resolve_bundle
     from lucida.runtime.engine import Engine
     from lucida.tools.toolchain.tflite_reader import read_tflite
 
-    bundle = load_bundle(path)  # manifest valid, every file's size and sha256
+    bundle = resolve_bundle(str(path))  # manifest valid, every file's size and sha256
     for name in bundle.manifest.files:
         if name.endswith(".tflite"):
             read_tflite(bundle.file(name))
@@ -437,7 +438,9 @@ def verify_bundle(path: str | os.PathLike) -> dict:
 
 def register(sub) -> None:
     p = sub.add_parser("bundle", help="assemble, pack or verify a model bundle")
-    p.add_argument("--verify", metavar="BUNDLE", help="verify a bundle folder or .tar.gz")
+    p.add_argument(
+        "--verify", metavar="BUNDLE", help="verify a bundle folder, .tar.gz or shipped name"
+    )
     p.add_argument("--from", dest="from_bundle", metavar="BUNDLE", help="start from this bundle")
     p.add_argument("--cpu", help="full-integer model (cpu.tflite), or a bundle folder")
     p.add_argument("--edgetpu", help="the same model compiled by edgetpu_compiler (or a bundle)")

@@ -245,6 +245,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from lucida.models import pack_bundle
+    from lucida.tools.cli import require_host
+
+    require_host("tensorflow")
 
     bundle, report = quantize_to_bundle(
         args.model,
