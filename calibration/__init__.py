@@ -23,6 +23,7 @@ from .errors import (
     MeasurementError,
     PatternNotFoundError,
     ProfileError,
+    RefusedInputError,
     TooFewPointsError,
     UnknownObjectiveError,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "Profile",
     "ProfileError",
     "RegistrationInfo",
+    "RefusedInputError",
     "RegistrationResult",
     "ReinhardNormalizer",
     "StainTarget",

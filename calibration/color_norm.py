@@ -2,16 +2,21 @@
 
 Applied to the model's input only, never to the image shown to the pathologist.
 
-- Reinhard: match the per-channel mean and standard deviation in CIE L*a*b* to a
-  target (`lab_mean`, `lab_std`; L in 0..100, a and b in about -128..127). Each
-  channel is an affine map, so after one RGB->Lab conversion it is a single 8-bit
-  look-up table, then Lab->RGB: a few ms for a 1080p frame.
+- Reinhard: match the per-channel mean and standard deviation in CIE L*a*b* of the
+  tissue to a target (`lab_mean`, `lab_std`; L in 0..100, a and b about -128..127).
 - Macenko: estimate the two stain vectors (haematoxylin, eosin) of the frame from
   optical density, and re-synthesise with the target's stain vectors and maximum
-  concentrations. Slower (float maths per pixel); optional.
+  concentrations.
 
-Source statistics are measured on tissue pixels (glass is left out) of each frame,
-on a subsample, and smoothed over frames (`momentum`) so the colours do not flicker.
+Both change tissue only: the result is blended with the original by a smooth tissue
+weight (a function of the pixel's colour: darker than glass, or coloured), so glass
+stays as it is and nothing jumps at any tissue fraction; the statistics are weighted
+by it too, smoothed over frames (`momentum`) so colours do not flicker.
+
+Per frame, each method runs exactly on every 24th pixel; a map affine in optical
+density (ODMap) is fitted to what it did there and applied to the whole frame with two
+8-bit LUTs and one 3x4 transform (`lucida calibrate bench-color` measures the cost
+against 5 ms / 20 ms per 1080p frame). `.exact(frame)` runs the method on every pixel.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-from .errors import MeasurementError
+from .errors import MeasurementError, RefusedInputError
 
 GLASS_L = 88.0  # L* above this (and low chroma) is glass, not tissue
 _L8 = 255.0 / 100.0  # OpenCV 8-bit Lab: L * 255 / 100, a + 128, b + 128
@@ -47,42 +52,185 @@ def _lab8(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
 
 
-def _tissue(lab8: np.ndarray) -> np.ndarray:
-    """Nx3 float64 8-bit Lab pixels that are tissue (not bright, colourless glass)."""
+def _weight_luts() -> tuple[np.ndarray, np.ndarray]:
+    """8-bit LUTs of the tissue weight (0..255) from L (darker than glass) and from a
+    single chroma axis (|a| or |b|, colour): smoothstep ramps, no hard cut-off."""
+    x = np.arange(256, dtype=np.float64)
+    dark = np.clip((GLASS_L - x / _L8) / DARK_RAMP_L, 0, 1)
+    colour = np.clip((np.abs(x - 128) - CHROMA_START) / CHROMA_RAMP, 0, 1)
+
+    def smooth(t):
+        return np.rint(255 * t * t * (3 - 2 * t)).astype(np.uint8)
+
+    return smooth(dark), smooth(colour)
+
+
+DARK_RAMP_L = 10.0  # L* below GLASS_L over which a pixel goes from glass to tissue
+CHROMA_START, CHROMA_RAMP = 5.0, 10.0  # |a*| or |b*| where colour starts to mean tissue
+_LUT_DARK, _LUT_COLOUR = _weight_luts()
+
+
+def tissue_weight(lab8: np.ndarray) -> np.ndarray:
+    """HxW uint8 tissue weight (0 glass .. 255 tissue) of an 8-bit Lab image: a smooth
+    function of the pixel's colour (darker than glass, or coloured), so a normalization
+    blended by it leaves glass alone and has no jump at any tissue fraction."""
+    L, a, b = cv2.split(lab8)
+    return cv2.max(cv2.LUT(L, _LUT_DARK), cv2.max(cv2.LUT(a, _LUT_COLOUR), cv2.LUT(b, _LUT_COLOUR)))
+
+
+def _weighted(lab8: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(mean, std) 3-vectors in 8-bit Lab units, weighted by the tissue weight, and the
+    tissue fraction (mean weight, 0..1)."""
     px = lab8.reshape(-1, 3).astype(np.float64)
-    chroma = np.hypot(px[:, 1] - 128, px[:, 2] - 128)
-    keep = (px[:, 0] < GLASS_L * _L8) | (chroma > 12)
-    return px[keep] if keep.sum() >= max(64, 0.02 * len(px)) else px
+    w = tissue_weight(lab8).reshape(-1).astype(np.float64) / 255.0
+    total = float(w.sum())
+    if total <= 0:
+        return px.mean(axis=0), px.std(axis=0), 0.0
+    mean = (w[:, None] * px).sum(axis=0) / total
+    std = np.sqrt((w[:, None] * (px - mean) ** 2).sum(axis=0) / total)
+    return mean, std, total / len(w)
 
 
-def lab_stats(image: np.ndarray, step: int = 1) -> LabStats:
-    """Lab mean/std of the tissue in an RGB uint8 image (every `step`-th pixel each way)."""
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise MeasurementError(
-            f"colour statistics need HxWx3 uint8 RGB, got {image.dtype} {image.shape}"
+MIN_TISSUE = 0.05  # tissue fraction a colour target must be measured on
+MIN_STD = 0.5  # Lab units: a target with less spread in any channel is degenerate
+MIN_MEAN_L = 15.0  # L*: a darker field is black, not tissue
+MIN_A = 6.0  # a*: H&E tissue is pink to purple (real and virtual 10-42; a board photo 2)
+
+
+def _check_tissue(lab8: np.ndarray, what: str) -> None:
+    """Refuse a colour-target image without enough stained tissue (RefusedInputError)."""
+    mean8, std8, frac = _weighted(lab8)
+    if mean8[0] / _L8 < MIN_MEAN_L:
+        raise RefusedInputError(
+            f"{what} is black (mean L* {mean8[0] / _L8:.0f}, need >= {MIN_MEAN_L:.0f}): no light, "
+            "no tissue to take a colour target from"
         )
-    px = _tissue(_lab8(np.ascontiguousarray(image[::step, ::step])))
-    mean8, std8 = px.mean(axis=0), px.std(axis=0)
+    if frac < MIN_TISSUE:
+        raise RefusedInputError(
+            f"{what} has too little tissue for a colour target ({frac:.1%} of the field, need "
+            f"{MIN_TISSUE:.0%}): blank glass, black or an empty field?"
+        )
+    if float(np.min(std8)) < MIN_STD:
+        raise RefusedInputError(
+            f"{what} has no colour spread (Lab std {np.round(std8, 2).tolist()}, need >= "
+            f"{MIN_STD} in every channel): a flat or synthetic field, not stained tissue"
+        )
+    if mean8[1] - 128 < MIN_A:
+        raise RefusedInputError(
+            f"{what} has no stained tissue: its dark parts are not pink or purple (mean a* "
+            f"{mean8[1] - 128:.1f}, need >= {MIN_A:.0f}; H&E is 10-40); a pattern or a "
+            "black-and-white image?"
+        )
+
+
+def _to_stats(mean8: np.ndarray, std8: np.ndarray) -> LabStats:
     mean = (mean8[0] / _L8, mean8[1] - 128.0, mean8[2] - 128.0)
     std = (std8[0] / _L8, std8[1], std8[2])
     return LabStats(tuple(float(v) for v in mean), tuple(float(max(v, 1e-3)) for v in std))
 
 
-def fit_target(images: Sequence[np.ndarray]) -> LabStats:
-    """Target statistics of a training domain: pooled Lab mean/std over its images."""
+def lab_stats(image: np.ndarray, step: int = 1) -> LabStats:
+    """Lab mean/std of the tissue in an RGB uint8 image (every `step`-th pixel each way),
+    weighted by the smooth tissue weight (glass counts ~0)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise MeasurementError(
+            f"colour statistics need HxWx3 uint8 RGB, got {image.dtype} {image.shape}"
+        )
+    mean8, std8, _ = _weighted(_lab8(np.ascontiguousarray(image[::step, ::step])))
+    return _to_stats(mean8, std8)
+
+
+def fit_target(images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> LabStats:
+    """Target statistics of a training domain: pooled, tissue-weighted Lab mean/std over
+    its images. Refuses (RefusedInputError, naming the image) an image with too little
+    tissue or no colour spread."""
     if not images:
         raise MeasurementError("no images to compute colour target statistics from")
-    pools = [_tissue(_lab8(np.ascontiguousarray(im[::2, ::2]))) for im in images]
-    px = np.concatenate(pools)
-    m8, s8 = px.mean(axis=0), px.std(axis=0)
-    return LabStats(
-        (float(m8[0] / _L8), float(m8[1] - 128), float(m8[2] - 128)),
-        (float(s8[0] / _L8), float(s8[1]), float(s8[2])),
-    )
+    labs = []
+    for i, im in enumerate(images):
+        what = f"image {names[i]!r}" if names else f"image {i + 1}"
+        lab = _lab8(np.ascontiguousarray(im[::2, ::2]))
+        _check_tissue(lab, what)
+        labs.append(lab.reshape(-1, 1, 3))
+    mean8, std8, _ = _weighted(np.concatenate(labs))
+    return _to_stats(mean8, std8)
+
+
+# ------------------------------------------------------------ fast per-frame path
+
+OD_CODES = 255.0 / 2.0  # uint8 optical-density code per OD unit (base 10)
+FIT_STEP = 24  # the exact method runs on every 24th pixel each way; the map is fitted there
+MIN_SAMPLE = 4000  # pixels: smaller frames are sampled more densely
+RIDGE, RIDGE_CODE = 1e-4, 20.0  # identity prior: weight (share of the rows) and its OD code
+GLASS_DN = 226  # min(R, G, B) at or above which a pixel is glass for ODMap (L* ~ 90)
+GLASS_WEIGHT = 0.25  # the glass rows together weigh this many times all tissue rows
+
+
+def _od_codes(v: np.ndarray) -> np.ndarray:
+    return OD_CODES * -np.log10(np.maximum(v, 0.5) / 255.0)
+
+
+_LUT_OD = np.clip(np.rint(_od_codes(np.arange(256.0))), 0, 255).astype(np.uint8)
+_LUT_EXP = np.clip(np.rint(255.0 * 10 ** (-np.arange(256.0) / OD_CODES)), 0, 255).astype(np.uint8)
+
+
+class ODMap:
+    """A colour map that is affine in optical density: od_out = M @ [od_in, 1] (3x4, in
+    uint8 OD codes). Both normalizations are (nearly) this: Macenko exactly, Reinhard
+    after the Lab maths. Applying it to a frame is an 8-bit LUT to OD, one 3x4
+    cv2.transform and an 8-bit LUT back: ~3 passes over the frame instead of a Lab round
+    trip. Glass (OD ~0) maps to ~itself when the fit saw it unchanged.
+    """
+
+    def __init__(self, m: np.ndarray):
+        self.m = np.asarray(m, np.float32).reshape(3, 4)
+
+    @classmethod
+    def fit(cls, before: np.ndarray, after: np.ndarray) -> ODMap:
+        """Weighted least-squares map from the RGB pixels `before` to `after` (HxWx3
+        uint8 each). Glass is pinned: the sample's glass pixels and a ramp of bright
+        neutral greys (which must map to themselves) weigh GLASS_WEIGHT x all the tissue."""
+        greys = np.repeat(np.arange(205, 256, 2, dtype=np.uint8)[:, None], 3, axis=1)
+        src = np.concatenate([before.reshape(-1, 3), greys])
+        dst = np.concatenate([after.reshape(-1, 3), greys])
+        tissue = tissue_weight(_lab8(src.reshape(-1, 1, 3))).reshape(-1) / 255.0
+        glass = 1.0 - tissue
+        glass[len(src) - len(greys) :] = 1.0
+        wt = tissue + glass * (GLASS_WEIGHT * tissue.sum() / max(glass.sum(), 1e-9))
+        x = np.hstack([_od_codes(src.astype(np.float64)), np.ones((len(src), 1))])
+        y = _od_codes(dst.astype(np.float64))
+        r = np.sqrt(wt)[:, None]
+        # a weak pull towards "no change" keeps the map well conditioned when the frame
+        # has little tissue or one colour only (8-bit codes would amplify a wild map)
+        ridge = np.sqrt(RIDGE * wt.sum()) * RIDGE_CODE * np.eye(4)
+        a = np.linalg.lstsq(
+            np.vstack([x * r, ridge]), np.vstack([y * r, ridge[:, :3]]), rcond=None
+        )[0]
+        return cls(a.T)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """The mapped frame; pixels bright in every channel (glass, min >= GLASS_DN) are
+        copied through, so 8-bit OD rounding (a few DN near white) never tints glass."""
+        h, w = image.shape[:2]
+        flat = np.ascontiguousarray(image).reshape(h, w * 3)
+        od = cv2.LUT(flat, _LUT_OD).reshape(h, w, 3)
+        od2 = cv2.transform(od, self.m)
+        out = cv2.LUT(od2.reshape(h, w * 3), _LUT_EXP).reshape(h, w, 3)
+        glass = cv2.inRange(image, (GLASS_DN,) * 3, (255, 255, 255))
+        cv2.copyTo(image, glass, out)
+        return out
+
+
+def _sample(image: np.ndarray) -> np.ndarray:
+    """Every n-th pixel each way (n <= FIT_STEP) keeping at least MIN_SAMPLE pixels."""
+    h, w = image.shape[:2]
+    step = int(max(1, min(FIT_STEP, np.sqrt(h * w / MIN_SAMPLE))))
+    return np.ascontiguousarray(image[::step, ::step])
 
 
 class ReinhardNormalizer:
-    """Maps the Lab statistics of frames onto `target`.
+    """Maps the Lab statistics of the tissue in frames onto `target`, blended by the
+    smooth tissue weight so glass stays as it is.
 
     source: fixed source statistics (e.g. measured once on a calibration slide);
     None measures each frame (on every 4th pixel) and smooths with `momentum`
@@ -106,29 +254,52 @@ class ReinhardNormalizer:
 
     def lut(self, source: LabStats) -> np.ndarray:
         """256x1x3 uint8 look-up table in 8-bit Lab for `source` -> target."""
-        s, t = self._to8(source), self._to8(self.target)
-        x = np.arange(256, dtype=np.float64)[:, None]
-        y = (x - s[0]) * (t[1] / np.maximum(s[1], 1e-3)) + t[0]
-        return np.clip(np.rint(y), 0, 255).astype(np.uint8).reshape(256, 1, 3)
+        return self._table(self._to8(source))
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Normalized HxWx3 uint8 RGB copy of `image`."""
-        lab = _lab8(image)
-        if self.fixed_source is not None:
-            src = self._to8(self.fixed_source)
-        else:
-            px = _tissue(np.ascontiguousarray(lab[::4, ::4]))
-            cur = np.stack([px.mean(axis=0), np.maximum(px.std(axis=0), 1e-3)])
-            if self._source is None or self.momentum == 0:
-                self._source = cur
-            else:
-                self._source = self.momentum * self._source + (1 - self.momentum) * cur
-            src = self._source
+    def _table(self, src: np.ndarray) -> np.ndarray:
         t = self._to8(self.target)
         x = np.arange(256, dtype=np.float64)[:, None]
         y = (x - src[0]) * (t[1] / np.maximum(src[1], 1e-3)) + t[0]
-        table = np.clip(np.rint(y), 0, 255).astype(np.uint8).reshape(256, 1, 3)
-        return cv2.cvtColor(cv2.LUT(lab, table), cv2.COLOR_LAB2RGB)
+        return np.clip(np.rint(y), 0, 255).astype(np.uint8).reshape(256, 1, 3)
+
+    def exact(self, image: np.ndarray, src: np.ndarray | None = None) -> np.ndarray:
+        """The method itself on every pixel: Lab statistics mapped to the target, blended
+        by the tissue weight (HxWx3 uint8 RGB; `src` 2x3 source stats, 8-bit Lab)."""
+        lab = _lab8(image)
+        if src is None:
+            src = self._source_stats(lab)
+            if src is None:
+                return image.copy()  # glass only: nothing to normalize
+        norm = cv2.cvtColor(cv2.LUT(lab, self._table(src)), cv2.COLOR_LAB2RGB)
+        return blend(image, norm, tissue_weight(lab))
+
+    def _source_stats(self, lab_small: np.ndarray) -> np.ndarray | None:
+        if self.fixed_source is not None:
+            return self._to8(self.fixed_source)
+        mean8, std8, frac = _weighted(lab_small)
+        if frac <= 0:
+            return None
+        cur = np.stack([mean8, np.maximum(std8, 1e-3)])
+        if self._source is None or self.momentum == 0:
+            self._source = cur
+        else:
+            self._source = self.momentum * self._source + (1 - self.momentum) * cur
+        return self._source
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Normalized HxWx3 uint8 RGB copy of `image` (glass unchanged): the exact method
+        on every 24th pixel, an ODMap fitted to it, applied to the whole frame."""
+        small = _sample(image)
+        src = self._source_stats(_lab8(small))
+        if src is None:
+            return image.copy()
+        return ODMap.fit(small, self.exact(small, src))(image)
+
+
+def blend(original: np.ndarray, normalized: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """original + (normalized - original) * weight / 255 per pixel (weight HxW uint8)."""
+    w = weight.astype(np.float32) * (1.0 / 255.0)
+    return cv2.blendLinear(normalized, original, w, 1.0 - w)
 
 
 # ------------------------------------------------------------------ Macenko
@@ -173,30 +344,69 @@ def stain_vectors(
     return stains, np.percentile(conc, 99, axis=1)
 
 
-def fit_stain_target(image: np.ndarray, background: float = 240.0) -> StainTarget:
-    """A Macenko target from a reference image of the training domain."""
-    s, m = stain_vectors(image, background)
+MIN_STAIN_ANGLE_DEG = 5.0  # H and E optical-density directions closer than this are one stain
+
+
+def fit_stain_target(
+    image: np.ndarray, background: float = 240.0, what: str = "image"
+) -> StainTarget:
+    """A Macenko target from a reference image of the training domain. Refuses
+    (RefusedInputError, naming `what`) too little stained tissue or stain vectors that
+    are not two distinct stains."""
+    _check_tissue(_lab8(np.ascontiguousarray(image[::2, ::2])), what)
+    try:
+        s, m = stain_vectors(image, background)
+    except MeasurementError as exc:
+        raise RefusedInputError(f"{what}: {exc}") from None
+    angle = float(np.degrees(np.arccos(np.clip(abs(float(s[0] @ s[1])), 0, 1))))
+    if angle < MIN_STAIN_ANGLE_DEG or not np.all(np.isfinite(m)) or float(np.min(m)) <= 0:
+        raise RefusedInputError(
+            f"{what}: stain vectors are degenerate (H and E {angle:.1f} deg apart, need "
+            f">= {MIN_STAIN_ANGLE_DEG}; max concentrations {np.round(m, 3).tolist()}): not H&E?"
+        )
     return StainTarget((tuple(s[0]), tuple(s[1])), (float(m[0]), float(m[1])), background)
 
 
 class MacenkoNormalizer:
-    """Re-synthesises frames with the target's stains (stain vectors estimated per frame
-    on every 4th pixel)."""
+    """Re-synthesises the tissue of frames with the target's stains (stain vectors
+    estimated per frame on every 24th pixel), blended by the tissue weight.
+
+    Per pixel the stain swap is linear in optical density: od_out = od @ M with the 3x3
+    M = pinv(frame stains) * (target max / frame max) @ target stains.
+    """
 
     def __init__(self, target: StainTarget):
         self.target = target
+        bg = target.background
+        self._od_lut = (-np.log((np.arange(256) + 1.0) / bg)).astype(np.float32).reshape(256, 1)
+
+    def _matrix(self, image: np.ndarray) -> np.ndarray | None:
+        try:
+            stains, max_c = stain_vectors(_sample(image), self.target.background)
+        except MeasurementError:
+            return None  # glass only: nothing to normalize
+        scale = np.asarray(self.target.max_conc) / np.maximum(max_c, 1e-6)
+        return (np.linalg.pinv(stains) * scale[None, :]) @ np.asarray(self.target.stains)
+
+    def exact(self, image: np.ndarray, m: np.ndarray | None = None) -> np.ndarray:
+        """The method on every pixel (float OD maths), blended by the tissue weight."""
+        m = self._matrix(image) if m is None else m
+        if m is None:
+            return image.copy()
+        bg = self.target.background
+        od = cv2.LUT(image, np.repeat(self._od_lut, 3, axis=1).reshape(256, 1, 3))
+        out = cv2.exp(cv2.transform(od, (-m.T).astype(np.float32)))  # exp(-od_out)
+        norm = cv2.convertScaleAbs(out, alpha=bg)
+        return blend(image, norm, tissue_weight(_lab8(image)))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        bg = self.target.background
-        try:
-            stains, max_c = stain_vectors(np.ascontiguousarray(image[::4, ::4]), bg)
-        except MeasurementError:
-            return image.copy()  # glass only: nothing to normalize
-        od = _od(image, bg)
-        conc = od @ np.linalg.pinv(stains)  # N x 2
-        conc *= np.asarray(self.target.max_conc) / np.maximum(max_c, 1e-6)
-        out = bg * np.exp(-conc @ np.asarray(self.target.stains))
-        return np.clip(out, 0, 255).astype(np.uint8).reshape(image.shape)
+        """Normalized copy: stains from every 24th pixel, the exact method there, an ODMap
+        fitted to it applied to the whole frame."""
+        m = self._matrix(image)
+        if m is None:
+            return image.copy()
+        small = _sample(image)
+        return ODMap.fit(small, self.exact(small, m))(image)
 
 
 def normalizer_from_manifest(color_norm) -> Optional[Callable[[np.ndarray], np.ndarray]]:

@@ -95,6 +95,14 @@ class PatternFinder:
             for i, obj in zip(board.getIds().ravel(), board.getObjPoints())
         }
         self._pattern_gray = None
+        self._board = board
+        self._quick = None
+
+    def quick_detector(self) -> cv2.aruco.CharucoDetector:
+        """OpenCV's CharucoDetector with its default parameters (built on first use)."""
+        if self._quick is None:
+            self._quick = cv2.aruco.CharucoDetector(self._board)
+        return self._quick
 
     def markers(self, gray: np.ndarray) -> tuple[list, np.ndarray, np.ndarray | None]:
         """Consistent markers in `gray`: (corners list, Mx1 int32 ids, camera->display
@@ -184,10 +192,71 @@ def _refine_corners(
     return out
 
 
+WHOLE_BOARD = 0.8  # share of the board's markers that makes the quick search enough
+NEIGHBOUR_SQUARES = 1.5  # corners within this many squares are a corner's neighbours
+OUTLIER_PX = 1.0  # a corner this far (px) from its neighbours' homography is dropped
+OUTLIER_MAD = 5.0  # ... or this many robust sigmas of all corners' deviations
+
+
+def neighbour_deviation(ids: np.ndarray, pts: np.ndarray, spec: PatternSpec) -> np.ndarray:
+    """Per corner: distance (px) from where the homography of its neighbours on the board
+    (within NEIGHBOUR_SQUARES, itself left out; at least 4) puts it; nan with fewer."""
+    board = spec.corner_points()[ids]
+    out = np.full(len(ids), np.nan)
+    for i in range(len(ids)):
+        d = np.linalg.norm(board - board[i], axis=1)
+        nb = (d > 0) & (d <= NEIGHBOUR_SQUARES * spec.square_px)
+        if nb.sum() < 4:
+            continue
+        h, _ = cv2.findHomography(board[nb], pts[nb], 0)
+        if h is None:
+            continue
+        out[i] = float(np.linalg.norm(apply_homography(h, board[i : i + 1])[0] - pts[i]))
+    return out
+
+
+def reject_outliers(ids: np.ndarray, pts: np.ndarray, spec: PatternSpec):
+    """(ids, pts) without the corners inconsistent with their neighbours' local
+    homography (a corner pulled by occlusion, glare or tissue is dropped, not trusted)."""
+    # one at a time, worst first: a bad corner also skews its neighbours' homographies
+    while len(ids) >= 6:
+        dev = neighbour_deviation(ids, pts, spec)
+        ok = np.isfinite(dev)
+        if ok.sum() < 4:
+            break
+        med = float(np.median(dev[ok]))
+        mad = 1.4826 * float(np.median(np.abs(dev[ok] - med)))
+        worst = int(np.nanargmax(dev))
+        if dev[worst] <= max(OUTLIER_PX, med + OUTLIER_MAD * mad):
+            break
+        ids, pts = np.delete(ids, worst), np.delete(pts, worst, axis=0)
+    return ids, pts
+
+
+def _quick(finder: PatternFinder, gray: np.ndarray):
+    """OpenCV's own CharucoDetector (default parameters) on the grey image: enough when it
+    sees (nearly) the whole board, e.g. a printed board photographed. (ids, pts, n markers,
+    camera->display homography) or None."""
+    pts, ids, mc, mi = finder.quick_detector().detectBoard(gray)
+    n_board = len(finder.marker_display)
+    if mi is None or len(mi) < max(ENOUGH_MARKERS, WHOLE_BOARD * n_board) or ids is None:
+        return None
+    mi = mi.ravel()
+    keep = [k for k, i in enumerate(mi) if int(i) in finder.marker_display]
+    cam = np.concatenate([mc[k].reshape(4, 2) for k in keep]).astype(np.float64)
+    disp = np.concatenate([finder.marker_display[int(mi[k])] for k in keep])
+    h, _ = cv2.findHomography(cam, disp, cv2.RANSAC, 0.15 * finder.spec.square_px)
+    if h is None:
+        return None
+    return ids.reshape(-1).astype(int), pts.reshape(-1, 2).astype(np.float64), len(keep), h
+
+
 def detect_pattern(image: np.ndarray, spec: PatternSpec) -> Detection:
     """Find the pattern's ChArUco corners in a camera image (HxWx3 RGB or HxW uint8).
 
-    Raises PatternNotFoundError when no marker of the pattern is found.
+    First OpenCV's own detector on the grey image; when that does not see the whole
+    board, the colour searches below. Corners inconsistent with their neighbours are
+    dropped (reject_outliers). Raises PatternNotFoundError when no marker is found.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         raise PatternNotFoundError(
@@ -195,6 +264,15 @@ def detect_pattern(image: np.ndarray, spec: PatternSpec) -> Detection:
         )
     finder = PatternFinder(spec)
     h_img, w_img = image.shape[:2]
+    plain = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    quick = _quick(finder, plain)
+    if quick is not None:
+        ids, pts, n, h = quick
+        pts = _refine_corners(
+            plain, pts, spec, local_scale(np.linalg.inv(h), spec.corner_points()[ids].mean(0))
+        )
+        ids, pts = reject_outliers(ids, pts, spec)
+        return Detection(ids, pts, n, False, "gray-quick", plain)
     rgb = image if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     best = None  # (n markers, mirrored, name, gray, corners, ids, h, src)
     for mirrored in (False, True):
@@ -229,6 +307,8 @@ def detect_pattern(image: np.ndarray, spec: PatternSpec) -> Detection:
         pts = _refine_corners(
             gray, pts, spec, local_scale(np.linalg.inv(h), spec.corner_points()[ids].mean(0))
         )
+    if len(ids):
+        ids, pts = reject_outliers(ids, pts, spec)
     if mirrored:
         gray = np.ascontiguousarray(gray[:, ::-1])
         if len(pts):

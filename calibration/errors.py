@@ -58,6 +58,13 @@ class MeasurementError(CalibrationError):
     exit_code = 9
 
 
+class RefusedInputError(MeasurementError):
+    """The input is not what the measurement needs (not a ruling, no tissue, not a blank
+    field) or the measurement's own cross-checks disagree: refused rather than guessed."""
+
+    exit_code = 10
+
+
 EXIT_CODES = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -69,5 +76,6 @@ EXIT_CODES = {
         UnknownObjectiveError,
         ProfileError,
         MeasurementError,
+        RefusedInputError,
     )
 }

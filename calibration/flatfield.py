@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import MeasurementError
+from .errors import MeasurementError, RefusedInputError
 
 
 def _stack_mean(frames: Iterable[np.ndarray], what: str) -> np.ndarray:
@@ -37,6 +37,49 @@ def _stack_mean(frames: Iterable[np.ndarray], what: str) -> np.ndarray:
     return (acc / n).astype(np.float32)
 
 
+MAX_STRUCTURE = 0.02  # fine-detail RMS / mean of a blank field (dust edges, tissue: more)
+MAX_SPOT = 0.06  # strongest local deviation from the shading (99.9th pct) of a blank field
+MAX_CHROMA = 8.0  # Lab chroma spread around the field's own colour (a cast is fine; stain is not)
+MIN_LEVEL = 10.0  # DN: darker than this is no light at all
+
+
+def check_blank(frame: np.ndarray, what: str = "blank-field frame") -> None:
+    """Refuse (RefusedInputError, exit 10) a frame that is not a blank field: black, or
+    with structure finer than shading (tissue, dust edges, a pattern), or stained colour.
+
+    Shading and vignetting are smooth: they survive a 1/40-of-the-field blur; the detail
+    left after removing it (its RMS relative to the mean level) is only sensor noise on a
+    real blank field. Noise itself is averaged out first with a 2 px blur.
+    """
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise MeasurementError(f"{what} must be HxWx3 uint8 RGB, got {frame.dtype} {frame.shape}")
+    gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    level = float(gray.mean())
+    if level < MIN_LEVEL:
+        raise RefusedInputError(
+            f"{what} is too dark (mean {level:.1f} DN): lamp off or shutter closed, not a blank field"
+        )
+    h, w = gray.shape
+    detail = cv2.GaussianBlur(gray, (0, 0), 2.0)
+    shading = cv2.GaussianBlur(detail, (0, 0), max(h, w) / 40.0)
+    dev = np.abs(detail - shading) / level
+    rel, spot = float(np.sqrt(np.mean(dev**2))), float(np.percentile(dev, 99.9))
+    lab = cv2.cvtColor(cv2.GaussianBlur(frame, (0, 0), 2.0), cv2.COLOR_RGB2LAB).astype(np.float32)
+    a, b = lab[..., 1], lab[..., 2]
+    spread = float(np.percentile(np.hypot(a - np.median(a), b - np.median(b)), 99))
+    if rel > MAX_STRUCTURE or spot > MAX_SPOT:
+        raise RefusedInputError(
+            f"{what} is not a blank field: it has structure ({rel:.1%} fine detail, limit "
+            f"{MAX_STRUCTURE:.0%}; strongest spots {spot:.0%}, limit {MAX_SPOT:.0%}); tissue, "
+            "dust edges or a pattern in view? Use clear glass"
+        )
+    if spread > MAX_CHROMA:
+        raise RefusedInputError(
+            f"{what} is not a blank field: its colour varies (chroma spread {spread:.0f}, limit "
+            f"{MAX_CHROMA:.0f}); stained tissue in view? Use clear glass"
+        )
+
+
 @dataclass
 class FlatField:
     """A flat (mean blank-field frame) and an optional dark frame, HxWx3 float32 DN."""
@@ -52,7 +95,11 @@ class FlatField:
         smooth_px: float = 2.0,
     ) -> FlatField:
         """Average blank-field frames (and dark frames); smooth the flat by `smooth_px`
+        (each blank frame is checked first: see check_blank, RefusedInputError)
         (Gaussian sigma, px) to keep sensor noise out of the gain map."""
+        blank = list(blank)
+        for i, f in enumerate(blank):
+            check_blank(np.asarray(f), f"blank-field frame {i + 1}")
         flat = _stack_mean(blank, "blank-field")
         d = _stack_mean(dark, "dark") if dark is not None else None
         if smooth_px > 0:

@@ -5,10 +5,15 @@
    angle is then refined by maximising the sharpness of the projected profile.
 2. Profile: pixels where the rulings are (a band-pass energy mask) are projected on
    the normal and averaged into a profile sampled every 0.25 px.
-3. Period: the first strong peak of the profile's autocorrelation (so every-5th
-   and every-10th longer ticks do not fool it), then each ruling's centroid is
-   located and a straight line position = phase + k * period is fitted; its standard
-   error gives the uncertainty.
+3. Period: every rational multiple of the spectral peak (harmonics of thin lines,
+   sub-harmonics of longer 5th/10th ticks) is comb-tested on the profile; the smallest
+   whose predicted rulings are nearly all really there is the pitch. Each ruling's
+   centroid is located and position = phase + k * period is fitted.
+4. Cross-checks: enough rulings, found without gaps, regular (residuals), spectral
+   and line-fit periods agree, and the lines are straight and parallel (phase agrees
+   along them; a chessboard's does not). Any failure refuses (RefusedInputError, exit
+   10) instead of printing a precise wrong figure; the uncertainty is the line fit's
+   standard error from its residuals.
 
 Works for dark rulings on a bright field and bright on dark, any rotation, blur,
 noise and uneven light.
@@ -21,11 +26,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import MeasurementError
+from .errors import MeasurementError, RefusedInputError
 
 BIN_PX = 0.25  # profile sampling, px
 MIN_PERIOD_PX = 3.0  # finer rulings are too close to the pixel pitch to measure
 SYSTEMATIC_REL = 3e-4  # relative uncertainty floor of um/px
+MAX_SECOND_PEAK = 0.5  # power of a periodic second direction / main peak (a grid: >= 1)
 MIN_PROMINENCE = 100.0  # spectral peak / median of its frequency ring (noise gives ~10-20)
 
 
@@ -110,9 +116,24 @@ def _spectrum_peak(
     ring = np.abs(radius - radius[iy, ix]) < 2.0 / n
     prominence = peak / max(float(np.median(spec[ring])), 1e-30)
     if not allowed[iy, ix] or prominence < MIN_PROMINENCE:
-        raise MeasurementError(
+        raise RefusedInputError(
             f"no clear periodic ruling in the micrometer image (strongest period stands only "
             f"{prominence:.0f}x above the background spectrum, need {MIN_PROMINENCE:.0f}x)"
+        )
+    # a ruling is periodic in one direction only; a chessboard or grid is the sum of
+    # two gratings at an angle, with a second peak as strong as the first
+    pk_angle = np.arctan2(fy[iy, 0], fx[0, ix])
+    away = np.abs((np.arctan2(fy, fx) - pk_angle + np.pi / 2) % np.pi - np.pi / 2)
+    other = (radius >= f_min) & (radius <= 1.0 / MIN_PERIOD_PX) & (away > np.radians(20))
+    # only isolated peaks count (periodic); an edge or the scale's baseline spreads its
+    # power along a line through the origin
+    local = cv2.blur(spec.astype(np.float32), (9, 9)).astype(np.float64)
+    other &= spec > 6.0 * local
+    second = float(np.max(np.where(other, spec, 0)))
+    if second > MAX_SECOND_PEAK * peak:
+        raise RefusedInputError(
+            "the pattern is periodic in two directions (a chessboard or grid), not a ruling: "
+            f"a second direction has {second / peak:.0%} of the main period's power"
         )
 
     def parabolic(a: float, b: float, c: float) -> float:
@@ -169,48 +190,142 @@ def _sharpness(prof: np.ndarray, period_px: float) -> float:
     )
 
 
-def _fundamental(prof: np.ndarray, p_hint: float) -> float:
-    """Ruling period (px) from the profile's autocorrelation.
+def _signed(prof: np.ndarray) -> np.ndarray:
+    """Profile with its median removed and the rulings as peaks (rulings are the sparse,
+    skewed side of the profile: dark lines on bright glass or bright on dark)."""
+    p = prof - np.median(prof)
+    return -p if np.mean(p**3) < 0 else p
 
-    The spectral peak `p_hint` is the pitch or, when every 5th / 10th tick is longer,
-    a multiple of it: the smallest lag p_hint / m (m = 1..10) where the autocorrelation
-    has a clear peak (after a dip, at least half as high as at p_hint) is the pitch.
-    """
-    p = cv2.GaussianBlur((prof - prof.mean()).reshape(1, -1), (0, 0), 1.5).ravel()
-    n = len(p)
-    m_fft = cv2.getOptimalDFTSize(2 * n)
-    f = np.fft.rfft(p, m_fft)
-    ac = np.fft.irfft(f * np.conj(f), m_fft)[:n] / np.maximum(np.arange(n, 0, -1), 1)
-    ac = ac / max(ac[0], 1e-12)
 
-    def peak_near(lag_px: float) -> tuple[int, float] | None:
-        c = lag_px / BIN_PX
-        lo, hi = int(c * 0.85), int(np.ceil(c * 1.15)) + 1
-        if lo < 2 or hi >= min(n - 1, n * 2 // 3):
-            return None
-        i = lo + int(np.argmax(ac[lo:hi]))
-        if not (ac[i] >= ac[i - 1] and ac[i] >= ac[i + 1]) or i in (lo, hi - 1):
-            return None
-        dip = float(ac[1:i].min())
-        if ac[i] - dip < 0.25:
-            return None
-        return i, float(ac[i])
-
-    base = peak_near(p_hint)
-    if base is None:
-        return p_hint
-    best = base[0]
-    for m in range(10, 1, -1):
-        if p_hint / m < 2.0:
-            continue
-        cand = peak_near(p_hint / m)
-        if cand is not None and cand[1] >= 0.5 * base[1]:
-            best = cand[0]
-            break
-    a, b, c = ac[best - 1], ac[best], ac[best + 1]
+def _dft_period(p: np.ndarray, period: float, span: float = 0.03) -> float:
+    """Period (px) within +-`span` of `period` where the profile's Fourier amplitude
+    peaks (a fine grid, then a parabola through the best three points)."""
+    u = np.arange(len(p)) * BIN_PX
+    grid = period * (1 + np.linspace(-span, span, 121))
+    amp = np.abs(np.exp(-2j * np.pi * np.outer(1.0 / grid, u)) @ p)
+    i = int(np.clip(np.argmax(amp), 1, len(grid) - 2))
+    a, b, c = amp[i - 1], amp[i], amp[i + 1]
     d = a - 2 * b + c
-    off = 0.0 if d == 0 else 0.5 * (a - c) / d
-    return (best + off) * BIN_PX
+    off = 0.0 if d == 0 else float(np.clip(0.5 * (a - c) / d, -1, 1))
+    return float(grid[i] + off * (grid[1] - grid[0]))
+
+
+@dataclass
+class _Comb:
+    """How well a comb of lines at `period` fits the profile: `present` predicted lines
+    stand out of their half-period surroundings, out of `expected` predicted between
+    the first and the last one that does."""
+
+    period: float
+    present: int
+    expected: int
+    contrast: float = 0.0  # typical (80th percentile) line prominence, profile units
+
+    @property
+    def coverage(self) -> float:
+        return self.present / max(self.expected, 1)
+
+
+def _comb(p: np.ndarray, period: float) -> _Comb:
+    """Comb test of one candidate period on the signed profile `p`.
+
+    Each predicted ruling (phase from the profile's Fourier component at 1/period) is
+    compared with the two points half a period away: a ruling is there when it stands
+    above both by a quarter of the typical (80th percentile) contrast. A period that is
+    a fraction of the true pitch predicts lines on bare glass, so its coverage is ~1/m.
+    """
+    u = np.arange(len(p)) * BIN_PX
+    z = np.sum(p * np.exp(-2j * np.pi * u / period))
+    first = (-np.angle(z) / (2 * np.pi)) * period % period
+    pos = first + np.arange(0, int((u[-1] - first) / period) + 1) * period
+    if len(pos) < 4:
+        return _Comb(period, 0, 1)
+    # prominence of the highest point within +-0.1 period (a small period error adds up
+    # over many lines) above the lowest points on each side up to half a period away:
+    # high for a peak, ~0 for a slope or bare glass, and a longer tick next to a fine
+    # one does not hide it
+    f32 = p.astype(np.float32).reshape(1, -1)
+    near = max(1, int(0.1 * period / BIN_PX))
+    wide = max(1, int(0.2 * period / BIN_PX))
+    peak = cv2.dilate(f32, np.ones((1, 2 * near + 1), np.uint8)).ravel().astype(np.float64)
+    low = cv2.erode(f32, np.ones((1, 2 * wide + 1), np.uint8)).ravel().astype(np.float64)
+    line = np.interp(pos, u, peak)
+    side = np.maximum(np.interp(pos - 0.3 * period, u, low), np.interp(pos + 0.3 * period, u, low))
+    c = line - side
+    ref = float(np.percentile(c, 80))  # a fine tick even when every 5th is longer
+    if ref <= 0:
+        return _Comb(period, 0, len(pos))
+    ok = c > 0.25 * ref
+    idx = np.flatnonzero(ok)
+    if len(idx) == 0:
+        return _Comb(period, 0, len(pos))
+    return _Comb(period, int(ok.sum()), int(idx[-1] - idx[0] + 1), ref)
+
+
+MIN_COVERAGE = 0.85  # share of predicted rulings that must really be there
+MIN_LINES = 8  # rulings a trustworthy fit needs
+MIN_RELATIVE_CONTRAST = 0.2  # pitch's line prominence / the spectral peak's
+
+
+def _fundamental(prof: np.ndarray, p_hint: float) -> _Comb:
+    """The ruling pitch (px) from the spectrum's strongest period `p_hint`.
+
+    p_hint may be the pitch, a harmonic of it (thin sharp lines: pitch / 2, / 3) or a
+    multiple (every 5th / 10th tick longer, numbers every 10th). Every rational
+    candidate p_hint * k / m (k = 1..3, m = 1..10) is refined on the profile's spectrum
+    and comb-tested; the smallest period whose predicted rulings are nearly all there
+    (>= MIN_COVERAGE, >= MIN_LINES) is the pitch. Raises RefusedInputError when none is.
+    """
+    p = cv2.GaussianBlur(_signed(prof).reshape(1, -1), (0, 0), 1.0).ravel()
+    length = len(p) * BIN_PX
+    cands: list[float] = []
+    for k in (1, 2, 3):
+        for m in range(1, 11):
+            c = p_hint * k / m
+            if MIN_PERIOD_PX <= c <= length / 4 and all(abs(c / o - 1) > 0.02 for o in cands):
+                cands.append(c)
+    # the spectral peak's own comb sits on real lines: a candidate whose lines are far
+    # fainter than those is a fraction of the pitch that found noise
+    hint = _comb(p, _dft_period(p, p_hint))
+    best: _Comb | None = None
+    for c in sorted(cands):
+        comb = _comb(p, _dft_period(p, c))
+        if (
+            comb.coverage >= MIN_COVERAGE
+            and comb.present >= MIN_LINES
+            and comb.contrast >= MIN_RELATIVE_CONTRAST * hint.contrast
+        ):
+            return comb
+        if best is None or comb.present * comb.coverage > best.present * best.coverage:
+            best = comb
+    raise RefusedInputError(
+        "not a regular ruling: no period explains the lines (best "
+        f"{best.period if best else p_hint:.2f} px finds "
+        f"{best.present if best else 0} of {best.expected if best else 0} predicted rulings); "
+        "is this a stage micrometer photo?"
+    )
+
+
+def _strip_coherence(img: np.ndarray, weight: np.ndarray, angle: float, period: float) -> float:
+    """Phase agreement (0..1) of the ruling's fundamental between strips taken along the
+    lines: 1 for straight parallel lines; low for a chessboard (its rows alternate) or
+    other 2-D texture."""
+    ys, xs = np.nonzero(weight > 0)
+    v = -xs * np.sin(angle) + ys * np.cos(angle)
+    u = xs * np.cos(angle) + ys * np.sin(angle)
+    val = img[ys, xs].astype(np.float64)
+    edges = np.quantile(v, np.linspace(0, 1, 5))
+    phasors = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (v >= lo) & (v <= hi)
+        if sel.sum() < 50:
+            continue
+        x = val[sel] - val[sel].mean()
+        phasors.append(np.sum(x * np.exp(-2j * np.pi * u[sel] / period)) / sel.sum())
+    if len(phasors) < 2:
+        return 0.0
+    ph = np.asarray(phasors)
+    return float(abs(ph.sum()) / max(np.abs(ph).sum(), 1e-12))
 
 
 def _centroid(u: np.ndarray, p: np.ndarray, c: float, period: float) -> tuple[float, float] | None:
@@ -235,13 +350,22 @@ def _centroid(u: np.ndarray, p: np.ndarray, c: float, period: float) -> tuple[fl
     return c1, float(np.max(p[near]) - base)
 
 
-def _fit_lines(prof: np.ndarray, period: float) -> tuple[float, float, int]:
-    """(period px, its standard error, rulings used) from a straight-line fit of the
-    rulings' centroids against their index."""
+@dataclass
+class _LineFit:
+    """Straight-line fit position = first + k * period of the rulings' centroids (px)."""
+
+    period: float
+    se: float  # standard error of period from the residuals, px
+    lines: int  # rulings in the fit
+    span: int  # index range they cover (last k - first k + 1)
+    rms: float  # residual RMS, px
+
+
+def _fit_lines(prof: np.ndarray, period: float) -> _LineFit:
+    """Locate each ruling's centroid and fit a straight line against its index
+    (robust: outlying rulings are dropped); the residuals give the standard error."""
     u = np.arange(len(prof)) * BIN_PX
-    p = prof - np.median(prof)
-    if np.mean(p**3) < 0:  # rulings are the sparse side of the profile: make them peaks
-        p = -p
+    p = _signed(prof)
     phase = np.angle(np.sum(p * np.exp(-2j * np.pi * u / period)))
     first = (-phase / (2 * np.pi)) * period % period
     for _ in range(3):
@@ -249,7 +373,7 @@ def _fit_lines(prof: np.ndarray, period: float) -> tuple[float, float, int]:
         found = [(k, _centroid(u, p, first + k * period, period)) for k in ks]
         found = [(k, r) for k, r in found if r is not None]
         if len(found) < 4:
-            raise MeasurementError(f"only {len(found)} rulings could be located; need at least 4")
+            raise RefusedInputError(f"only {len(found)} rulings could be located; need at least 4")
         kept = np.array([k for k, _ in found], float)
         pos = np.array([r[0] for _, r in found])
         amp = np.array([r[1] for _, r in found])
@@ -260,7 +384,7 @@ def _fit_lines(prof: np.ndarray, period: float) -> tuple[float, float, int]:
         uniq[first_idx] = True
         good &= uniq
         if good.sum() < 4:
-            raise MeasurementError("fewer than 4 clear rulings in the micrometer image")
+            raise RefusedInputError("fewer than 4 clear rulings in the micrometer image")
         for _ in range(4):
             a = np.polyfit(kept[good], pos[good], 1)
             r = pos - np.polyval(a, kept)
@@ -275,58 +399,112 @@ def _fit_lines(prof: np.ndarray, period: float) -> tuple[float, float, int]:
     resid = x - np.polyval([period, first], k)
     s2 = float(np.sum(resid**2) / max(n - 2, 1))
     se = float(np.sqrt(s2 / np.sum((k - k.mean()) ** 2)))
-    return period, se, n
+    return _LineFit(period, se, n, int(k.max() - k.min() + 1), float(np.sqrt(np.mean(resid**2))))
+
+
+MAX_RESIDUAL = 0.1  # line-position residual RMS, in periods, of a real ruling
+MIN_COHERENCE = 0.8  # phase agreement of the ruling between strips along its lines
+MAX_DISAGREEMENT = 0.005  # spectral vs line-fit period, relative (at least; see below)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """HxW float32 luminance at the image's own depth (uint8, uint16 or float)."""
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = cv2.cvtColor(img.astype(np.float32), cv2.COLOR_RGB2GRAY)
+    return img.astype(np.float32)
+
+
+def _refine_angle(proj: _Projector, angle: float, period: float) -> float:
+    """The angle (rad) within +-4 deg of `angle` whose profile is sharpest at `period`:
+    a grid of 33, then a golden-section search around the best grid point."""
+    grid = angle + np.radians(np.linspace(-4.0, 4.0, 33))
+    scores = [_sharpness(proj.profile(a), period) for a in grid]
+    i = int(np.argmax(scores))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    golden = (np.sqrt(5) - 1) / 2
+    a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
+    fa = _sharpness(proj.profile(a), period)
+    fb = _sharpness(proj.profile(b), period)
+    for _ in range(12):
+        if fa > fb:
+            hi, b, fb = b, a, fa
+            a = hi - golden * (hi - lo)
+            fa = _sharpness(proj.profile(a), period)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + golden * (hi - lo)
+            fb = _sharpness(proj.profile(b), period)
+    return float((lo + hi) / 2)
 
 
 def measure_pixel_size(image: np.ndarray, spacing_um: float) -> PixelSize:
-    """Measure um per px from a stage micrometer image (HxWx3 RGB or HxW uint8).
+    """Measure um per px from a stage micrometer image (HxWx3 RGB or HxW; uint8, uint16
+    or float at the camera's own depth).
 
     spacing_um: the micrometer's ruling pitch (e.g. 10 um for a 0.01 mm scale).
-    Raises MeasurementError when no clear periodic ruling is found.
+    Raises RefusedInputError (exit code 10) when the image is not a ruling or the
+    cross-checks (lines found, their regularity, spectral vs line-fit period, straight
+    parallel lines) fail, MeasurementError for other bad input.
     """
     if spacing_um <= 0:
         raise MeasurementError(f"ruling spacing must be > 0 um, got {spacing_um}")
-    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    gray = _gray(image)
     if min(gray.shape) < 32:
         raise MeasurementError(f"micrometer image {gray.shape[1]}x{gray.shape[0]} is too small")
-    if float(gray.std()) < 1.0:
-        raise MeasurementError("micrometer image is blank: no rulings visible")
+    full = 65535.0 if np.asarray(image).dtype == np.uint16 else 255.0
+    lo, hi = np.percentile(gray[::2, ::2], [1, 99])
+    if hi < 0.03 * full and np.asarray(image).dtype == np.uint8:
+        raise RefusedInputError("micrometer image is black: no light, no rulings visible")
+    if hi - lo < max(0.02 * hi, 1e-6) or float(gray.std()) < 1e-3 * max(float(gray.mean()), 1):
+        raise RefusedInputError("micrometer image is blank: no rulings visible")
     img = _prepare(gray)
     fx, fy = _spectrum_peak(img, _dominant_normal(img))
     f0 = float(np.hypot(fx, fy))
     angle = float(np.arctan2(fy, fx))
     weight = _band_mask(img, f0, angle)
     if weight.sum() < 100:
-        raise MeasurementError("no ruling band found in the micrometer image")
+        raise RefusedInputError("no ruling band found in the micrometer image")
     proj = _Projector(img, weight)
-    period0 = _fundamental(proj.profile(angle), 1.0 / f0)
-    # refine the angle: the sharpest profile, first on a grid of +-4 deg, then by
-    # golden-section search around the best grid point
-    grid = angle + np.radians(np.linspace(-4.0, 4.0, 33))
-    scores = [_sharpness(proj.profile(a), period0) for a in grid]
-    i = int(np.argmax(scores))
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    golden = (np.sqrt(5) - 1) / 2
-    a, b = hi - golden * (hi - lo), lo + golden * (hi - lo)
-    fa = _sharpness(proj.profile(a), period0)
-    fb = _sharpness(proj.profile(b), period0)
-    for _ in range(12):
-        if fa > fb:
-            hi, b, fb = b, a, fa
-            a = hi - golden * (hi - lo)
-            fa = _sharpness(proj.profile(a), period0)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + golden * (hi - lo)
-            fb = _sharpness(proj.profile(b), period0)
-    angle = (lo + hi) / 2
+    angle = _refine_angle(proj, angle, 1.0 / f0)
+    comb = _fundamental(proj.profile(angle), 1.0 / f0)
+    if abs(comb.period * f0 - 1) > 0.02:  # the pitch is not the spectral peak: re-aim
+        angle = _refine_angle(proj, angle, comb.period)
     prof = proj.profile(angle)
-    period, se, n = _fit_lines(prof, period0)
-    if not np.isfinite(period) or period <= 1.5:
-        raise MeasurementError(f"measured ruling period {period:.3f} px is not plausible")
+    fit = _fit_lines(prof, comb.period)
+    period, se = fit.period, fit.se
+    if not np.isfinite(period) or period <= MIN_PERIOD_PX * 0.9:
+        raise RefusedInputError(f"measured ruling period {period:.3f} px is not plausible")
+    # cross-checks: a precise figure is only given when independent views agree
+    spectral = _dft_period(_signed(prof), period, span=0.01)
+    problems = []
+    if fit.lines < MIN_LINES:
+        problems.append(f"only {fit.lines} rulings fit, need {MIN_LINES}")
+    if fit.lines < MIN_COVERAGE * fit.span:
+        problems.append(f"only {fit.lines} of {fit.span} rulings in the fitted range were found")
+    if fit.rms > MAX_RESIDUAL * period:
+        problems.append(
+            f"rulings are irregular (residual {fit.rms:.2f} px = {fit.rms / period:.0%} of the "
+            f"period, limit {MAX_RESIDUAL:.0%})"
+        )
+    # the spectral peak is as sharp as the ruling is long: ~ 1/span of the period
+    tol = max(MAX_DISAGREEMENT, 0.1 / max(fit.span, 1))
+    if abs(spectral / period - 1) > tol:
+        problems.append(
+            f"spectral period {spectral:.3f} px and line fit {period:.3f} px disagree by "
+            f"{abs(spectral / period - 1):.2%} (limit {tol:.2%})"
+        )
+    coherence = _strip_coherence(img, weight, angle, period)
+    if coherence < MIN_COHERENCE:
+        problems.append(
+            f"the pattern is not straight parallel lines (phase agreement {coherence:.2f} "
+            f"along the lines, need {MIN_COHERENCE}); a chessboard or texture?"
+        )
+    if problems:
+        raise RefusedInputError("pixel size refused: " + "; ".join(problems))
     um = spacing_um / period
-    # statistical error of the fit, plus a floor for what a line fit does not see
-    # (illumination gradients across thick rulings; ~0.03 % on the simulated micrometers)
+    # statistical error of the line fit (from its residuals), plus a floor for what a
+    # line fit does not see (illumination gradients across thick rulings)
     rel = float(np.hypot(se / period, SYSTEMATIC_REL))
     return PixelSize(
         um_per_px=float(um),
@@ -334,6 +512,6 @@ def measure_pixel_size(image: np.ndarray, spacing_um: float) -> PixelSize:
         period_px=float(period),
         period_px_uncertainty=float(se),
         angle_deg=float(np.degrees(angle) % 180.0),
-        lines=int(n),
+        lines=int(fit.lines),
         spacing_um=float(spacing_um),
     )

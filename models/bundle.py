@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
@@ -25,6 +26,16 @@ from .manifest import Manifest
 
 MANIFEST = "manifest.json"
 MAX_UNPACKED_BYTES = 256 * 1024 * 1024
+
+# Temp folders that .tar.gz bundles were unpacked into (no unpack_dir given): the Bundle's files
+# live there while the process runs; they are removed when it exits.
+_UNPACKED: list[Path] = []
+
+
+@atexit.register
+def _remove_unpacked() -> None:
+    while _UNPACKED:
+        shutil.rmtree(_UNPACKED.pop(), ignore_errors=True)
 
 
 class BundleError(ValueError):
@@ -55,14 +66,15 @@ class Bundle:
     def sha256(self, name: str = "cpu.tflite") -> str:
         return self.manifest.files[name].sha256
 
-    def golden(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(input uint8 HxWx3, expected output float32) or None when the bundle has no golden pair."""
+    def golden(self, model_file: str = "cpu.tflite") -> tuple[np.ndarray, np.ndarray] | None:
+        """(input uint8 HxWx3, expected output float32 of `model_file`) or None when the bundle
+        has no golden pair. A model file without its own golden output uses cpu.tflite's."""
         g = self.manifest.golden
         if g is None:
             return None
         try:
             x = np.load(self.path / g.input, allow_pickle=False)
-            y = np.load(self.path / g.output, allow_pickle=False)
+            y = np.load(self.path / g.outputs.get(model_file, g.output), allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise BundleError(f"bundle {self.name}: golden I/O unreadable: {exc}") from None
         return x, y
@@ -119,14 +131,24 @@ def load_bundle(path: str | os.PathLike, unpack_dir: str | os.PathLike | None = 
     """Load and verify a bundle folder or .tar.gz (unpacked safely into `unpack_dir` or a temp dir)."""
     path = Path(path)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        dest = Path(unpack_dir) if unpack_dir else Path(tempfile.mkdtemp(prefix="lucida-bundle-"))
-        path = unpack_archive(path, dest)
+        if unpack_dir:
+            path = unpack_archive(path, Path(unpack_dir))
+        else:
+            dest = Path(tempfile.mkdtemp(prefix="lucida-bundle-"))
+            _UNPACKED.append(dest)
+            try:
+                path = unpack_archive(path, dest)
+            except BundleError:
+                shutil.rmtree(dest, ignore_errors=True)
+                _UNPACKED.remove(dest)
+                raise
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle folder or .tar.gz")
     manifest = read_manifest(path)
     verify_files(path, manifest)
     if manifest.golden is not None:
-        for name in (manifest.golden.input, manifest.golden.output):
+        g = manifest.golden
+        for name in (g.input, g.output, *g.outputs.values()):
             if name not in manifest.files:
                 raise BundleError(
                     f"bundle {manifest.name}: golden file {name} not hashed in 'files'"

@@ -48,9 +48,13 @@ class Normalization(_Strict):
 
 
 class TensorQuant(_Strict):
-    """Affine quantization of one tensor: real = scale * (q - zero_point)."""
+    """Affine quantization of one tensor: real = scale * (q - zero_point).
 
-    dtype: Literal["uint8", "int8", "float32"]
+    Wider integer dtypes (int16/int32/int64) hold class indices (a class_map output, e.g. an
+    ArgMax), with scale 0: they are not quantized reals.
+    """
+
+    dtype: Literal["uint8", "int8", "int16", "int32", "int64", "float32"]
     scale: float = 0.0
     zero_point: int = 0
 
@@ -60,23 +64,73 @@ class Quantization(_Strict):
     output: TensorQuant
 
 
+class Label(_Strict):
+    """One class: its name, an optional display name and an optional (R, G, B) drawing colour."""
+
+    name: str = Field(min_length=1)
+    display: Optional[str] = None
+    color: Optional[Tuple[int, int, int]] = None
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, v):
+        if v is not None and not all(0 <= c <= 255 for c in v):
+            raise ValueError(f"colour {list(v)}: expected [R, G, B] with values 0..255")
+        return v
+
+    @property
+    def shown(self) -> str:
+        return self.display or self.name
+
+
 class OutputSpec(_Strict):
     """What the output tensor means.
 
-    heatmap: [1, h, w, C] per-position class scores; class_scores: [1, C] for the whole tile.
-    activation: applied after dequantization ("none" when the model already outputs probabilities).
+    heatmap: [1, h, w, C] per-position class scores (C >= 1), activation none/sigmoid/softmax;
+    class_scores: [1, C] for the whole tile (a patch classifier);
+    class_map: [1, h, w] (or [1, h, w, 1]) per-position class index, any integer dtype (an ArgMax).
+    channels: C, the number of classes. activation: applied after dequantization ("none" when
+    the model already outputs probabilities). positive_classes: the classes whose probabilities
+    are summed into the overlay's positive map (ARM's rule); default [positive_index].
+    labels: class names in index order (empty, or exactly C), with optional colour/display name.
     """
 
-    kind: Literal["heatmap", "class_scores"] = "heatmap"
+    kind: Literal["heatmap", "class_scores", "class_map"] = "heatmap"
     channels: int = Field(default=1, gt=0)
     positive_index: int = Field(default=0, ge=0)
+    positive_classes: Optional[List[int]] = None
     activation: Literal["none", "sigmoid", "softmax"] = "none"
+    labels: List[Label] = Field(default_factory=list)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _plain_names(cls, v):
+        """Labels may be given as plain names."""
+        return [{"name": x} if isinstance(x, str) else x for x in (v or [])]
 
     @model_validator(mode="after")
     def _index_in_range(self):
-        if self.positive_index >= self.channels:
-            raise ValueError(f"positive_index {self.positive_index} >= channels {self.channels}")
+        for k in self.positives:
+            if not 0 <= k < self.channels:
+                raise ValueError(f"positive class {k} not in 0..{self.channels - 1}")
+        if len(set(self.positives)) != len(self.positives):
+            raise ValueError(f"positive_classes {self.positives} repeats a class")
+        if self.labels and len(self.labels) != self.channels:
+            raise ValueError(f"{len(self.labels)} labels for {self.channels} classes")
+        if self.kind == "class_map" and self.activation != "none":
+            raise ValueError("a class_map output holds class indices: activation must be 'none'")
         return self
+
+    @property
+    def positives(self) -> List[int]:
+        """Indices of the positive classes, in the manifest's order."""
+        if self.positive_classes:
+            return list(self.positive_classes)
+        return [self.positive_index]
+
+    def label(self, k: int) -> str:
+        """Display name of class k ("class k" when the bundle has no labels)."""
+        return self.labels[k].shown if self.labels else f"class {k}"
 
 
 class Tiling(_Strict):
@@ -92,11 +146,21 @@ class FileEntry(_Strict):
 
 
 class Golden(_Strict):
-    """A known input tile (uint8 HxWx3 .npy) and the dequantized output it must give (.npy)."""
+    """A known input tile (uint8 HxWx3 .npy) and the decoded output it must give (.npy).
+
+    output: the positive-class probabilities for cpu.tflite; outputs: per model file
+    ("edgetpu.tflite": ...) where one was measured on that file's hardware (else `output`).
+    atol: max abs error allowed, in probability units: a few output quanta carried through the
+    activation, or twice the spread measured across kernels (XNNPACK, reference), the larger.
+    max_mismatch: for class maps, the fraction of cells allowed to change class (ties between
+    kernels); None elsewhere.
+    """
 
     input: str = "golden_input.npy"
     output: str = "golden_output.npy"
+    outputs: Dict[str, str] = Field(default_factory=dict)
     atol: float = Field(default=0.02, gt=0)
+    max_mismatch: Optional[float] = Field(default=None, ge=0, le=1)
 
 
 class ColorNorm(_Strict):

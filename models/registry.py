@@ -127,4 +127,5 @@ def shipped_bundle(name: str) -> Bundle:
 
 def resolve_bundle(spec: str) -> Bundle:
     """A bundle folder or .tar.gz path, or the name of a shipped bundle (e.g. "lymph-m")."""
-    return load_bundle(spec) if Path(spec).exists() else shipped_bundle(spec)
+    path_like = Path(spec).exists() or "/" in spec or spec.endswith((".tar.gz", ".tgz"))
+    return load_bundle(spec) if path_like else shipped_bundle(spec)

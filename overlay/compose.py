@@ -151,11 +151,13 @@ class ARComposer:
         model: str | None = None,
         fps: float | None = None,
         text: str | None = None,
+        classes: tuple | None = None,
     ) -> np.ndarray:
         """Draw camera-frame regions onto a new black display canvas (RGB uint8).
 
         heatmap / heatmap_affine: probabilities and their 2x3 cell -> camera px map, for a
         HeatmapRenderer. um_per_px: camera pixel size in um (converted to display px here).
+        classes: ClassStyle per drawable class (per-class colours, legend), or None.
         """
         canvas = self.blank()
         bx0, by0, bx1, by1 = self._box
@@ -172,6 +174,7 @@ class ARComposer:
             heatmap=heatmap,
             heatmap_to_canvas=None if a3 is None else to_box @ a3,
             viewport=(vx - bx0, vy - by0, vw, vh),
+            classes=classes,
         )
         shown = regions.warped(to_box)
         for r in self.renderers:
@@ -218,6 +221,7 @@ class PreviewComposer:
         model: str | None = None,
         fps: float | None = None,
         text: str | None = None,
+        classes: tuple | None = None,
     ) -> np.ndarray:
         """A new RGB image: frame_rgb (HxWx3 uint8) with the overlay blended on it."""
         frame = check_canvas(frame_rgb)
@@ -231,6 +235,7 @@ class PreviewComposer:
             heatmap=heatmap,
             heatmap_to_canvas=a3,
             viewport=(0, 0, frame.shape[1], frame.shape[0]),
+            classes=classes,
         )
         drawn = np.ascontiguousarray(frame).copy()
         for r in self.renderers:

@@ -19,12 +19,15 @@ class Regions:
     areas_px2: per region, area in square camera-frame px (holes subtracted). Warping to
                the display keeps these camera-frame numbers.
     areas_um2: per region, area in square micrometres, or None when the pixel size is unknown.
+    class_ids: per region, the model class it outlines (drawn in that class's colour), or None
+               when the regions are one positive map.
     """
 
     contours: list[np.ndarray] = field(default_factory=list)
     holes: list[list[np.ndarray]] = field(default_factory=list)
     areas_px2: list[float] = field(default_factory=list)
     areas_um2: list[float] | None = None
+    class_ids: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.contours)
@@ -61,7 +64,25 @@ class Regions:
         for hs in self.holes:
             holes.append(parts[i : i + len(hs)])
             i += len(hs)
-        return Regions(parts[:n], holes, list(self.areas_px2), self.areas_um2)
+        return Regions(parts[:n], holes, list(self.areas_px2), self.areas_um2, self.class_ids)
+
+    @staticmethod
+    def of_classes(parts: list[tuple[int, Regions]]) -> Regions:
+        """One Regions from per-class ones, each region tagged with its class, largest first."""
+        rows = [
+            (cls, c, h, a, None if r.areas_um2 is None else r.areas_um2[i])
+            for cls, r in parts
+            for i, (c, h, a) in enumerate(zip(r.contours, r.holes, r.areas_px2))
+        ]
+        rows.sort(key=lambda row: -row[3])
+        um = None if any(r.areas_um2 is None for _, r in parts) else [row[4] for row in rows]
+        return Regions(
+            [row[1] for row in rows],
+            [row[2] for row in rows],
+            [row[3] for row in rows],
+            um,
+            [row[0] for row in rows],
+        )
 
     def rasterize(self, width: int, height: int) -> np.ndarray:
         """HxW bool mask of the region interiors (holes left out) at the given size in px."""

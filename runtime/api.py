@@ -1,14 +1,16 @@
 """The daemon's HTTP API (aiohttp), on its own thread and event loop.
 
-GET: / (live page), /status, /metrics (Prometheus); with the token (bearer, the page's cookie
-from POST /login, or a signed URL from GET /live/url): /live (MJPEG of preview mode),
+GET: / (operator page), /status, /metrics (Prometheus), /models (bundles held, the model of
+each objective); with the token (bearer, the page's cookie from POST /login, or a signed URL from
+GET /live/url): /live (MJPEG of preview mode; ?view=ar: the eyepiece canvas),
 /events?before=I&limit=N (paginated), /results?since=I&truth=1 (display records on the device
-clock, see runtime.results). Every request's Host header must name this daemon (see
-runtime.guard). POST (bearer token required, compared in constant time): /snapshot, /overlay,
-/objective,
+clock, see runtime.results), /snapshots and /snapshots/{id}[/{file}]. Every request's Host
+header must name this daemon (see runtime.http_guard). POST (bearer token required, compared in
+constant time): /snapshot, /overlay, /objective,
 /calibration/manual (ARM-style circles and cross, nudged, saved into the profile),
 /models (upload a bundle .tar.gz), /models/{name}/activate, /models/rollback, /benchmark,
-/health (golden check of the running bundle), /virtual (drive a virtual microscope: HIL bench).
+/health (golden check of the running bundle), /virtual (drive a virtual microscope: HIL bench),
+/camera (camera controls: exposure_ms, gain, auto_exposure, white_balance_k, fps; read back).
 Every error is JSON {"error": "..."} (one line, bounded in size) with a 4xx status for client
 input; the pipeline keeps running. Bodies are validated by runtime.requests before anything
 changes; connections are capped and slow ones closed (runtime.netlimits).
@@ -29,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from . import guard
+from . import http_guard
 from .events import bounded
 from .netlimits import capped_factory, connection_cap
 from .requests import (
@@ -39,6 +41,7 @@ from .requests import (
     ObjectiveBody,
     OverlayBody,
     RequestError,
+    SnapshotBody,
     VirtualBody,
     parse,
 )
@@ -84,6 +87,11 @@ class StatusCollector:
         for key in ("fps_in", "fps_processed", "fps_displayed"):
             g = GaugeMetricFamily(f"lucida_{key}", f"frames per second ({key[4:]})")
             g.add_metric([], st[key])
+            yield g
+        audit = getattr(self.daemon, "audit", None)
+        for key, value in (audit.disk() if audit is not None else {}).items():
+            g = GaugeMetricFamily(f"lucida_{key}", f"{key.replace('_', ' ')} (audit trail, disk)")
+            g.add_metric([], value)
             yield g
         lat = GaugeMetricFamily(
             "lucida_stage_ms", "stage time percentiles (ms)", labels=["stage", "quantile"]
@@ -138,32 +146,35 @@ def make_app(daemon) -> web.Application:
 
     http_cfg = daemon.config.http
     bind = http_cfg.bind
-    hosts = guard.allowed_hosts(bind, http_cfg.allowed_hosts)
+    hosts = http_guard.allowed_hosts(bind, http_cfg.allowed_hosts)
     uploads = asyncio.Semaphore(1)  # one bundle upload (body in flight) at a time
     errors = daemon.http_errors
 
     @web.middleware
     async def privacy(request, handler):
         """Host check (DNS rebinding), then the token for state changes and private data."""
-        if not guard.host_ok(request.headers.get("Host"), hosts, bind):
+        if not http_guard.host_ok(request.headers.get("Host"), hosts, bind):
             return _error(421, "Host header does not name this device (DNS rebinding?)")
         token = daemon.token  # read per request: a reload may change it
         if request.method not in ("GET", "HEAD", "OPTIONS"):
-            ok = guard.bearer_ok(request.headers.get("Authorization", ""), token)
+            ok = http_guard.bearer_ok(request.headers.get("Authorization", ""), token)
             if request.path == "/login":
                 ok = True  # the body carries the token
             if ok is None:
                 return _error(401, "missing bearer token (Authorization: Bearer TOKEN)")
             if not ok:
                 return _error(403, "wrong token")
-        elif guard.private(request.path):
-            ok = guard.bearer_ok(request.headers.get("Authorization", ""), token)
-            if ok is False:
-                return _error(403, "wrong token")
-            if not ok and request.cookies.get(guard.COOKIE):
-                ok = guard.cookie_ok(request.cookies[guard.COOKIE], token)
+        elif http_guard.private(request.path):
+            header = request.headers.get("Authorization", "")
+            ok = http_guard.bearer_ok(header, token)
+            if ok is False and http_guard.malformed(header):
+                return _error(403, "unreadable Authorization header (not printable ASCII)")
+            if ok is False:  # a read: 401 as for no token, so a client asks for it (not 403)
+                return _error(401, "wrong token")
+            if not ok and request.cookies.get(http_guard.COOKIE):
+                ok = http_guard.cookie_ok(request.cookies[http_guard.COOKIE], token)
             if not ok and "sig" in request.query:
-                ok = guard.signature_ok(
+                ok = http_guard.signature_ok(
                     token, request.path, request.query.get("exp", ""), request.query["sig"]
                 )
             if not ok:
@@ -226,6 +237,9 @@ def make_app(daemon) -> web.Application:
     async def health(_request):
         return web.json_response(await in_thread(daemon.health))
 
+    async def camera(request):
+        return web.json_response(await in_thread(daemon.camera, await json_body(request)))
+
     async def virtual(request):
         body = parse(VirtualBody, await json_body(request))
         return web.json_response(
@@ -240,17 +254,17 @@ def make_app(daemon) -> web.Application:
         return web.json_response(daemon.events.page(before, limit))
 
     async def live_url(request):
-        ttl = query_int(request, "ttl_s", 60, 1, guard.SIGNED_URL_MAX_S)
-        return web.json_response({"url": guard.sign_path(daemon.token, "/live", ttl), "ttl_s": ttl})
+        ttl = query_int(request, "ttl_s", 60, 1, http_guard.SIGNED_URL_MAX_S)
+        return web.json_response({"url": http_guard.sign_path(daemon.token, "/live", ttl), "ttl_s": ttl})
 
     async def login(request):
         body = parse(LoginBody, await json_body(request))
-        if not guard.bearer_ok("Bearer " + body.token, daemon.token):
+        if not http_guard.bearer_ok("Bearer " + body.token, daemon.token):
             return _error(403, "wrong token")
         resp = web.json_response({"ok": True})
         resp.set_cookie(
-            guard.COOKIE,
-            guard.session_value(daemon.token),
+            http_guard.COOKIE,
+            http_guard.session_value(daemon.token),
             httponly=True,
             samesite="Strict",
             max_age=12 * 3600,
@@ -264,14 +278,15 @@ def make_app(daemon) -> web.Application:
                 "Cache-Control": "no-cache",
             }
         )
+        stream = daemon.live_ar if request.query.get("view") == "ar" else daemon.live
         await resp.prepare(request)
         seq, interval = -1, 1 / max(1.0, daemon.config.source.fps)
         try:
             while True:
-                if daemon.live.seq == seq or daemon.live.canvas is None:
+                if stream.seq == seq or stream.canvas is None:
                     await asyncio.sleep(interval / 2)
                     continue
-                got = await in_thread(daemon.live.wait_jpeg, seq, 0.0)  # shared by all viewers
+                got = await in_thread(stream.wait_jpeg, seq, 0.0)  # shared by all viewers
                 if got is None:
                     continue
                 seq, jpeg = got
@@ -313,19 +328,37 @@ def make_app(daemon) -> web.Application:
             raise RequestError("request body must be a JSON object")
         return body
 
-    async def snapshot(_request):
-        return web.json_response(await in_thread(daemon.snapshot))
+    async def snapshot(request):
+        body = parse(SnapshotBody, await json_body(request))
+        return web.json_response(await in_thread(daemon.snapshot, body.case_id, body.comment))
+
+    async def snapshot_list(request):  # the token: checked by `privacy` (a private path)
+        return web.json_response({"snapshots": await in_thread(daemon.snapshots.list)})
+
+    async def snapshot_file(request):
+        sid, name = request.match_info["sid"], request.match_info.get("name", "metadata.json")
+        try:
+            path = daemon.snapshots.file(sid, name)
+        except ValueError as exc:
+            return _error(404, str(exc))
+        return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
     async def overlay(request):
         body = parse(OverlayBody, await json_body(request))
+        known = {k for c in daemon.pipeline.classes() for k in (c["name"].lower(), str(c["index"]))}
+        for name in body.classes or {}:  # every name known before anything changes
+            if name.strip().lower() not in known:
+                daemon.pipeline.set_class(name)  # raises: names the classes this model has
         if body.enabled is not None:
             daemon.pipeline.set_overlay(body.enabled)
         if body.threshold is not None:
             daemon.pipeline.set_threshold(body.threshold)
+        for name, on in (body.classes or {}).items():
+            daemon.pipeline.set_class(name, None if on == "toggle" else on)
         await in_thread(daemon.save_settings)
-        return web.json_response(
-            {"overlay": daemon.pipeline.overlay_enabled, "threshold": daemon.pipeline.threshold}
-        )
+        state = {"overlay": daemon.pipeline.overlay_enabled, "threshold": daemon.pipeline.threshold}
+        classes = daemon.pipeline.classes()  # only a model with labelled or several classes
+        return web.json_response({**state, "classes": classes} if classes else state)
 
     async def calibration_manual(request):
         body = parse(ManualBody, await json_body(request))
@@ -341,6 +374,9 @@ def make_app(daemon) -> web.Application:
             )
         daemon.pipeline.set_objective(body.objective)
         return web.json_response({"objective": body.objective})
+
+    async def models(_request):
+        return web.json_response(await in_thread(daemon.inventory))
 
     async def upload(request):
         if request.content_length is not None and request.content_length > max_upload:
@@ -411,10 +447,15 @@ def make_app(daemon) -> web.Application:
             web.get("/results", results),
             web.post("/health", health),
             web.post("/virtual", virtual),
+            web.post("/camera", camera),
             web.post("/snapshot", snapshot),
+            web.get("/snapshots", snapshot_list),
+            web.get("/snapshots/{sid}", snapshot_file),
+            web.get("/snapshots/{sid}/{name}", snapshot_file),
             web.post("/overlay", overlay),
             web.post("/objective", objective),
             web.post("/calibration/manual", calibration_manual),
+            web.get("/models", models),
             web.post("/models", upload),
             web.post("/models/rollback", rollback),
             web.post("/models/{name}/activate", activate),

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable
 
+from .native_log import quiet_native_info
+
 log = logging.getLogger(__name__)
 
 # (backend name, module holding Interpreter/load_delegate, distribution for the version)
@@ -45,12 +47,31 @@ def _version(dist: str, module: Any) -> str:
     return str(getattr(module, "__version__", "unknown"))
 
 
+def _quiet(cls: type) -> type:
+    """`cls` with its native INFO lines (e.g. "Created ... XNNPACK delegate") filtered."""
+
+    class Interpreter(cls):
+        def __init__(self, *args, **kwargs):
+            with quiet_native_info():
+                super().__init__(*args, **kwargs)
+
+        def allocate_tensors(self):
+            with quiet_native_info():
+                return super().allocate_tensors()
+
+    Interpreter.__qualname__ = f"Quiet{cls.__name__}"
+    Interpreter.__module__ = cls.__module__  # the engine finds OpResolverType beside the class
+    return Interpreter
+
+
 def _import(name: str, module_name: str, dist: str) -> Backend:
     mod = importlib.import_module(module_name)
     if name == "tensorflow":
         lite = mod.lite
-        return Backend(name, _version(dist, mod), lite.Interpreter, lite.experimental.load_delegate)
-    return Backend(name, _version(dist, mod), mod.Interpreter, mod.load_delegate)
+        return Backend(
+            name, _version(dist, mod), _quiet(lite.Interpreter), lite.experimental.load_delegate
+        )
+    return Backend(name, _version(dist, mod), _quiet(mod.Interpreter), mod.load_delegate)
 
 
 def select_backend(preferred: str | None = None) -> Backend:

@@ -5,7 +5,8 @@ Example (every key optional except where noted):
     source: {type: virtual, seed: 1001, fps: 15, objective: 10x}
     models: {task: lymph, device: auto, dirs: [], overrides: {lymph: {default: {bundle: lymph-m}}}}
     calibration: {profile: /etc/lucida/scope.yaml}
-    display: {width: 1920, height: 1080, eyepiece: true}
+    display: {width: 1920, height: 1080, eyepiece: true, max_overlay_age_ms: 250}
+    safety: {blank_display_px: 4, settle_frames: 2, compensate: true, rebuild_after_ms: 2000}
     sinks: {ar: ["window"], preview: []}
     serial: {port: auto, protocol: olympus, positions: {1: 4x, 2: 10x, 3: 20x, 4: 40x}}
     http: {bind: 127.0.0.1, port: 8080, token_file: /etc/lucida/token, allowed_hosts: [scope.lan]}
@@ -50,6 +51,21 @@ class SourceConfig(_Strict):
     stall_timeout_ms: float = Field(default=500.0, gt=0, le=60000)
     width: int = Field(default=1920, ge=16, le=MAX_W)
     height: int = Field(default=1080, ge=16, le=MAX_H)
+    report_motion: bool = True  # virtual: False = a camera like any other (no Frame.moving)
+    stage: Literal["path", "tour"] = "path"  # virtual: jumps and pans, or hand-like TourPath
+    # camera controls per objective ("default" for all), runtime.camera_controls names
+    controls: Dict[str, Dict[str, Union[bool, float]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _controls_are_known(self):
+        from .camera_controls import check_controls
+
+        for objective, values in self.controls.items():
+            try:
+                check_controls(values)
+            except ValueError as exc:
+                raise ValueError(f"source.controls.{objective}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _replay_needs_path(self):
@@ -108,6 +124,7 @@ class DisplayConfig(_Strict):
     width: int = Field(default=1920, ge=16, le=MAX_W)
     height: int = Field(default=1080, ge=16, le=MAX_H)
     eyepiece: Union[bool, Tuple[float, float, float]] = True  # True: inscribed circle
+    max_overlay_age_ms: Optional[float] = Field(default=None, gt=0)  # None: 2 intervals + p99
 
 
 class SinksConfig(_Strict):
@@ -125,6 +142,8 @@ class SerialConfig(_Strict):
         max_length=12,
     )
     poll_interval_s: float = Field(default=0.2, gt=0, le=5)
+    login: bool = False  # olympus: `1LOG IN` at every session start
+    notify: bool = False  # olympus: `1SNDOB ON`, unsolicited position reports
 
     @field_validator("positions")
     @classmethod
@@ -153,6 +172,19 @@ class HttpConfig(_Strict):
     min_free_mb: float = Field(default=200, ge=0, le=1e6)  # uploads refused below this (MiB)
 
 
+class SafetyConfig(_Strict):
+    """What blanks the display beyond the camera and turret (runtime/safety.py Safety)."""
+
+    blank_speed_um_s: Optional[float] = Field(default=None, gt=0)  # None: from blank_display_px
+    blank_display_px: float = Field(default=4.0, gt=0)
+    settle_frames: int = Field(default=2, ge=1, le=30)
+    compensate: bool = True
+    slow_factor: float = Field(default=4.0, gt=1)
+    rebuild_after_ms: float = Field(default=2000.0, ge=100)
+    focus_drop: float = Field(default=0.35, ge=0, lt=1)  # 0: no focus guard
+    saturated_share: float = Field(default=0.2, gt=0, le=1)  # 1: no exposure guard
+
+
 class LogConfig(_Strict):
     events: Optional[str] = Field(default=None, max_length=4096)  # JSON-lines file; None: stderr
     # log stage timings of every Nth frame (0: never)
@@ -167,6 +199,7 @@ class DaemonConfig(_Strict):
     sinks: SinksConfig = SinksConfig()
     serial: SerialConfig = SerialConfig()
     http: HttpConfig = HttpConfig()
+    safety: SafetyConfig = SafetyConfig()
     state_dir: str = Field(default="/var/lib/lucida", min_length=1, max_length=4096)
     log: LogConfig = LogConfig()
 

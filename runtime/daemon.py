@@ -26,18 +26,26 @@ import numpy as np
 from lucida.models import Bundle, Registry, load_bundle
 from lucida.models.registry import SHIPPED_DIR
 from lucida.overlay.compose import ARComposer, PreviewComposer
-from lucida.overlay.render import ContourRenderer, HudRenderer, ScaleBarRenderer
+from lucida.overlay.render import (
+    ContourRenderer,
+    HudRenderer,
+    LegendRenderer,
+    ScaleBarRenderer,
+)
 from lucida.overlay.sinks import JpegStream, make_sink
 
+from .audit import AuditTrail
 from .config import ConfigError, DaemonConfig, load_config
 from .devices import build_engine
 from .events import EventLog, bounded
-from .guard import is_loopback
+from .http_guard import is_loopback
 from .models import ActiveModel, ModelSelector
 from .netlimits import RateLimitedLog
 from .pipeline import Optics, Pipeline, nominal_um_per_px
 from .results import ResultLog
-from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource
+from .safety import Safety
+from .snapshots import SnapshotStore
+from .sources import FrameSource, OpenCVSource, PiCameraSource, ReplaySource, SourceError
 from .stats import percentiles_ms
 from .store import BundleStore
 from .systemd import sd_notify, watchdog_interval_s
@@ -45,6 +53,7 @@ from .systemd import sd_notify, watchdog_interval_s
 log = logging.getLogger(__name__)
 
 LIVE_WIDTH = 960  # px: the /live view is downscaled to keep JPEG encoding cheap
+AUDIT_FILE = "audit.jsonl"  # under state_dir/audit/, rotated by size (runtime.audit)
 
 
 def build_source(cfg) -> FrameSource:
@@ -54,7 +63,20 @@ def build_source(cfg) -> FrameSource:
         from .virtual.scope import VirtualMicroscope
 
         camera = CameraConfig(resolution=(cfg.width, cfg.height), fps=cfg.fps)
-        return VirtualMicroscope(seed=cfg.seed, camera=camera, objective=cfg.objective)
+        path = None
+        if cfg.stage == "tour":
+            from .virtual.stage import TourPath
+            from .virtual.tissue import SyntheticSlide
+
+            path = TourPath(SyntheticSlide(cfg.seed), cfg.seed, duration_s=3600.0)
+        return VirtualMicroscope(
+            seed=cfg.seed,
+            camera=camera,
+            objective=cfg.objective,
+            path=path,
+            report_motion=cfg.report_motion,
+            subpixel=not cfg.report_motion,
+        )
     if cfg.type == "replay":
         source = ReplaySource(cfg.path, fps=cfg.fps)
     elif cfg.type == "opencv":
@@ -124,7 +146,11 @@ class Daemon:
         self._snap_seq = itertools.count()
         self.token = config.token() or self._generated_token()
         self.live = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live: one encode per frame
+        self.live_ar = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live?view=ar: the eyepiece
         self.results = ResultLog()
+        self.audit = AuditTrail(Path(config.state_dir, "audit", AUDIT_FILE), self._audit_context)
+        self.snapshots = SnapshotStore(Path(config.state_dir, "snapshots"))
+        self.shown: dict | None = None  # the last display update: the overlay a snapshot keeps
         self.started_ns = time.monotonic_ns()
         self._swap_lock = threading.Lock()
         self._stop = threading.Event()
@@ -132,6 +158,7 @@ class Daemon:
         self.serial = None
         self.manual = None
         self.manual_objective = None
+        self.on_ready = None  # called with the daemon once it serves (lucida run: the human lines)
         self._build()
 
     # -- assembly ---------------------------------------------------------------------------------
@@ -172,20 +199,25 @@ class Daemon:
             eyepiece_circle=circle,
             renderers=[ContourRenderer(), ScaleBarRenderer(), HudRenderer()],
         )
-        preview = PreviewComposer([ContourRenderer(), ScaleBarRenderer(), HudRenderer()])
+        preview = PreviewComposer(
+            [ContourRenderer(), ScaleBarRenderer(), HudRenderer(), LegendRenderer()]
+        )
         self.pipeline = Pipeline(
             build_source(cfg.source),
             self.models,
             ar=ar,
-            ar_sinks=[make_sink(s) for s in cfg.sinks.ar],
+            ar_sinks=[*(make_sink(s) for s in cfg.sinks.ar), self.live_ar],
             preview=preview,
             preview_sinks=[*(make_sink(s) for s in cfg.sinks.preview), self.live],
             optics_for=self._optics_for,
             display_interval_ms=1000 / cfg.source.fps,
             stall_timeout_ms=cfg.source.stall_timeout_ms,
-            on_event=self.events,
+            on_event=self._pipeline_event,
             on_result=self._sample_timings,
-            on_display=self.results,
+            on_display=self._on_display,
+            safety=Safety(
+                **cfg.safety.model_dump(), max_overlay_age_ms=cfg.display.max_overlay_age_ms
+            ),
         )
         self._frames_seen = 0
         if cfg.serial.port:
@@ -198,9 +230,33 @@ class Daemon:
                 on_objective=self.pipeline.set_objective,
                 on_command=self._serial_command,
                 poll_interval_s=cfg.serial.poll_interval_s,
+                login=cfg.serial.login,
+                notify=cfg.serial.notify,
             )
         else:
             self.serial = None
+
+    def _on_display(
+        self, kind: str, t_ns: int, shift_px=None, redraw: bool = False, **what
+    ) -> None:
+        """The render stage's hook: the in-memory record for /results, and the audit trail.
+        A redraw (motion compensation following the field) is not a new record."""
+        if redraw:
+            return
+        self.results(kind, t_ns, shift_px=shift_px, **what)
+        self.audit(kind, t_ns, **what)
+        if kind in ("overlay", "blank"):
+            self.shown = {"kind": kind, "t_ns": t_ns, **what}  # one reference swap, no copy
+
+    def _audit_context(self) -> dict:
+        """Model file, threshold and calibration revision of what is shown now (cheap reads)."""
+        active = self.pipeline._active
+        return {
+            "model_sha256": active.engine.info.model_sha256 if active else None,
+            "threshold": self.pipeline.threshold,
+            "classes": [c["name"] for c in self.pipeline.classes() if c["on"]] or None,
+            "calibration_revision": self.profile.profile.revision if self.profile else None,
+        }
 
     def _default_homography(self):
         """Camera px -> display px when uncalibrated: scale the camera frame onto the display."""
@@ -303,18 +359,28 @@ class Daemon:
             )
 
     def _serial_command(self, event) -> None:
-        """A foot pedal or simple-protocol line: overlay on/off/toggle, snapshot, threshold."""
-        from .serial_link import Overlay, OverlayToggle, Snap, Threshold
+        """A foot pedal or simple-protocol line: overlay on/off/toggle, snapshot, threshold,
+        a class on/off/toggle."""
+        from .serial_link import ClassSwitch, Overlay, OverlayToggle, Snap, Threshold
 
         if isinstance(event, Overlay):
             self.pipeline.set_overlay(event.on)
         elif isinstance(event, OverlayToggle):
             self.pipeline.set_overlay(not self.pipeline.overlay_enabled)
         elif isinstance(event, Snap):
-            self.snapshot()
+            try:
+                self.snapshot()
+            except ValueError as exc:  # nothing shown: the pedal press is logged, not fatal
+                self.events("error", where="snapshot", message=str(exc))
         elif isinstance(event, Threshold):
             self.pipeline.set_threshold(event.value)
-        if isinstance(event, (Overlay, OverlayToggle, Threshold)):
+        elif isinstance(event, ClassSwitch):
+            try:
+                self.pipeline.set_class(event.name, event.on)
+            except ValueError as exc:  # a pedal naming a class this model does not have
+                self.events("error", where="serial", message=str(exc))
+                return
+        if isinstance(event, (Overlay, OverlayToggle, Threshold, ClassSwitch)):
             self.save_settings()
 
     # -- operator settings that survive a restart ----------------------------------------------
@@ -323,11 +389,16 @@ class Daemon:
         return Path(self.config.state_dir, "settings.json")
 
     def save_settings(self) -> None:
-        """Overlay on/off and threshold, written atomically (a crash keeps the previous file)."""
+        """Overlay on/off, threshold and the classes switched off, written atomically (a crash
+        keeps the previous file)."""
         from lucida.calibration.atomic import atomic_write_text
 
         p = self.pipeline
-        data = {"overlay": p.overlay_enabled, "threshold": p.threshold_override}
+        data = {
+            "overlay": p.overlay_enabled,
+            "threshold": p.threshold_override,
+            "classes_off": sorted(p.classes_off),
+        }
         atomic_write_text(self.settings_file, json.dumps(data, indent=2) + "\n")
 
     def _restore_settings(self) -> None:
@@ -342,6 +413,9 @@ class Daemon:
             self.pipeline.set_threshold(float(data["threshold"]))
         if data.get("overlay") is False:
             self.pipeline.set_overlay(False)
+        off = data.get("classes_off")
+        if isinstance(off, list) and all(isinstance(n, str) for n in off):
+            self.pipeline.classes_off = set(off)
 
     def _window_keys(self) -> None:
         """Keys pressed in a window sink: "m" starts manual registration; then arrows, +/-,
@@ -401,6 +475,8 @@ class Daemon:
 
             self.http = HttpServer(self, self.config.http.bind, self.config.http.port).start()
         self.events("daemon_ready", url=self.http.url, pid=os.getpid())
+        if self.on_ready is not None:
+            self.on_ready(self)
         sd_notify("READY=1\nSTATUS=running")
 
     def stop(self) -> None:
@@ -414,6 +490,7 @@ class Daemon:
             self.http = None
         self.events("daemon_stop")
         self.events.close()
+        self.audit.close()
 
     def reload(self) -> bool:
         """Re-read the config file and switch to it only when it is up; else keep the old one.
@@ -533,9 +610,11 @@ class Daemon:
             serial=self.serial.status() if self.serial is not None else None,
             temperatures_c=temperatures_c(),
             rss_mb=rss_mb(),
+            disk={**self.store.disk(), **self.audit.disk(), **self.snapshots.usage()},
+            display=self.display_state(),
+            threshold=self.pipeline.threshold,
             versions=versions(),
             pid=os.getpid(),
-            disk=self.store.disk(),
             http_exposed=not is_loopback(self.config.http.bind),
             http_refused=dict(getattr(self.http, "refused", {}) or {}),
             http_limits={
@@ -543,8 +622,20 @@ class Daemon:
                 "header_timeout_s": self.config.http.header_timeout_s,
                 "idle_timeout_s": self.config.http.idle_timeout_s,
             },
+            camera=self.pipeline.source.controls_applied,
         )
         return st
+
+    def inventory(self) -> dict:
+        """GET /models: the bundles held, the one each objective would use, what runs now."""
+        from .inventory import inventory
+
+        st = self.pipeline.status()
+        running = {k: st.get(k) for k in ("model", "objective", "delegate", "backend")}
+        active = self.pipeline._active
+        running["sha256"] = active.engine.info.model_sha256 if active else None
+        objectives = set(self.config.serial.positions.values()) | {self.config.source.objective}
+        return inventory(self.models, self.store, objectives, running)
 
     def health(self) -> dict:
         """The golden check of the running bundle, on a fresh engine on the configured device."""
@@ -566,6 +657,30 @@ class Daemon:
             "sha256": engine.info.model_sha256,
             "delegate": engine.info.delegate,
         }
+
+    def _pipeline_event(self, kind: str, **fields) -> None:
+        """The pipeline's events go to the event log; an objective change also sets that
+        objective's camera controls (source.controls)."""
+        self.events(kind, **fields)
+        if kind == "objective":
+            controls = self.config.source.controls
+            wanted = {**controls.get("default", {}), **controls.get(fields.get("objective"), {})}
+            if wanted:
+                try:
+                    self.camera(wanted)
+                except (ValueError, OSError, RuntimeError) as exc:
+                    self.events("error", where="camera controls", message=str(exc))
+
+    def camera(self, controls: dict) -> dict:
+        """Set camera controls now (POST /camera): per control asked, accepted, read back."""
+        from .camera_controls import ControlError
+
+        try:
+            applied = self.pipeline.source.set_controls(controls)
+        except SourceError as exc:
+            raise ControlError(str(exc)) from None
+        self.events("camera_controls", applied=applied)
+        return {"camera": applied}
 
     def virtual(self, body: dict) -> dict:
         """Drive the virtual microscope (emulated benches only): stall, unplug, replug,
@@ -622,17 +737,33 @@ class Daemon:
         scope.set_path(StagePath([Waypoint(x, y, None, dwell) for x, y in pts], loop=True))
         return [[round(x, 1), round(y, 1)] for x, y in pts]
 
-    def snapshot(self) -> dict:
-        from lucida.overlay.sinks import write_png
+    def snapshot(self, case_id: str | None = None, comment: str | None = None) -> dict:
+        """Save what the eyepiece shows now with its provenance (see runtime.snapshots)."""
+        from .snapshots import capture
 
-        folder = Path(self.config.state_dir, "snapshots")
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(self._snap_seq):04d}"
-        out = {}
-        if self.live.canvas is not None:
-            out["preview"] = str(write_png(folder / f"preview-{stamp}.png", self.live.canvas))
-        self.events("snapshot", **out)
+        images, metadata = capture(self, case_id, comment)
+        out = self.snapshots.save(images, metadata)  # a unique id; files 0600 (umask)
+        out["preview"] = str(self.snapshots.folder / out["id"] / "preview.jpg")
+        self.events("snapshot", id=out["id"], case_id=metadata["case_id"], bytes=out["bytes"])
         return out
+
+    def display_state(self) -> dict:
+        """What the eyepiece shows now: {"showing": "overlay" | "nothing", "reason", "since_ms"}."""
+        shown = self.shown
+        if shown is None:
+            return {"showing": "nothing", "reason": "starting", "since_ms": None}
+        since = round((time.monotonic_ns() - shown["t_ns"]) / 1e6)
+        if shown["kind"] == "overlay":
+            return {"showing": "overlay", "reason": None, "since_ms": since}
+        return {"showing": "nothing", "reason": shown.get("reason"), "since_ms": since}
+
+    def software(self) -> dict:
+        """Versions of what computed an overlay: lucida, Python, NumPy, the interpreter."""
+        active = self.pipeline._active
+        backend = (
+            f"{active.engine.info.backend} {active.engine.info.backend_version}" if active else None
+        )
+        return {**versions(), "interpreter": backend}
 
     def _activate(self, bundle: Bundle) -> dict:
         """Golden-check in a child process, then load and health-check here, then swap in

@@ -275,15 +275,18 @@ class MultiEngine(Engine):
     def infer_tile(self, tile: np.ndarray) -> np.ndarray:
         return self._run([tile])[0]
 
-    def _infer_tiled(self, img: np.ndarray, w: int, h: int) -> np.ndarray:
-        if self.manifest.output.kind != "heatmap":
+    def _infer_tiled(self, img: np.ndarray, w: int, h: int):
+        """(positive map, None) stitched from tiles spread over the devices; a model with several
+        positive classes (a per-class stack) runs its tiles through Engine's path."""
+        o = self.manifest.output
+        if o.kind != "heatmap" or len(o.positives) > 1:
             return super()._infer_tiled(img, w, h)
         plan = self.plan(w, h)
         tiles = [img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w] for x0, y0, *_ in plan.tiles]
         out = np.empty((plan.padded_h // plan.cell, plan.padded_w // plan.cell), np.float32)
         for i, tile_out in enumerate(self._run(tiles)):
             stitch_into(out, plan, i, tile_out)
-        return out[: plan.out_h, : plan.out_w]
+        return out[: plan.out_h, : plan.out_w], None
 
     def host_cpu_offset_ns(self) -> int:
         return sum(s.host_cpu_ns for s in self.slots) - self.invoke_cpu_ns

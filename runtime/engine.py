@@ -1,8 +1,10 @@
 """The inference engine: a bundle's model on an interpreter, run over whole camera frames.
 
 `Engine(bundle).infer(rgb)` resamples the frame to the model's pixel size, covers it with tiles,
-runs each (normalization and quantization fused in a lookup table), dequantizes the outputs and
-stitches one Heatmap with its affine back to frame px. The interpreter is built once.
+runs each (normalization and quantization fused in a lookup table), decodes the outputs of any
+kind (heatmap, class scores, class map: runtime.outputs) into the positive map and, for several
+positive classes, their stack, and stitches one Heatmap with its affine back to frame px. The
+interpreter is built once.
 """
 
 from __future__ import annotations
@@ -20,11 +22,20 @@ from lucida.models import Bundle
 from .backends import Backend, select_backend
 from .edgetpu import DelegateError, load_edgetpu_delegate
 from .frame import Heatmap
-from .quant import dequantize, input_lut, is_identity
+from .outputs import OutputDecoder
+from .quant import input_lut, is_identity, saturated_fraction
 from .tiling import TilePlan, plan_tiles, stitch_into
 
 log = logging.getLogger(__name__)
 TFLITE_MAGIC = b"TFL3"
+# Interpreter kernels: "default" (LiteRT: XNNPACK), "builtin" (optimized builtin kernels, no
+# XNNPACK), "reference" (the reference kernels, as older tflite-runtime builds round).
+KERNELS = {
+    "default": None,
+    "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
+    "reference": "BUILTIN_REF",
+}
+SATURATED_FRACTION = 0.5  # more input codes than this at the range's ends: a broken normalization
 
 
 class EngineError(ValueError):
@@ -83,7 +94,11 @@ class Engine:
         device: str = "auto",
         backend: str | Backend | None = None,
         num_threads: int | None = None,
+        kernels: str = "default",
     ):
+        if kernels not in KERNELS:
+            raise EngineError(f"kernels {kernels!r}: expected one of {', '.join(KERNELS)}")
+        self.kernels = kernels
         self.bundle = bundle
         self.manifest = m = bundle.manifest
         self.backend = backend if isinstance(backend, Backend) else select_backend(backend)
@@ -102,9 +117,8 @@ class Engine:
         if self._lut is not None and q.dtype != "float32":
             self._lut_cv = lut.view(np.uint8).reshape(256, 1, 3)  # cv2.LUT wants 8-bit tables
         self._bgr = m.input.color_order == "BGR"
-        oq = m.quantization.output
-        self._out_q = (oq.scale, oq.zero_point) if oq.dtype != "float32" else None
-        self._out_lut = self._output_lut()
+        self.decoder = OutputDecoder(m.output, m.quantization.output, threads=self.num_threads)
+        self._small_logged = False
         self._plans: dict[tuple, TilePlan] = {}
         self._affines: dict[tuple, np.ndarray] = {}
         self.invoke_ns: deque[int] = deque(
@@ -115,11 +129,24 @@ class Engine:
     # -- loading ---------------------------------------------------------------------------------
     def _interpreter(self, model_path, delegates=None):
         _check_tflite_file(model_path)
+        kwargs = {}
+        if KERNELS[self.kernels] is not None:
+            import sys
+
+            module = sys.modules[self.backend.Interpreter.__module__]
+            kind = getattr(getattr(module, "OpResolverType", None), KERNELS[self.kernels], None)
+            if kind is None:
+                raise EngineError(
+                    f"backend {self.backend.name} {self.backend.version} cannot choose kernels "
+                    f"({self.kernels!r} asked for)"
+                )
+            kwargs["experimental_op_resolver_type"] = kind
         try:
             return self.backend.Interpreter(
                 model_path=str(model_path),
                 experimental_delegates=delegates or None,
                 num_threads=self.num_threads,
+                **kwargs,
             )
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"{model_path}: not a loadable TFLite model: {exc}") from None
@@ -193,23 +220,24 @@ class Engine:
             raise EngineError(
                 f"bundle {name}: model output dtype {odt}, manifest says {m.quantization.output.dtype}"
             )
-        if m.output.kind == "heatmap":
-            ok = len(out_shape) == 4 and out_shape[-1] == m.output.channels
-            ok = (
-                ok
-                and m.input.width % out_shape[2] == 0
-                and m.input.width // out_shape[2] == m.input.height // out_shape[1]
-            )
+        kind, c = m.output.kind, m.output.channels
+        if kind == "heatmap":
+            ok = len(out_shape) == 4 and out_shape[-1] == c
+        elif kind == "class_map":
+            ok = len(out_shape) == 3 or (len(out_shape) == 4 and out_shape[-1] == 1)
+            ok = ok and odt.startswith(("int", "uint"))
         else:
-            ok = len(out_shape) == 2 and out_shape[-1] == m.output.channels
+            ok = len(out_shape) == 2 and out_shape[-1] == c
+        if ok and kind != "class_scores":
+            ok = m.input.width % out_shape[2] == 0 and (
+                m.input.width // out_shape[2] == m.input.height // out_shape[1]
+            )
         if not ok:
             raise EngineError(
-                f"bundle {name}: model output shape {out_shape} does not fit manifest output "
-                f"{m.output.kind} with {m.output.channels} channel(s)"
+                f"bundle {name}: model output shape {out_shape} ({odt}) does not fit manifest "
+                f"output {kind} with {c} class(es)"
             )
-        self.cell = (
-            m.input.width // out_shape[2] if m.output.kind == "heatmap" else m.tiling.stride_x
-        )
+        self.cell = m.input.width // out_shape[2] if kind != "class_scores" else m.tiling.stride_x
 
     # -- running ---------------------------------------------------------------------------------
     def _prepare(self, tile: np.ndarray) -> np.ndarray:
@@ -224,41 +252,23 @@ class Engine:
             x = cv2.LUT(np.ascontiguousarray(tile), self._lut_cv).view(self._lut.dtype)
         return x[None]
 
-    def _output_lut(self) -> np.ndarray | None:
-        """256 entries: 8-bit output code -> probability (dequantize and sigmoid fused)."""
-        o = self.manifest.output
-        if self._out_q is None or o.activation == "softmax":
-            return None
-        dtype = self.manifest.quantization.output.dtype
-        codes = np.arange(256, dtype=np.uint8).view(np.int8 if dtype == "int8" else np.uint8)
-        x = dequantize(codes, *self._out_q)
-        return (1.0 / (1.0 + np.exp(-x)) if o.activation == "sigmoid" else x).astype(np.float32)
-
-    def _positive(self, raw: np.ndarray) -> np.ndarray:
-        """Output tensor -> float32 probability of the positive class (HxW, or scalar)."""
-        o = self.manifest.output
-        act, k = o.activation, o.positive_index
-        if self._out_lut is not None:
-            return self._out_lut[raw[..., k].view(np.uint8)]
-        if act == "softmax":
-            x = raw if self._out_q is None else dequantize(raw, *self._out_q)
-            e = np.exp(x - x.max(axis=-1, keepdims=True))
-            return (e[..., k] / e.sum(axis=-1)).astype(np.float32)
-        x = raw[..., k]
-        x = x.astype(np.float32) if self._out_q is None else dequantize(x, *self._out_q)
-        if act == "sigmoid":
-            x = 1.0 / (1.0 + np.exp(-x))
-        return x
-
-    def infer_tile(self, tile: np.ndarray) -> np.ndarray:
-        """One model-sized RGB uint8 tile -> positive-class probabilities (h x w cells, float32)."""
+    def raw_tile(self, tile: np.ndarray) -> np.ndarray:
+        """One model-sized RGB uint8 tile -> the raw output tensor (batch dimension removed)."""
         it = self.interpreter
         it.set_tensor(self._in["index"], self._prepare(tile))
         t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         it.invoke()
         self.invoke_cpu_ns += time.thread_time_ns() - c0
         self.invoke_ns.append(time.perf_counter_ns() - t0)
-        return self._positive(it.get_tensor(self._out["index"])[0])
+        return it.get_tensor(self._out["index"])[0]
+
+    def infer_tile_classes(self, tile: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """One tile -> (positive map h x w float32, per-positive-class stack h x w x K or None)."""
+        return self.decoder.positive(self.raw_tile(tile))
+
+    def infer_tile(self, tile: np.ndarray) -> np.ndarray:
+        """One model-sized RGB uint8 tile -> positive-class probabilities (h x w cells, float32)."""
+        return self.decoder.positive(self.raw_tile(tile))[0]
 
     def host_cpu_offset_ns(self) -> int:
         """Cumulative ns to add to the calling thread's CPU time to get the engine's host-side CPU
@@ -285,42 +295,96 @@ class Engine:
     def resample(self, rgb: np.ndarray, um_per_px: float | None = None, correct=None) -> ModelInput:
         """RGB uint8 frame at `um_per_px` -> the model's pixel size, padded so its tiles fit.
 
+        Padding is a constant (black) border, cropped off the output again: never a mirror of
+        the tissue (a frame smaller than a tile would become a mosaic of itself). A patch
+        classifier's frame smaller than its tile is scaled up to cover the tile first.
         correct: RGB uint8 -> RGB uint8 (flat-field, colour normalization), applied after
         resampling, before padding: at 10x on a 2 um/px model it touches 4x fewer px.
         The pipeline runs this on its capture thread, beside the previous frame's inference.
         """
         fh, fw = rgb.shape[:2]
         mw, mh = self.model_size(fw, fh, um_per_px)
-        img = (
-            rgb if (mw, mh) == (fw, fh) else cv2.resize(rgb, (mw, mh), interpolation=cv2.INTER_AREA)
-        )
+        m = self.manifest
+        tw, th = m.input.width, m.input.height
+        if m.output.kind == "class_scores" and (mw < tw or mh < th):
+            f = max(tw / mw, th / mh)
+            mw, mh = max(tw, round(mw * f)), max(th, round(mh * f))
+            self._log_small(fw, fh, f"scaled to {mw}x{mh} px to cover one tile")
+        elif mw < tw or mh < th:
+            self._log_small(fw, fh, "padded with black; the output is cropped back")
+        interp = cv2.INTER_AREA if mw * mh < fw * fh else cv2.INTER_LINEAR
+        img = rgb if (mw, mh) == (fw, fh) else cv2.resize(rgb, (mw, mh), interpolation=interp)
         if correct is not None:
             img = correct(img)
-        m = self.manifest
-        if m.output.kind == "heatmap" and (mw, mh) != (m.input.width, m.input.height):
+        if m.output.kind != "class_scores" and (mw, mh) != (tw, th):
             plan = self.plan(mw, mh)
             if (plan.padded_w, plan.padded_h) != (mw, mh):
                 img = cv2.copyMakeBorder(
-                    img, 0, plan.padded_h - mh, 0, plan.padded_w - mw, cv2.BORDER_REFLECT_101
+                    img, 0, plan.padded_h - mh, 0, plan.padded_w - mw, cv2.BORDER_CONSTANT, value=0
                 )
         return ModelInput(img, (mw, mh), (fw, fh))
+
+    def _log_small(self, fw: int, fh: int, what: str) -> None:
+        if not self._small_logged:
+            self._small_logged = True
+            m = self.manifest
+            log.info(
+                "bundle %s: a %dx%d px frame is smaller than one %dx%d px tile: %s",
+                self.bundle.name,
+                fw,
+                fh,
+                m.input.width,
+                m.input.height,
+                what,
+            )
 
     def infer_input(self, x: ModelInput) -> Heatmap:
         """Tiles of a resampled frame -> stitched Heatmap over the original frame."""
         (mw, mh), (fw, fh) = x.size, x.frame_size
         m = self.manifest
-        if (mw, mh) == (m.input.width, m.input.height) and m.output.kind == "heatmap":
-            probs = self.infer_tile(x.image)
+        single = len(m.output.positives) == 1
+        if (mw, mh) == (m.input.width, m.input.height) and m.output.kind != "class_scores":
+            # infer_tile for one positive class: what runtime.devices spreads over its devices
+            probs, classes = (
+                (self.infer_tile(x.image), None) if single else (self.infer_tile_classes(x.image))
+            )
+        elif m.output.kind == "class_scores":
+            probs, classes = self._infer_classes(x.image, mw, mh)
         else:
-            probs = self._infer_tiled(x.image, mw, mh)
+            probs, classes = self._infer_tiled(x.image, mw, mh)
         affine = self._affines.get((fw, fh, mw, mh))
         if affine is None:
             affine = self._affines[(fw, fh, mw, mh)] = self._affine(fw, fh, mw, mh)
-        return Heatmap(probs=probs, affine=affine, frame_size=(fw, fh))
+        ids = tuple(m.output.positives) if classes is not None else ()
+        return Heatmap(
+            probs=probs, affine=affine, frame_size=(fw, fh), classes=classes, class_ids=ids
+        )
 
     def infer(self, rgb: np.ndarray, um_per_px: float | None = None) -> Heatmap:
         """Whole-frame inference: RGB uint8 HxWx3 at `um_per_px` -> Heatmap over the frame."""
         return self.infer_input(self.resample(rgb, um_per_px))
+
+    def infer_labels(self, rgb: np.ndarray, um_per_px: float | None = None):
+        """Whole frame -> (most likely class per cell, h x w int32; its 2x3 cell -> frame px affine),
+        through the same resampling and tiling as `infer` (for class-map pictures)."""
+        x = self.resample(rgb, um_per_px)
+        (mw, mh), (fw, fh) = x.size, x.frame_size
+        if self.manifest.output.kind == "class_scores":
+            idx = self._tile_grid(
+                x.image, mw, mh, lambda t: self.decoder.class_index(self.raw_tile(t))
+            )
+        else:
+            idx = self._stitched(
+                x.image, mw, mh, lambda t: self.decoder.class_index(self.raw_tile(t))
+            )
+        return idx, self._affine(fw, fh, mw, mh)
+
+    def classify(self, rgb: np.ndarray) -> np.ndarray:
+        """A whole image fitted to one tile (resized, as pycoral's classify example) -> every
+        class's probability (C,) float32. For class_scores bundles."""
+        m = self.manifest
+        tile = cv2.resize(rgb, (m.input.width, m.input.height), interpolation=cv2.INTER_AREA)
+        return self.decoder.scores(self.raw_tile(tile))
 
     def _affine(self, fw: int, fh: int, mw: int, mh: int) -> np.ndarray:
         """2x3 map: heatmap cell (centres at integers) -> frame px, for a frame resampled to mw x mh."""
@@ -335,48 +399,109 @@ class Engine:
         affine.flags.writeable = False  # shared by every heatmap of this frame size
         return affine
 
-    def _infer_tiled(self, img: np.ndarray, w: int, h: int) -> np.ndarray:
-        m = self.manifest
-        if m.output.kind == "class_scores":
-            return self._infer_classes(img, w, h)
+    def _stitched(self, img: np.ndarray, w: int, h: int, run) -> np.ndarray:
+        """run(tile) -> h x w (x K) per tile, stitched over the padded frame and cropped."""
         plan = self.plan(w, h)  # img is already padded to the plan (resample)
-        out = np.empty((plan.padded_h // plan.cell, plan.padded_w // plan.cell), np.float32)
+        out = None
         for i, (x0, y0, *_rest) in enumerate(plan.tiles):
-            tile = img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w]
-            stitch_into(out, plan, i, self.infer_tile(tile))
+            part = run(img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w])
+            if out is None:
+                shape = (plan.padded_h // plan.cell, plan.padded_w // plan.cell, *part.shape[2:])
+                out = np.empty(shape, part.dtype)
+            stitch_into(out, plan, i, part)
         return out[: plan.out_h, : plan.out_w]
 
-    def _infer_classes(self, img: np.ndarray, w: int, h: int) -> np.ndarray:
+    def _infer_tiled(self, img: np.ndarray, w: int, h: int):
+        """Tiles of a padded frame -> (positive map, per-positive-class stack or None)."""
+        k = len(self.manifest.output.positives)
+        if k == 1:
+            return self._stitched(img, w, h, self.infer_tile), None
+
+        def both(tile):
+            probs, classes = self.infer_tile_classes(tile)
+            return np.concatenate([probs[..., None], classes], axis=-1)
+
+        out = self._stitched(img, w, h, both)
+        return np.ascontiguousarray(out[..., 0]), np.ascontiguousarray(out[..., 1:])
+
+    def _tile_grid(self, img: np.ndarray, w: int, h: int, run) -> np.ndarray:
+        """run(tile) for each patch-classifier tile (stride apart) -> a grid of its results."""
         m = self.manifest
         tw, th, sx, sy = m.input.width, m.input.height, m.tiling.stride_x, m.tiling.stride_y
         pw = tw + max(0, -(-(w - tw) // sx)) * sx
         ph = th + max(0, -(-(h - th) // sy)) * sy
         if (pw, ph) != (w, h):
-            img = cv2.copyMakeBorder(img, 0, ph - h, 0, pw - w, cv2.BORDER_REFLECT_101)
+            img = cv2.copyMakeBorder(img, 0, ph - h, 0, pw - w, cv2.BORDER_CONSTANT, value=0)
         ys, xs = range(0, ph - th + 1, sy), range(0, pw - tw + 1, sx)
-        out = np.empty((len(ys), len(xs)), np.float32)
-        for i, y0 in enumerate(ys):
-            for j, x0 in enumerate(xs):
-                out[i, j] = self.infer_tile(img[y0 : y0 + th, x0 : x0 + tw])
-        return out
+        rows = [[run(img[y0 : y0 + th, x0 : x0 + tw]) for x0 in xs] for y0 in ys]
+        return np.asarray(rows)
+
+    def _infer_classes(self, img: np.ndarray, w: int, h: int):
+        if len(self.manifest.output.positives) == 1:
+            return self._tile_grid(img, w, h, self.infer_tile).astype(np.float32), None
+
+        def both(tile):
+            probs, classes = self.infer_tile_classes(tile)
+            return np.concatenate([np.atleast_1d(probs), classes])
+
+        grid = self._tile_grid(img, w, h, both).astype(np.float32)
+        return np.ascontiguousarray(grid[..., 0]), np.ascontiguousarray(grid[..., 1:])
 
     def close(self) -> None:
         """Release what the engine holds besides its interpreter (devices.MultiEngine: threads)."""
 
     # -- health ----------------------------------------------------------------------------------
+    def input_saturation(self, tile: np.ndarray) -> float:
+        """Fraction of this tile's input codes at the quantized input range's ends (0..1)."""
+        q = self.manifest.quantization.input
+        if q.dtype == "float32":
+            return 0.0
+        lut = input_lut(
+            self.manifest.normalization.mean,
+            self.manifest.normalization.std,
+            q.scale,
+            q.zero_point,
+            q.dtype,
+        )
+        return saturated_fraction(np.asarray(tile, np.uint8), lut)
+
     def health_check(self, raise_on_fail: bool = True) -> dict:
-        """Run the golden input; compare with the golden output (max abs error vs manifest atol)."""
-        pair = self.bundle.golden()
+        """Run the golden input; compare with this model file's golden output.
+
+        Positive maps: max abs error against the manifest's atol (probability units); class maps:
+        the fraction of cells whose class changed against max_mismatch. A golden input whose codes
+        mostly sit at the input range's ends proves nothing and fails the check.
+        """
+        pair = self.bundle.golden(self.info.model_file)
         if pair is None:
             return {"ok": True, "skipped": "bundle has no golden I/O"}
         x, want = pair
-        got = self.infer_tile(x)
-        if got.shape != want.shape:
+        g = self.manifest.golden
+        sat = self.input_saturation(x)
+        raw = self.raw_tile(x)
+        got = self.decoder.golden_values(raw)
+        if got.shape != want.shape and self.decoder.kind == "class_scores" and want.ndim == 0:
+            got = self.decoder.positive(raw)[0]  # a bundle from before goldens held every class
+        if sat > SATURATED_FRACTION:
+            result = {
+                "ok": False,
+                "error": f"golden input is saturated ({sat:.0%} of input codes at the range's "
+                "ends): the normalization does not fit the model; rebuild the bundle with the "
+                "right --normalization or --mean/--std",
+            }
+        elif got.shape != want.shape:
             result = {"ok": False, "error": f"output shape {got.shape}, golden {want.shape}"}
+        elif g.max_mismatch is not None:
+            changed = float(np.mean(got != want)) if got.size else 0.0
+            result = {
+                "ok": changed <= g.max_mismatch,
+                "mismatch": changed,
+                "max_mismatch": g.max_mismatch,
+            }
         else:
             err = float(np.max(np.abs(got - want))) if got.size else 0.0
-            atol = self.manifest.golden.atol
-            result = {"ok": err <= atol, "max_abs_error": err, "atol": atol}
+            result = {"ok": err <= g.atol, "max_abs_error": err, "atol": g.atol}
+        result["model_file"] = self.info.model_file
         if raise_on_fail and not result["ok"]:
             raise HealthCheckError(f"bundle {self.bundle.name}: golden check failed: {result}")
         return result

@@ -41,11 +41,16 @@ class Heatmap:
     affine: 2x3 float64 mapping heatmap pixel coordinates (x, y), cell centres at
             integers, to frame pixel coordinates: frame = affine @ [x, y, 1].
     frame_size: (width, height) in px of the frame it was computed on.
+    classes: HxWxK float32, the probability of each positive class (summed, they give probs),
+             when the model has more than one positive class; None otherwise.
+    class_ids: the K class indices of `classes`' last axis (the model's positive classes).
     """
 
     probs: np.ndarray
     affine: np.ndarray
     frame_size: tuple[int, int]
+    classes: np.ndarray | None = None
+    class_ids: tuple = ()
 
     @property
     def px_per_cell(self) -> float:

@@ -1,117 +1,51 @@
-"""Who may ask the daemon what: the Host header, the token, the page's cookie, signed URLs.
+"""Focus and exposure guard: a field badly out of focus or clipped gets no new overlay.
 
-Patient images and everything derived from them (GET /live, /results, /events, /snapshots)
-need the token, as every state change (POST) does. A browser gives it once on the page
-(POST /login answers with an HttpOnly SameSite=Strict session cookie, good for GETs only) or
-uses a short-lived signed URL for the MJPEG stream (GET /live/url -> /live?exp=..&sig=..).
-Every request's Host must name this daemon (loopback names, the bound address, this host's
-name, `http.allowed_hosts`): a web page whose DNS name was rebound to 127.0.0.1 sends its
-own name and is refused (421), so it cannot read the camera from the pathologist's browser.
+Focus is the variance of the Laplacian of a small grey copy of the frame (the motion
+estimate's), compared with the median of the recent frames of the same field (the pipeline
+resets the history when the stage moves or the objective changes: tissue density alone changes
+the measure from field to field); exposure is the share of
+sampled pixels (every 8th, any channel) at or above 250 of 255.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
-import platform
-import time
+from collections import deque
 
-COOKIE = "lucida_session"
-SIGNED_URL_MAX_S = 300  # longest life of a signed /live URL (s)
-PRIVATE_GET = ("/live", "/results", "/events", "/snapshots")  # path prefixes
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "localhost.localdomain"}
+import cv2
+import numpy as np
 
 
-def is_loopback(bind: str) -> bool:
-    """True when `bind` (an address or name) only listens on this machine."""
-    if bind in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(bind).is_loopback
-    except ValueError:
-        return False
+class FieldGuard:
+    """`check(rgb, small)` -> None, "out of focus" or "overexposed".
 
+    focus_drop: refuse when the focus measure falls below this share of its recent median
+    (0 turns the focus guard off); saturated_share: refuse when more than this share of the
+    pixels is clipped (1 turns it off); history: fields in the running median.
+    """
 
-def allowed_hosts(bind: str, extra=()) -> set[str]:
-    """Host names (no port, lower case) a request may carry for a daemon bound to `bind`."""
-    names = set(LOOPBACK_NAMES) | {h.lower() for h in extra}
-    if bind not in ("0.0.0.0", "::", ""):
-        names.add(bind.lower())
-    if not is_loopback(bind):  # reachable from the LAN: its own name too
-        node = platform.node().lower()
-        if node:
-            names |= {node, f"{node}.local"}
-    return names
+    def __init__(self, focus_drop: float = 0.35, saturated_share: float = 0.2, history: int = 60):
+        self.focus_drop, self.saturated_share = focus_drop, saturated_share
+        self._focus: deque[float] = deque(maxlen=history)
+        self.last_focus = 0.0
+        self.last_saturated = 0.0
 
+    def reset(self) -> None:
+        """A new objective or slide: the recent focus history no longer applies."""
+        self._focus.clear()
 
-def host_name(header: str | None) -> str | None:
-    """The name part of a Host header ('[::1]:8080' -> '::1', 'a.b:80' -> 'a.b'), lower case."""
-    if not header:
+    def check(self, rgb: np.ndarray, small: np.ndarray | None = None) -> str | None:
+        sample = rgb[::8, ::8]
+        brightest = cv2.max(cv2.max(sample[..., 0], sample[..., 1]), sample[..., 2])  # any channel
+        self.last_saturated = sat = cv2.countNonZero(cv2.compare(brightest, 250, cv2.CMP_GE)) / (
+            sample.shape[0] * sample.shape[1]
+        )
+        if sat > self.saturated_share:
+            return "overexposed"
+        if small is None:
+            small = np.ascontiguousarray(sample[..., 1], dtype=np.float32)
+        self.last_focus = focus = float(cv2.Laplacian(small, cv2.CV_32F).var())
+        if self.focus_drop > 0 and len(self._focus) >= 5:
+            if focus < self.focus_drop * float(np.median(self._focus)):
+                return "out of focus"
+        self._focus.append(focus)
         return None
-    h = header.strip().lower()
-    if h.startswith("["):
-        end = h.find("]")
-        return h[1:end] if end > 0 else None
-    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
-
-
-def host_ok(header: str | None, allowed: set[str], bind: str) -> bool:
-    name = host_name(header)
-    if name is None:
-        return False
-    if name in allowed:
-        return True
-    if bind in ("0.0.0.0", "::"):  # any interface: a literal address of this host is fine
-        try:
-            ipaddress.ip_address(name)
-            return True
-        except ValueError:
-            return False
-    return False
-
-
-def _mac(token: str, message: str) -> str:
-    return hmac.new(token.encode(), message.encode(), hashlib.sha256).hexdigest()
-
-
-def session_value(token: str) -> str:
-    """The page's cookie value: a MAC of the token (changes when the token changes)."""
-    return _mac(token, "lucida-session")
-
-
-def cookie_ok(value: str, token: str) -> bool:
-    return hmac.compare_digest(
-        value.encode("utf-8", "surrogateescape"), session_value(token).encode()
-    )
-
-
-def sign_path(token: str, path: str, ttl_s: float = 60, now: float | None = None) -> str:
-    """`path?exp=UNIX&sig=HEX`, valid for ttl_s seconds."""
-    exp = int((now or time.time()) + min(ttl_s, SIGNED_URL_MAX_S))
-    return f"{path}?exp={exp}&sig={_mac(token, f'{path}|{exp}')}"
-
-
-def signature_ok(token: str, path: str, exp: str, sig: str, now: float | None = None) -> bool:
-    try:
-        t = int(exp)
-    except ValueError:
-        return False
-    now = now or time.time()
-    if not now <= t <= now + SIGNED_URL_MAX_S:
-        return False
-    return hmac.compare_digest(sig.encode("ascii", "replace"), _mac(token, f"{path}|{t}").encode())
-
-
-def bearer_ok(header: str, token: str) -> bool | None:
-    """None: no bearer token given; else whether it is the right one (constant time; bytes
-    that are not UTF-8 are compared as given, never decoded)."""
-    given = header[7:] if header.startswith("Bearer ") else ""
-    if not given:
-        return None
-    raw = given.encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(raw, token.encode())
-
-
-def private(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in PRIVATE_GET)

@@ -47,6 +47,17 @@ class ActiveModel:
     def name(self) -> str:
         return self.engine.bundle.name
 
+    def class_styles(self, off=()) -> tuple | None:
+        """The drawable (positive) classes with names, colours and on/off state (names in `off`
+        are off); None for a single unlabelled positive class (drawn in the renderer's colour)."""
+        from lucida.overlay.classes import class_styles
+
+        o = self.engine.manifest.output
+        if len(o.positives) < 2 and not o.labels:
+            return None
+        names = [o.label(k) for k in range(o.channels)]
+        return class_styles(o.positives, names, [lab.color for lab in o.labels], off)
+
 
 class ModelSelector:
     """A fixed bundle, or a registry resolving (task, objective) -> bundle.
@@ -139,6 +150,11 @@ class ModelSelector:
         found = self._resolve(objective)
         return None if found is None else ActiveModel.of(self.engine(found[0]), found[1])
 
+    def bundle_for(self, objective: str | None) -> Bundle | None:
+        """The bundle `for_objective` would run at this objective, without building an engine."""
+        found = self._resolve(objective)
+        return None if found is None else found[0]
+
     def preload(self, objectives) -> list[str]:
         """Build the engines for these objectives now, so a turn of the nosepiece is instant;
         with `preload_devices`, each bundle first gets devices of its own (`place`)."""
@@ -179,6 +195,22 @@ class ModelSelector:
             if engine is not None:
                 self._keep(bundle.name, engine)
             self.pinned = bundle
+
+    def rebuild(self, engine: Engine) -> Engine:
+        """A new engine for `engine`'s bundle (new interpreter, Edge TPU delegate reopened; the
+        CPU when the device is gone), used from now on: the watchdog's cure for a hung invoke."""
+        name = engine.bundle.name
+        device = self._built_on.get(name, self.device)  # the devices placed for this bundle
+        new = build_engine(
+            engine.bundle,
+            device=device,
+            backend=getattr(engine, "backend", None),
+            num_threads=self.num_threads,
+        )
+        with self._lock:  # not closed: the hung engine's thread still holds it
+            self._engines[name] = new
+            self._built_on[name] = device
+        return new
 
     def replace(self, bundle: Bundle) -> ActiveModel:
         """Use `bundle` from now on (a deploy or an activate): built before it is swapped in."""

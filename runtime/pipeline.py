@@ -3,8 +3,11 @@
 A slow stage never queues work: each stage takes the newest item from the one before, and an
 item replaced before it was taken is counted as a drop. Safety rule (DESIGN.md): the display
 never shows an overlay for a field of view it was not computed on. It is blanked at once when
-the stage or turret moves or the model changes, and when no frame has arrived for
-`stall_timeout_ms` (a stalled or unplugged camera).
+the stage moves (measured from the image on the capture thread, runtime/motion.py, or reported
+by the source), the turret moves or the model changes, when no frame has arrived for
+`stall_timeout_ms` (a stalled or unplugged camera), and when the overlay's frame is older than
+the age limit (a slow or hung inference, runtime/safety.py). Every frame carries the display
+generation of its capture: a result from before a blank is never drawn after it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ from typing import Callable, Sequence
 
 import cv2
 import numpy as np
+from lucida.overlay.classes import ClassContours
 from lucida.overlay.compose import ARComposer, PreviewComposer
-from lucida.overlay.contours import ContourExtractor, ContourParams
+from lucida.overlay.contours import ContourParams
 from lucida.overlay.regions import Regions
 
 from .engine import ModelInput
 from .frame import Frame, Heatmap
+from .guard import FieldGuard
 from .models import ActiveModel, ModelSelector
+from .motion import MotionGate
 from .retry import Backoff
+from .safety import InferenceWatchdog, Safety
 from .slots import LatestSlot
 from .sources import FrameSource, SourceError
 from .stats import percentiles_ms
@@ -90,7 +97,7 @@ class Stats:
     STAGES = ("capture_wait", "preprocess", "infer", "contours", "render", "sinks", "latency")
     # CPU time (time.thread_time_ns) per stage run, outside the model's invoke: what a faster
     # accelerator cannot take away. infer_host: tensor copies, dequantization, stitching.
-    CPU_STAGES = ("capture", "preprocess", "infer_host", "contours", "render", "sinks")
+    CPU_STAGES = ("capture", "motion", "preprocess", "infer_host", "contours", "render", "sinks")
 
     def __init__(self, window: int = 2000):
         self.t0_ns = time.monotonic_ns()
@@ -192,6 +199,8 @@ class Pipeline:
     with the overlay blended in. stall_timeout_ms: no frame for this long blanks the display.
     on_display(kind, t_ns, ...): told of every display update ("overlay", "blank") and every
     "clear_request", with device-clock times (runtime.results.ResultLog is one).
+    safety: motion blanking, overlay age limit, inference watchdog (runtime/safety.py);
+    motion: the image-based motion gate (default: one built from `safety`).
     """
 
     def __init__(
@@ -208,6 +217,8 @@ class Pipeline:
         on_event: Callable[..., None] | None = None,
         on_result: Callable[[Result], None] | None = None,
         on_display: Callable[..., None] | None = None,
+        safety: Safety | None = None,
+        motion: MotionGate | None = None,
     ):
         self.source, self.models = source, models
         self.ar, self.ar_sinks = ar, list(ar_sinks)
@@ -225,12 +236,13 @@ class Pipeline:
         self.objective_override: str | None = None  # from the serial nosepiece, when there is one
         self.turret_moving = False
         self.threshold_override: float | None = None
+        self.classes_off: set[str] = set()  # class names the operator switched off
         self.ar_override: np.ndarray | None = None  # a calibration target shown instead
         self._generation = 0
         self._objective: str | None = "unset"
         self._active: ActiveModel | None = None
         self._optics = Optics()
-        self._extractor: ContourExtractor | None = None
+        self._extractor: ClassContours | None = None
         self._last_capture_ns = 0
         self._source_ok = False
         self._showing_overlay = False
@@ -238,6 +250,18 @@ class Pipeline:
         self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
         self.last_result: Result | None = None
+        self.safety = safety = safety or Safety()
+        self.motion = motion or MotionGate(
+            safety.blank_speed_um_s or 100.0, settle_frames=safety.settle_frames
+        )
+        self.guard = FieldGuard(safety.focus_drop, safety.saturated_share)
+        self.watchdog = InferenceWatchdog(safety.slow_factor, safety.rebuild_after_ms)
+        self.max_age_ns = safety.max_age_ns(self.display_interval_s, None)
+        self.blank_reason: str | None = "starting"
+        self._limits_ns = 0
+        self._infer_p99_ms: float | None = None
+        self._in_motion = False
+        self._shown_track_ns = 0
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
@@ -250,6 +274,7 @@ class Pipeline:
             ("capture", self._capture_loop),
             ("infer", self._infer_loop),
             ("render", self._render_loop),
+            ("watchdog", self._watchdog_loop),
         ):
             t = threading.Thread(target=fn, name=f"lucida-{name}", daemon=True)
             t.start()
@@ -340,7 +365,7 @@ class Pipeline:
         self.ar_override = canvas
         self.clear("calibration target" if canvas is not None else "calibration done")
 
-    def _extractor_for(self, active: ActiveModel | None) -> ContourExtractor | None:
+    def _extractor_for(self, active: ActiveModel | None) -> ClassContours | None:
         """Contour extraction with the model's parameters and the operator's threshold, if set."""
         if active is None:
             return None
@@ -350,7 +375,7 @@ class Pipeline:
             params["threshold"] = t
             if params.get("threshold_low") is not None:
                 params["threshold_low"] = min(params["threshold_low"], t)
-        return ContourExtractor(ContourParams.from_mapping(params))
+        return ClassContours(ContourParams.from_mapping(params))
 
     @property
     def threshold(self) -> float | None:
@@ -367,6 +392,37 @@ class Pipeline:
             self._extractor = self._extractor_for(self._active)
         self.on_event("threshold", threshold=threshold)
 
+    def classes(self) -> list[dict]:
+        """The running model's drawable classes: [{"index", "name", "color", "on"}]."""
+        with self._lock:
+            active = self._active
+        styles = active.class_styles(self.classes_off) if active else None
+        return [
+            {"index": c.index, "name": c.name, "color": list(c.color), "on": c.on}
+            for c in styles or ()
+        ]
+
+    def set_class(self, name: str | int, on: bool | None = None) -> dict:
+        """Switch one class of the running model on, off (on=False) or over (on=None), by name or
+        index; kept by name across model switches and restarts. Returns {name: on}."""
+        with self._lock:
+            active = self._active
+        styles = (active.class_styles(self.classes_off) if active else None) or ()
+        want = str(name).strip().lower()
+        match = [c for c in styles if want in (c.name.lower(), str(c.index))]
+        if not match:
+            known = ", ".join(c.name for c in styles) or "none (the model has one class)"
+            raise ValueError(f"class {name!r}: not a class of the running model; classes: {known}")
+        c = match[0]
+        on = (not c.on) if on is None else bool(on)
+        with self._lock:
+            if on:
+                self.classes_off.discard(c.name)
+            else:
+                self.classes_off.add(c.name)
+        self.on_event("class", name=c.name, on=on)
+        return {c.name: on}
+
     def status(self) -> dict:
         with self._lock:
             active, objective = self._active, self._objective
@@ -380,6 +436,8 @@ class Pipeline:
             "backend": f"{info.backend} {info.backend_version}" if info else None,
             "delegate": info.delegate if info else None,
             "fallback_reason": info.fallback_reason if info else None,
+            **self._safety_status(),
+            "classes": self.classes(),
             # several Edge TPUs (runtime.devices): per-device state, invokes, errors, p50/p99
             "devices": getattr(active.engine, "device_stats", lambda: None)() if active else None,
             **self.stats.snapshot(
@@ -420,8 +478,14 @@ class Pipeline:
             self.stats.time("capture_wait", time.monotonic_ns() - t0)
             self._last_capture_ns = frame.t_capture_ns
             self.stats.count("frames_in", frame.t_capture_ns)
-            self.stats.cpu_time("capture", time.thread_time_ns() - c0)
-            self.captured.put((frame, self._prepare(frame)))
+            c1 = time.thread_time_ns()
+            self.stats.cpu_time("capture", c1 - c0)
+            settled = self._gate(frame)
+            self.stats.cpu_time("motion", time.thread_time_ns() - c1)  # motion, focus, exposure
+            with self._lock:
+                gen = self._generation
+            prepared = self._prepare(frame) if settled is True else None
+            self.captured.put((frame, prepared, gen, settled))
 
     def _switch(self, objective: str | None) -> None:
         active = self.models.for_objective(objective)
@@ -432,17 +496,18 @@ class Pipeline:
             if self.ar is not None and self._optics.homography is not None:
                 self.ar.set_homography(self._optics.homography)
             self._extractor = self._extractor_for(active)
+        self.motion.reset()
+        self.guard.reset()
         self.clear(f"objective {objective}")
         self.on_event("objective", objective=objective, model=active.name if active else None)
 
-    def _infer_loop(self) -> None:
-        while not self._stop.is_set():
+    def _infer_loop(self, epoch: int = 0) -> None:
+        while not self._stop.is_set() and epoch == self.watchdog.epoch:
             item = self.captured.take(timeout_s=0.1)
             if item is None:
                 continue
-            frame, prepared = item
             try:
-                self._process(frame, prepared)
+                self._process(*item)
             except Exception as exc:  # one bad frame must not stop the loop
                 log.exception("inference failed")
                 self.on_event("error", where="inference", message=str(exc))
@@ -473,16 +538,23 @@ class Pipeline:
             return None
         return self._preprocess(frame, active, optics)
 
-    def _process(self, frame: Frame, prepared: Prepared | None = None) -> None:
+    def _process(
+        self, frame: Frame, prepared: Prepared | None = None, gen: int = 0, settled=True
+    ) -> None:
+        """Infer one frame (stamped with the display generation `gen` at capture); `settled`:
+        True, or why the frame must not be inferred ("stage moving", "settling", ...)."""
         objective = self.objective_override or frame.objective
         if objective != self._objective:
             self._switch(objective)
         with self._lock:
-            gen, active, optics = self._generation, self._active, self._optics
+            active, optics = self._active, self._optics
         if frame.moving or self.turret_moving:
             self.clear("stage moving")
             # the preview keeps showing the camera (no overlay, a banner) instead of freezing
             self.results.put(Result(frame=frame, generation=gen, clear_reason="stage moving"))
+            return
+        if settled is not True:
+            self.results.put(Result(frame=frame, generation=gen, clear_reason=settled))
             return
         if active is None or not self.overlay_enabled:
             self.results.put(Result(frame=frame, generation=gen, clear_reason="no overlay"))
@@ -490,9 +562,12 @@ class Pipeline:
         if prepared is None or prepared.active is not active or prepared.optics is not optics:
             prepared = self._preprocess(frame, active, optics)  # the model changed meanwhile
         engine = active.engine
+        epoch = self.watchdog.begin()
         t1, c1, k1 = time.monotonic_ns(), time.thread_time_ns(), engine.host_cpu_offset_ns()
         heatmap = engine.infer_input(prepared.input)
         t2 = time.monotonic_ns()
+        if not self.watchdog.end(epoch):  # this engine was given up on while it hung
+            return
         self.stats.cpu_time(
             "infer_host", time.thread_time_ns() - c1 + engine.host_cpu_offset_ns() - k1
         )
@@ -511,9 +586,16 @@ class Pipeline:
             stalled = not self._source_ok or (
                 self._last_capture_ns and now - self._last_capture_ns > self.stall_timeout_ns
             )
+            last = self.last_result if self._showing_overlay else None
             if res is None:
                 if stalled and self._showing_overlay:
                     self._blank("camera stalled")
+                elif last is not None and self._too_old(last, now):
+                    self._blank("overlay too old")
+                elif (
+                    last is not None and last.generation == self._generation and self._track_moved()
+                ):
+                    self._show(last, again=True)  # follow the field (motion compensation)
                 continue
             with self._lock:
                 current = self._generation
@@ -522,10 +604,16 @@ class Pipeline:
                 or res.generation != current
                 or stalled
                 or self.ar_override is not None
+                or self._too_old(res, now)
             ):
-                self._blank(
-                    res.clear_reason or ("camera stalled" if stalled else "stale result"), res.frame
+                reason = res.clear_reason or (
+                    "camera stalled"
+                    if stalled
+                    else "overlay too old"
+                    if self._too_old(res, now)
+                    else "stale result"
                 )
+                self._blank(reason, res.frame)
                 continue
             self._show(res)
 
@@ -544,40 +632,59 @@ class Pipeline:
             self.stats.count("cleared")
             self.on_event("overlay_cleared", reason=reason)
         self._showing_overlay = False
+        self.blank_reason = reason
         t1 = time.monotonic_ns()
         self.stats.time("render", t1 - t0)
         if self.on_display is not None:
             self.on_display("blank", t1, frame=frame, reason=reason)
 
-    def _show(self, res: Result) -> None:
-        """Contours of the result's heatmap, drawn in AR and preview mode, sent to the sinks."""
+    def _show(self, res: Result, again: bool = False) -> None:
+        """Contours of the result's heatmap, drawn in AR and preview mode, sent to the sinks.
+        again: the same result redrawn on the AR display only, shifted to where the field is."""
         frame, hm = res.frame, res.heatmap
         with self._lock:
             optics, objective, extractor = self._optics, self._objective, self._extractor
+            active = self._active
         um = optics.um_per_px or frame.meta.get("um_per_px")
+        styles = active.class_styles(self.classes_off) if active is not None else None
         t0, c0 = time.monotonic_ns(), time.thread_time_ns()  # render stage: contours, drawing
-        res = replace(res, regions=extractor.extract(hm.probs, hm.affine, um))
+        if res.regions is None:  # a redraw (motion compensation) keeps the regions it had
+            regions = extractor.extract(
+                hm.probs,
+                hm.affine,
+                um,
+                classes=hm.classes,
+                class_ids=hm.class_ids or tuple(c.index for c in styles or ())[:1],
+                enabled=None if styles is None else [c.index for c in styles if c.on],
+            )
+            res = replace(res, regions=regions)
         self.stats.time("contours", time.monotonic_ns() - t0)
         c_contours = time.thread_time_ns()
         self.stats.cpu_time("contours", c_contours - c0)
         fps = self.stats.fps("processed")
         canvases = []
+        shift = self._shift_for(frame, t0)
         if self.ar is not None:
+            regions, affine = res.regions, hm.affine
+            if shift is not None:
+                regions = regions.warped(np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]]))
+                affine = affine + np.array([[0, 0, shift[0]], [0, 0, shift[1]]])
             canvases.append(
                 (
                     self.ar_sinks,
                     self.ar.compose(
-                        res.regions,
+                        regions,
                         heatmap=hm.probs,
-                        heatmap_affine=hm.affine,
+                        heatmap_affine=affine,
                         objective=objective,
                         um_per_px=um,
                         model=res.model,
                         fps=fps,
+                        classes=styles,
                     ),
                 )
             )
-        if self.preview is not None and self.preview_sinks:
+        if self.preview is not None and self.preview_sinks and not again:
             canvases.append(
                 (
                     self.preview_sinks,
@@ -590,6 +697,7 @@ class Pipeline:
                         um_per_px=um,
                         model=res.model,
                         fps=fps,
+                        classes=styles,
                     ),
                 )
             )
@@ -605,9 +713,131 @@ class Pipeline:
         self.stats.time("latency", t2 - frame.t_capture_ns)
         self.stats.count("displayed", t2)
         self._showing_overlay = True
+        self.blank_reason = None
         self.last_result = res
         if self.on_display is not None:
-            self.on_display("overlay", t2, result=res, objective=objective)
+            self.on_display(
+                "overlay", t2, result=res, objective=objective, shift_px=shift, redraw=again
+            )
+
+    # -- safety: motion, overlay age, watchdog -----------------------------------------------
+    def _gate(self, frame: Frame):
+        """On the capture thread: measure the field's motion; blank at a motion onset. Returns
+        True when this frame may be inferred, else the reason it may not."""
+        if not self.source.motion_from_image:  # a slideshow of stills (replay): no motion
+            return "stage moving" if frame.moving else True
+        now = time.monotonic_ns()
+        if now - self._limits_ns > 1e9:
+            self._update_limits(frame)
+            self._limits_ns = now
+        um = (
+            self._optics.um_per_px
+            or frame.meta.get("um_per_px")
+            or nominal_um_per_px(self.objective_override or frame.objective)
+        )
+        st = self.motion.update(frame.image, frame.t_capture_ns, um)
+        if st.moving or frame.moving:
+            if not self._in_motion:
+                self._in_motion = True
+                self.guard.reset()  # a new field: its focus is not comparable with the last one
+                self.on_event("motion", speed_um_s=round(st.speed_um_s, 1), seq=frame.seq)
+                self.clear("stage moving")
+            return "stage moving"
+        self._in_motion = False
+        if not st.settled:
+            return "settling"
+        return self.guard.check(frame.image, self.motion.estimator.last_small) or True
+
+    def _update_limits(self, frame: Frame) -> None:
+        """Once a second: the blanking speed and the overlay age limit from measured latency."""
+        with self.stats.lock:
+            infer_ns = list(self.stats.timings["infer"])[-200:]
+        p99 = self._infer_p99_ms = percentiles_ms(infer_ns, "x")["x_p99"] or None
+        self.max_age_ns = self.safety.max_age_ns(self.display_interval_s, p99)
+        if self.safety.blank_speed_um_s is None:
+            from .motion import blank_speed_um_s
+
+            um = self._optics.um_per_px or frame.meta.get("um_per_px") or 1.0
+            cam_per_disp = self.ar.camera_px_per_display_px() if self.ar is not None else 1.0
+            latency_s = (p99 or 100.0) / 1e3 + self.display_interval_s
+            self.motion.blank_speed_um_s = blank_speed_um_s(
+                self.safety.blank_display_px, cam_per_disp, um, latency_s
+            )
+
+    def _shift_for(self, frame: Frame, now_ns: int) -> tuple[float, float] | None:
+        """Camera px to move an overlay computed on `frame` so it lies on the field while it is
+        shown: from now until the next camera frame redraws it, so aimed half an interval on."""
+        if not self.safety.compensate:
+            return None
+        lead_ns = int(self.display_interval_s * 5e8)
+        return self.motion.shift_since(frame.t_capture_ns, now_ns + lead_ns)
+
+    def _too_old(self, res: Result, now_ns: int) -> bool:
+        """The overlay's frame is older than the age limit."""
+        return res.frame is not None and now_ns - res.frame.t_capture_ns > self.max_age_ns
+
+    def _track_moved(self) -> bool:
+        """Redraw the overlay where the field is now (compensation on): a newer frame came, or
+        the field was moving at the last one (a late frame: carried on at its velocity)."""
+        last = self.motion.last
+        if not self.safety.compensate or last is None:
+            return False
+        t = self._last_capture_ns
+        moved = t != self._shown_track_ns or last.speed_um_s > 0
+        self._shown_track_ns = t
+        return moved
+
+    def _watchdog_loop(self) -> None:
+        """Report a slow inference; rebuild the engine when one hangs (see runtime/safety.py)."""
+        while not self._stop.wait(0.05):
+            action = self.watchdog.check(self._infer_p99_ms)
+            if action == "slow":
+                self.on_event("inference_slow", running_ms=round(self.watchdog.running_ms()))
+            elif action == "rebuild":
+                self._rebuild_engine()
+
+    def _rebuild_engine(self) -> None:
+        """A hung inference: blank, build a new engine, start a new inference thread."""
+        self.clear("inference hung")
+        with self._lock:
+            active = self._active
+        self.on_event("inference_hung", model=active.name if active else None)
+        if active is not None:
+            try:
+                engine = self.models.rebuild(active.engine)
+            except Exception as exc:
+                self.on_event("error", where="engine rebuild", message=str(exc))
+            else:
+                new = ActiveModel(engine, active.contours, active.normalize)
+                with self._lock:
+                    if self._active is active:
+                        self._active = new
+                self.on_event(
+                    "engine_rebuilt",
+                    model=new.name,
+                    delegate=engine.info.delegate,
+                    fallback_reason=engine.info.fallback_reason,
+                )
+        t = threading.Thread(
+            target=self._infer_loop, args=(self.watchdog.epoch,), name="lucida-infer", daemon=True
+        )
+        t.start()
+        self._threads.append(t)
+
+    def _safety_status(self) -> dict:
+        st = self.motion.last
+        return {
+            "blank_reason": self.blank_reason,
+            "motion_speed_um_s": None if st is None else round(min(st.speed_um_s, 1e9), 1),
+            "motion_confidence": None if st is None else round(st.confidence, 3),
+            "blank_speed_um_s": round(self.motion.blank_speed_um_s, 1),
+            "focus": round(self.guard.last_focus, 2),
+            "saturated_share": round(self.guard.last_saturated, 4),
+            "max_overlay_age_ms": round(self.max_age_ns / 1e6, 1),
+            "inference_running_ms": round(self.watchdog.running_ms(), 1),
+            "engine_rebuilds": self.watchdog.rebuilds,
+            "inference_slow_reports": self.watchdog.slow_reports,
+        }
 
     # -- blocking run with signals (the demo and the daemon's main thread) --------------------
     def run(self, frames: int | None = None, seconds: float | None = None) -> dict:

@@ -45,3 +45,11 @@ def input_lut(mean, std, scale: float, zero_point: int, dtype: str) -> np.ndarra
 def is_identity(lut: np.ndarray) -> bool:
     """True when the table maps every pixel value to itself (uint8 input fed as is)."""
     return lut.dtype == np.uint8 and bool(np.all(lut == np.arange(256, dtype=np.uint8)[:, None]))
+
+
+def saturated_fraction(tile: np.ndarray, lut: np.ndarray) -> float:
+    """Fraction (0..1) of an RGB uint8 tile's input codes, through a 256x3 input_lut, that sit at
+    the quantized type's min or max: near 1 when the normalization pushes pixels out of range."""
+    codes = lut[tile, np.arange(3)]
+    info = np.iinfo(codes.dtype)
+    return float(np.mean((codes == info.min) | (codes == info.max))) if codes.size else 0.0

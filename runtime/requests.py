@@ -7,7 +7,7 @@ turns a ValidationError into one `RequestError` line naming the key and what was
 
 from __future__ import annotations
 
-from typing import Annotated, List, Literal, Optional, Union
+from typing import Annotated, Dict, List, Literal, Optional, Union
 
 from lucida.calibration.manual import ACTIONS
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
@@ -31,6 +31,17 @@ class OverlayBody(_Body):
 
     enabled: Optional[StrictBool] = None
     threshold: Optional[Annotated[Finite, Field(gt=0, le=1)]] = None
+    # class name (or index) -> on, off or "toggle"; names are checked against the running model
+    classes: Optional[
+        Dict[Annotated[str, Field(max_length=64)], Union[StrictBool, Literal["toggle"]]]
+    ] = Field(default=None, max_length=64)
+
+
+class SnapshotBody(_Body):
+    """POST /snapshot: an optional case id and comment (runtime.snapshots checks their form)."""
+
+    case_id: Optional[str] = Field(default=None, max_length=200)
+    comment: Optional[str] = Field(default=None, max_length=4000)
 
 
 class ObjectiveBody(_Body):

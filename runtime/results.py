@@ -39,10 +39,21 @@ class ResultLog:
         self._lock = threading.Lock()
 
     def __call__(
-        self, kind: str, t_ns: int, result=None, frame=None, reason=None, objective=None
+        self,
+        kind: str,
+        t_ns: int,
+        result=None,
+        frame=None,
+        reason=None,
+        objective=None,
+        shift_px=None,
+        redraw=False,
     ) -> None:
-        """The pipeline's hook: kind "overlay" (result, objective), "blank" (reason, frame) or
-        "clear_request" (reason)."""
+        """The pipeline's hook: kind "overlay" (result, objective, shift_px: the motion
+        compensation applied, camera px), "blank" (reason, frame) or "clear_request" (reason).
+        Redraws of a shown result (motion compensation following the field) are not kept."""
+        if redraw:
+            return
         rec: dict = {"kind": kind}
         if kind == "overlay":
             f = result.frame
@@ -55,6 +66,8 @@ class ResultLog:
                 frame_size=list(f.size),
                 regions=self._regions(result.regions),
             )
+            if shift_px is not None:
+                rec["shift_px"] = [round(float(v), 2) for v in shift_px]
             if "replay_file" in f.meta:
                 rec["source_frame"] = f.meta["replay_file"]
             mask = f.meta.get("truth_mask")

@@ -5,7 +5,7 @@ listens to a simple line protocol (other microscopes, foot pedals), and reports:
   - `on_objective("20x")` when the objective changes, `on_objective(None)` while the turret is
     between positions, at an unknown position, or the link is lost (olympus: the display must
     blank when the objective cannot be known);
-  - `on_command(event)` for Overlay / OverlayToggle / Snap / Threshold lines.
+  - `on_command(event)` for Overlay / OverlayToggle / Snap / Threshold / ClassSwitch lines.
 Garbage, partial lines, a silent port and an unplugged adapter never end the thread: after
 `max_failed_reads` consecutive unanswered polls or I/O errors it closes the port and reopens it
 with back-off (the adapter may come back, under the same path or, with port="auto", another).
@@ -32,6 +32,7 @@ from .retry import Backoff
 from .serial_protocol import (
     PARSERS,
     Ack,
+    ClassSwitch,
     Event,
     LineFramer,
     ObjectiveName,
@@ -49,6 +50,7 @@ from .serial_protocol import (
 
 __all__ = [
     "Ack",
+    "ClassSwitch",
     "Event",
     "LineFramer",
     "ObjectiveName",
@@ -117,17 +119,19 @@ def _port_score(p) -> int:
     return 1 if getattr(p, "vid", None) is not None else 0
 
 
-def find_port(ports: Optional[Iterable] = None) -> Optional[str]:
+def find_port(
+    ports: Optional[Iterable] = None, probe: Optional[Callable[[str], bool]] = None
+) -> Optional[str]:
     """Best serial port for a microscope: a USB serial adapter (FTDI, Prolific, CH340, CP210x)
     first, then any USB serial port; None when there is none. `ports`: ListPortInfo-like objects
-    (default: serial.tools.list_ports.comports())."""
+    (default: serial.tools.list_ports.comports()). probe: when given, the first candidate (best
+    first) for which probe(device) is True: a pedal and a nosepiece on two adapters are told
+    apart by asking."""
     candidates = list(serial.tools.list_ports.comports() if ports is None else ports)
-    scored = [(_port_score(p), str(p.device)) for p in candidates]
-    scored = [s for s in scored if s[0] > 0]
-    if not scored:
-        return None
-    best = max(score for score, _ in scored)
-    return sorted(dev for score, dev in scored if score == best)[0]
+    scored = sorted((-_port_score(p), str(p.device)) for p in candidates if _port_score(p) > 0)
+    if probe is None:
+        return scored[0][1] if scored else None
+    return next((dev for _, dev in scored if probe(dev)), None)
 
 
 def parse_positions(positions: Optional[Mapping]) -> Dict[int, str]:
@@ -152,7 +156,7 @@ _UNSET = object()
 _OPEN_ERRORS = (serial.SerialException, OSError, ValueError) + (
     (termios.error,) if termios is not None else ()
 )
-_COMMANDS = (Overlay, OverlayToggle, Snap, Threshold)
+_COMMANDS = (Overlay, OverlayToggle, Snap, Threshold, ClassSwitch)
 
 
 class SerialLink:
@@ -186,6 +190,9 @@ class SerialLink:
         stopbits: Optional[float] = None,
         poll_command: Optional[str] = None,
         login: bool = False,
+        notify: bool = False,
+        probe: bool = True,
+        ports: Optional[Iterable] = None,
         max_line: int = 256,
         exclusive: bool = True,
     ):
@@ -231,6 +238,9 @@ class SerialLink:
             protocol == "olympus" if blank_on_disconnect is None else bool(blank_on_disconnect)
         )
         self.login = login
+        self.notify = notify
+        self.probe = probe and protocol == "olympus"
+        self._ports = None if ports is None else list(ports)
         self.exclusive = exclusive
         self._parse = PARSERS[protocol]
         self._framer = LineFramer(max_line)
@@ -336,7 +346,7 @@ class SerialLink:
         self._close()
 
     def _open(self) -> bool:
-        device = self.port or find_port()
+        device = self.port or find_port(self._ports, self._probe if self.probe else None)
         if device is None:
             self._open_failed("no USB serial port found (port='auto')")
             return False
@@ -377,8 +387,9 @@ class SerialLink:
         failed = 0
         answered = True
         next_poll = time.monotonic()
-        if self.login and self.protocol == "olympus":
-            self._write(ser, b"1LOG IN\r\n")
+        if self.protocol == "olympus":
+            for line in self._handshake():
+                self._write(ser, line)
         while not self._stop.is_set():
             try:
                 if poll is not None and time.monotonic() >= next_poll:
@@ -413,6 +424,38 @@ class SerialLink:
                     self._last_ok = time.monotonic()
                 self._handle(event)
         return got_any
+
+    def _handshake(self) -> list:
+        """Olympus session start: log in (`1LOG IN` -> `1LOG +`), then ask for unsolicited
+        position reports (`1SNDOB ON` -> `1SNDOB +`), as configured."""
+        return [b"1LOG IN\r\n"] * self.login + [b"1SNDOB ON\r\n"] * self.notify
+
+    def _probe(self, device: str, timeout_s: float = 0.5) -> bool:
+        """Does an Olympus nosepiece answer `1OB?` on `device`? (port: auto)"""
+        s = self.settings
+        try:
+            ser = serial.Serial(
+                port=device, baudrate=s.baudrate, bytesize=s.bytesize, parity=s.parity,
+                stopbits=s.stopbits, timeout=0.05, write_timeout=0.25,
+            )  # fmt: skip
+        except _OPEN_ERRORS:
+            return False
+        framer = LineFramer()
+        try:
+            for line in [b"1LOG IN\r\n"] * self.login + [b"1OB?\r\n"]:
+                ser.write(line)
+            end = time.monotonic() + timeout_s
+            while time.monotonic() < end:
+                for line in framer.feed(ser.read(max(1, ser.in_waiting))):
+                    if isinstance(parse_olympus(line), (ObjectivePosition, TurretMoving)):
+                        log.info("serial link: %s answers 1OB?", device)
+                        return True
+        except (serial.SerialException, OSError):
+            return False
+        finally:
+            ser.close()
+        log.info("serial link: %s does not answer 1OB?: not the nosepiece", device)
+        return False
 
     def _write(self, ser: serial.Serial, data: bytes) -> None:
         ser.write(data)

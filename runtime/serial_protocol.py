@@ -10,7 +10,8 @@ Olympus BX motorised nosepiece (as used by Google's ARM), 19200 baud 8E2, CRLF:
     `1LOG +`, `1OB +`         acknowledgements; `1OB !,E01` an error reply
 Simple line protocol (other microscopes, foot pedals; case-insensitive):
     `OBJ 20x` | `OBJ 20` | `OBJ MOVING` | `POS 3` | `OVERLAY ON|OFF|TOGGLE` | `SNAP` |
-    `THRESHOLD 0.4` (probability in [0, 1]); `# ...` is a comment.
+    `THRESHOLD 0.4` (probability in [0, 1]) | `CLASS GP4 ON|OFF|TOGGLE` (a class of the
+    running model by name or index; TOGGLE when the state is left out); `# ...` is a comment.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Callable, List, Optional, Union
 
 __all__ = [
     "Ack",
+    "ClassSwitch",
     "Event",
     "LineFramer",
     "ObjectiveName",
@@ -89,6 +91,14 @@ class Threshold(Event):
     """Set the contour probability threshold, in [0, 1]."""
 
     value: float
+
+
+@dataclass(frozen=True)
+class ClassSwitch(Event):
+    """Switch one class of the running model on (True), off (False) or over (None)."""
+
+    name: str
+    on: Optional[bool] = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +200,12 @@ def parse_simple(line: Line) -> Optional[Event]:
             return OverlayToggle()
         on = _ON.get(arg.upper())
         return None if on is None else Overlay(on)
+    if cmd == "CLASS":
+        state = args[-1].upper() if len(args) > 1 else "TOGGLE"
+        if state != "TOGGLE" and state not in _ON:
+            return ClassSwitch(arg) if len(args) else None
+        name = " ".join(args[:-1]) if len(args) > 1 else arg
+        return ClassSwitch(name, None if state == "TOGGLE" else _ON[state])
     if cmd in ("THRESHOLD", "THR") and re.fullmatch(r"\d{0,3}(?:\.\d{0,6})?", arg):
         try:
             value = float(arg)

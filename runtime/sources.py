@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .camera_controls import apply_opencv, check_controls, picamera2_controls, read_picamera2
 from .frame import Frame
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ class FrameSource(ABC):
 
     name: str = "source"
     objective: str | None = None  # what the source knows of the objective (None: unknown)
+    # False only for slideshows of unrelated stills (image replay): there consecutive frames are
+    # different fields by design, so the pipeline does not measure stage motion between them
+    motion_from_image: bool = True
 
     def open(self) -> None:  # noqa: B027 - optional hook
         """Acquire the device or file; may raise SourceError."""
@@ -46,6 +50,15 @@ class FrameSource(ABC):
 
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Drop frames captured before now (after a stage or illumination change)."""
+
+    controls_applied: dict | None = (
+        None  # what set_controls last read back (runtime.camera_controls)
+    )
+
+    def set_controls(self, controls: dict) -> dict:
+        """Apply camera controls (runtime.camera_controls names and units); returns per control
+        what was asked, whether the camera took it and the value read back."""
+        raise SourceError(f"{self.name}: this source has no camera controls")
 
 
 class _Pacer:
@@ -69,7 +82,10 @@ class ReplaySource(FrameSource):
     """Images (a folder, or arrays in memory) replayed at `fps`, looping when `loop`.
 
     Frames carry meta "replay_index" (position in the list) and, from a folder, "replay_file"
-    (the image's file name: the HIL bench matches it with a ground-truth mask of that name)."""
+    (the image's file name: the HIL bench matches it with a ground-truth mask of that name).
+    Each image is its own field (a slideshow): no motion is measured between them."""
+
+    motion_from_image = False
 
     def __init__(
         self,
@@ -137,6 +153,17 @@ class OpenCVSource(FrameSource):
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._seq = itertools.count()
+        self.controls: dict = {}
+
+    def set_controls(self, controls: dict) -> dict:
+        """VideoCapture properties (V4L2 through OpenCV), applied now when open and again at
+        every (re)open; returns what was read back."""
+        self.controls = {**self.controls, **check_controls(controls)}
+        cap = self._cap
+        if cap is None:
+            return {n: {"asked": v, "accepted": None, "read": None} for n, v in controls.items()}
+        self.controls_applied = {**(self.controls_applied or {}), **apply_opencv(cap, controls)}
+        return self.controls_applied
 
     def open(self) -> None:
         api = cv2.CAP_GSTREAMER if isinstance(self.spec, str) and "!" in self.spec else cv2.CAP_ANY
@@ -146,6 +173,8 @@ class OpenCVSource(FrameSource):
         if self.size:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
+        if self.controls:
+            self.controls_applied = apply_opencv(cap, self.controls)
         self._cap, self._error, self._latest = cap, None, None
         self._stop.clear()
         self._pacer = _Pacer(self.fps)
@@ -181,6 +210,9 @@ class OpenCVSource(FrameSource):
 
     def close(self) -> None:
         self._stop.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)  # never release the capture under a read() in flight
         if self._cap is not None:
             self._cap.release()
             self._cap = None
@@ -222,6 +254,19 @@ class PiCameraSource(FrameSource):
         except Exception as exc:
             raise SourceError(f"picamera2: capture failed: {exc}") from None
         return Frame(bgr[..., ::-1].copy(), time.monotonic_ns(), next(self._seq), self.objective)
+
+    def set_controls(self, controls: dict) -> dict:
+        """libcamera controls; applied values read back from the next frame's metadata."""
+        lib, refused = picamera2_controls(controls)
+        if self._cam is None:
+            raise SourceError("picamera2: not open")
+        self._cam.set_controls(lib)
+        read = read_picamera2(self._cam.capture_metadata())
+        self.controls_applied = {
+            n: {"asked": v, "accepted": n not in refused, "read": read.get(n)}
+            for n, v in controls.items()
+        }
+        return self.controls_applied
 
     def flush(self) -> None:
         """Wait for a frame that started exposing after now, so none older than the request is used."""

@@ -30,9 +30,9 @@ _local = threading.local()
 def _oracle() -> None:
     process = pipeline.Pipeline._process
 
-    def _process(self, frame, prepared=None):
+    def _process(self, frame, *args, **kw):
         _local.truth = frame.meta.get("truth_mask")
-        return process(self, frame, prepared)
+        return process(self, frame, *args, **kw)
 
     def infer_input(self, x):
         fw, fh = x.frame_size
@@ -64,10 +64,10 @@ def _health_lies() -> None:
 
 
 def _open_door() -> None:
-    from lucida.runtime import guard
+    from lucida.runtime import http_guard
 
-    guard.private = lambda path: False
-    guard.host_ok = lambda header, allowed, bind: True
+    http_guard.private = lambda path: False
+    http_guard.host_ok = lambda header, allowed, bind: True
 
 
 MODES = {

@@ -165,13 +165,13 @@ def test_invalid_profile_exits_8(tmp_path, capsys):
     assert rc == 8 and "cannot be parsed" in err
 
 
-def test_blank_micrometer_exits_9(tmp_path, capsys):
+def test_blank_micrometer_is_refused_exit_10(tmp_path, capsys):
     write_image(tmp_path / "m.png", np.full((240, 320, 3), 200, np.uint8))
     rc, err = _run(
         ["calibrate", "pixel-size", "--image", str(tmp_path / "m.png"), "--spacing-um", "10"],
         capsys,
     )
-    assert rc == 9 and "blank" in err
+    assert rc == 10 and "blank" in err  # a refusal has its own code (issue 16)
 
 
 def test_profile_without_objective_is_bad_input(tmp_path, capsys):

@@ -278,6 +278,8 @@ def test_disk_hygiene(daemon, tiny_bundle, tmp_path):  # noqa: F811
     assert wait_for(lambda: not list(incoming.iterdir()), 5)
     # unique snapshot ids, private files
     assert wait_for(lambda: daemon.live.canvas is not None)
+    # a snapshot saves what the eyepiece shows (issue 19): wait for something shown
+    assert wait_for(lambda: daemon.shown and daemon.shown["kind"] != "blank")
     a = call(daemon, "POST", "/snapshot")[1]["preview"]
     b = call(daemon, "POST", "/snapshot")[1]["preview"]
     assert a != b and Path(a).exists() and Path(b).exists()
@@ -347,7 +349,7 @@ def test_patient_data_needs_the_token(daemon):  # noqa: F811
     r = conn.getresponse()
     assert r.status == 200 and r.getheader("Content-Type").startswith("multipart/")
     conn.close()
-    from lucida.runtime.guard import sign_path
+    from lucida.runtime.http_guard import sign_path
 
     old = sign_path(TOKEN, "/live", 30, now=time.time() - 100)
     assert _get(daemon, old)[0] == 401

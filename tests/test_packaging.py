@@ -85,6 +85,7 @@ TOOLS_SHARED = {
     "lucida.tools.toolchain.edgetpu_rules",  # per-op Edge TPU verdicts (latency predictor)
     "lucida.tools.toolchain.deploy",  # POST to a device's daemon (remote profiling)
     "lucida.tools.hil.client",  # the HTTP client of a device's daemon (deploy)
+    "lucida.tools.demo.tiny_models",  # Keras architectures: the bench builds its bundles on them
 }
 TOOLS_ROOMS = sorted(p.name for p in (ROOT / "tools").iterdir() if (p / "__init__.py").is_file())
 

@@ -7,7 +7,8 @@ Applied to an RGB uint8 image of the field of view, in this order:
   corners), all folded into one precomputed gain map; saturation clips at 255;
 - Gaussian read noise and shot noise, sigma(I) = gain * sqrt(read_noise^2 + shot_noise^2 * I / gain)
   in digital numbers (DN), added through a variance-stabilising transform so it costs four
-  uint8 passes (two look-ups, one add, one subtract) with a precomputed noise bank.
+  uint8 passes (two look-ups, one add, one subtract) with precomputed noise planes (used in
+  turn, at a random offset, so two consecutive frames never share a noise pattern).
 Everything per frame is uint8 OpenCV arithmetic; maps and banks are built once.
 """
 
@@ -26,6 +27,14 @@ class CameraError(ValueError):
     """A camera setting out of range."""
 
 
+# Camera colour casts / white-balance errors held out from training (colour_gains R, G, B).
+CAMERA_SHIFTS = {
+    "warm": (1.0, 0.82, 0.6),  # tungsten lamp, daylight white balance
+    "cool": (0.72, 0.86, 1.0),  # LED / daylight lamp, tungsten white balance
+    "green": (0.82, 1.0, 0.78),  # a green-heavy sensor left unbalanced
+}
+
+
 @dataclass(frozen=True)
 class CameraConfig:
     """Camera settings.
@@ -34,7 +43,8 @@ class CameraConfig:
     image brightness scales with exposure_ms / 10 ms, motion blur with exposure_ms); gain:
     analogue gain (brightness and noise); read_noise_dn, shot_noise: noise model (DN, see the
     module docstring; 0 and 0 turn noise off); vignetting: fractional brightness loss at the
-    corners (0 = none); colour_gains: (R, G, B) white-balance error; motion_blur: on/off.
+    corners (0 = none); colour_gains: (R, G, B) white-balance error; motion_blur: on/off;
+    flicker: lamp flicker, the brightness of each frame varies by up to +-flicker (0.03 = 3 %).
     """
 
     resolution: tuple[int, int] = (1920, 1080)
@@ -46,6 +56,7 @@ class CameraConfig:
     vignetting: float = 0.25
     colour_gains: tuple[float, float, float] = (1.0, 0.97, 0.9)
     motion_blur: bool = True
+    flicker: float = 0.0
 
     def __post_init__(self):
         w, h = self.resolution
@@ -63,6 +74,8 @@ class CameraConfig:
             raise CameraError("camera read_noise_dn and shot_noise must be >= 0")
         if not 0 <= self.vignetting < 1:
             raise CameraError(f"camera vignetting must be in [0, 1), got {self.vignetting!r}")
+        if not 0 <= self.flicker < 0.5:
+            raise CameraError(f"camera flicker must be in [0, 0.5), got {self.flicker!r}")
         if len(self.colour_gains) != 3 or not all(0 < g <= 4 for g in self.colour_gains):
             raise CameraError(
                 f"camera colour_gains must be three gains in (0, 4], got {self.colour_gains!r}"
@@ -73,6 +86,8 @@ class CameraModel:
     """Applies a CameraConfig to frames; `seed` makes the noise reproducible."""
 
     NOISE_PAD = 64  # px of slack in the noise bank for per-frame random offsets
+    NOISE_PLANES = 3  # independent noise planes, used in turn: a sensor's noise is not a
+    # pattern that moves (shifted copies of one plane look like stage motion to a motion estimate)
 
     def __init__(self, config: CameraConfig, seed: int = 0):
         self.config = c = config
@@ -118,15 +133,13 @@ class CameraModel:
         levels = np.arange(256, dtype=np.float64) / q
         inv = np.interp(levels, t, i)
         self._inv = np.clip(np.rint(inv), 0, 255).astype(np.uint8)
-        n = (
-            self._rng.standard_normal((h + self.NOISE_PAD, w + self.NOISE_PAD, 3)).astype(
-                np.float32
-            )
-            * q
-        )
-        n = np.clip(np.rint(n), -255, 255)
-        self._npos = np.maximum(n, 0).astype(np.uint8)
-        self._nneg = np.maximum(-n, 0).astype(np.uint8)
+        self._npos, self._nneg = [], []
+        for _ in range(self.NOISE_PLANES):
+            n = self._rng.standard_normal((h + self.NOISE_PAD, w + self.NOISE_PAD, 3), np.float32)
+            n = np.clip(np.rint(n * q), -255, 255)
+            self._npos.append(np.maximum(n, 0).astype(np.uint8))
+            self._nneg.append(np.maximum(-n, 0).astype(np.uint8))
+        self._frame = 0
 
     def apply(
         self, image: np.ndarray, velocity_px_s: tuple[float, float] = (0.0, 0.0)
@@ -141,13 +154,18 @@ class CameraModel:
             ly = int(round(abs(velocity_px_s[1]) * ex))
             if lx >= 2 or ly >= 2:
                 out = cv2.blur(out, (max(1, lx), max(1, ly)))
-        out = cv2.multiply(out, self._gain_u8, scale=self._gain_scale)
+        scale = self._gain_scale
+        if c.flicker:
+            scale *= 1.0 + c.flicker * float(self._rng.uniform(-1.0, 1.0))
+        out = cv2.multiply(out, self._gain_u8, scale=scale)
         if self._noise:
             h, w = out.shape[:2]
             ox, oy = (int(v) for v in self._rng.integers(0, self.NOISE_PAD + 1, 2))
+            k = self._frame % self.NOISE_PLANES  # consecutive frames: independent noise
+            self._frame += 1
             out = cv2.LUT(out, self._fwd)
-            out = cv2.add(out, self._npos[oy : oy + h, ox : ox + w])
-            out = cv2.subtract(out, self._nneg[oy : oy + h, ox : ox + w])
+            out = cv2.add(out, self._npos[k][oy : oy + h, ox : ox + w])
+            out = cv2.subtract(out, self._nneg[k][oy : oy + h, ox : ox + w])
             out = cv2.LUT(out, self._inv)
         return out
 

@@ -42,6 +42,9 @@ class EmulatedNosepiece:
     on_move: called with the position when the host asks for a move (`1OB n`) or `move_to` is
     called while following a `position_source` (e.g. the scope's `set_turret_position`).
     split_writes: send each reply in two pieces a few ms apart (partial reads on the far end).
+    require_login: like a BX controller out of the box, refuse every command (`!,E01`) until
+    `1LOG IN`, and push no unsolicited `1OBM` reports until `1SNDOB ON`; a new session (replug)
+    starts logged out.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class EmulatedNosepiece:
         split_writes: bool = False,
         tick_s: float = 0.01,
         on_move: Optional[Callable[[int], None]] = None,
+        require_login: bool = False,
     ):
         if protocol not in ("olympus", "simple"):
             raise NosepieceError(f"nosepiece protocol {protocol!r}: expected olympus or simple")
@@ -63,6 +67,9 @@ class EmulatedNosepiece:
         self.split_writes = split_writes
         self.tick_s = tick_s
         self.silent = False  # read everything, send nothing (a controller that hangs)
+        self.require_login = require_login
+        self.logged_in = not require_login
+        self.notify = not require_login  # unsolicited 1OBM position reports
         self.received: List[str] = []  # lines the host sent, printable ones, in order
         self.dropped_bytes = 0  # output lost because the far end did not read
         self._position: Optional[int] = position
@@ -144,6 +151,7 @@ class EmulatedNosepiece:
             os.set_blocking(master, False)
             self._master, self._slave = master, slave
             self.tty = os.ttyname(slave)
+            self.logged_in = self.notify = not self.require_login  # a new session
             tmp = self.port + ".new"
             try:
                 os.unlink(tmp)
@@ -189,6 +197,8 @@ class EmulatedNosepiece:
         self._write(bytes(data))
 
     def _announce(self, position: Optional[int]) -> None:
+        if self.protocol == "olympus" and not self.notify:
+            return
         if self.protocol == "olympus":
             self.send_line("1OBM X" if position is None else f"1OBM {position}")
         else:
@@ -263,7 +273,15 @@ class EmulatedNosepiece:
             return
         cmd = text.upper().replace(" ", "")
         if self.protocol == "olympus":
-            if cmd == "1OB?":
+            if cmd.startswith("1LOG"):
+                self.logged_in = cmd == "1LOGIN" or not self.require_login
+                self.send_line("1LOG +")
+            elif not self.logged_in:
+                self.send_line(f"1{cmd[1:].rstrip('?')} !,E01")
+            elif cmd in ("1SNDOBON", "1SNDOBOFF"):
+                self.notify = cmd == "1SNDOBON"
+                self.send_line("1SNDOB +")
+            elif cmd == "1OB?":
                 pos = self.position
                 self.send_line("1OBM X" if pos is None else f"1OB {pos}")
             elif cmd.startswith("1OB") and cmd[3:].isdigit() and 0 < int(cmd[3:]) < 100:
@@ -272,8 +290,6 @@ class EmulatedNosepiece:
                     self.move_to(int(cmd[3:]), 0.1)
                 except Exception as exc:  # e.g. the scope has no such position
                     log.warning("nosepiece: move to %s refused: %s", cmd[3:], exc)
-            elif cmd.startswith("1LOG"):
-                self.send_line("1LOG +")
             elif cmd.startswith("1") and len(cmd) > 1:
                 self.send_line(f"1{cmd[1:].rstrip('?')} !,E01")
         elif cmd in ("OBJ?", "POS?"):

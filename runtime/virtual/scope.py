@@ -63,7 +63,10 @@ class VirtualMicroscope(FrameSource):
 
     slide: the specimen (default SyntheticSlide(seed)); path: stage motion (default a seeded
     random path over the tissue); camera: CameraConfig; objective: starting objective;
-    turret: objective per nosepiece position; realtime: pace read() at the frame rate.
+    turret: objective per nosepiece position; realtime: pace read() at the frame rate;
+    report_motion: False makes it a camera like any other (Frame.moving is never set: the
+    pipeline must see motion in the image); subpixel: render fractional stage positions
+    (bilinear) instead of snapping to whole pixels (what a real sensor sees of slow motion).
     """
 
     def __init__(
@@ -78,6 +81,8 @@ class VirtualMicroscope(FrameSource):
         turret_move_s: float = 0.5,
         settle_s: float = 0.3,
         realtime: bool = True,
+        report_motion: bool = True,
+        subpixel: bool = False,
         tile_px: int = 512,
         cache_tiles: int = 64,
         name: str = "virtual",
@@ -96,6 +101,8 @@ class VirtualMicroscope(FrameSource):
             raise ScopeError(f"tile_px must be 64..4096, got {tile_px}")
         self.name = name
         self.realtime = realtime
+        self.report_motion = report_motion
+        self.subpixel = subpixel
         self.turret_move_s = float(turret_move_s)
         self.settle_s = float(settle_s)
         self.tile_px = int(tile_px)
@@ -176,7 +183,7 @@ class VirtualMicroscope(FrameSource):
             self._next_ns = max(self._next_ns + period, t_ns) if self.realtime else t_ns
             stage = self._path.state(t - self._path_t0)
             obj, turret_moving, settling = self._turret_state(t)
-        moving = (
+        moving = self.report_motion and (
             turret_moving or settling or stage.speed_um_s > 0 or stage.since_jump_s < self.settle_s
         )
         w, h = self.camera.resolution
@@ -186,6 +193,8 @@ class VirtualMicroscope(FrameSource):
             mask = np.zeros((h, w), bool)
         else:
             view, mask = self._field_of_view(obj, stage.x_um, stage.y_um)
+            if abs(stage.defocus_um) > 0.25:  # out of focus: blur ~ defocus x NA-ish / px
+                view = cv2.GaussianBlur(view, (0, 0), 0.4 * abs(stage.defocus_um) / s + 0.1)
             image = self._cam.apply(view, (stage.vx_um_s / s, stage.vy_um_s / s))
         meta = {
             "truth_mask": mask,
@@ -268,6 +277,23 @@ class VirtualMicroscope(FrameSource):
             self.camera = camera
             self._cam = model
 
+    def set_controls(self, controls: dict) -> dict:
+        """Camera controls (runtime.camera_controls): exposure_ms, gain and fps change the
+        camera model; auto exposure and white balance are not modelled (reported as refused)."""
+        from dataclasses import replace
+
+        from ..camera_controls import check_controls
+
+        controls = check_controls(controls)
+        known = {k: controls[k] for k in ("exposure_ms", "gain", "fps") if k in controls}
+        cam = replace(self.camera, **known)  # CameraConfig validates the ranges
+        self.set_camera(cam)
+        self.controls_applied = {
+            n: {"asked": v, "accepted": n in known, "read": getattr(cam, n, None)}
+            for n, v in controls.items()
+        }
+        return self.controls_applied
+
     def set_path(self, path: StagePath) -> None:
         """Follow `path` from now on (its time 0 is now)."""
         with self._lock:
@@ -334,12 +360,22 @@ class VirtualMicroscope(FrameSource):
 
     def _field_of_view(self, obj: str, x_um: float, y_um: float) -> tuple[np.ndarray, np.ndarray]:
         """(rgb, truth mask) seen at objective `obj` with the stage at (x_um, y_um), no camera
-        effects; the top-left pixel is snapped to the objective's pixel lattice."""
+        effects; the top-left pixel is snapped to the objective's pixel lattice unless
+        `subpixel` (then interpolated; the truth mask stays snapped)."""
         w, h = self.camera.resolution
         s = OBJECTIVES[obj]
+        fx, fy = x_um / s - w / 2, y_um / s - h / 2  # top-left, camera px on the slide
+        if self.subpixel:  # a real image moves by fractions of a pixel too
+            px0, py0 = math.floor(fx) - 1, math.floor(fy) - 1
+            rgb, mask = self._crop(obj, px0, py0, w + 3, h + 3)
+            centre = (fx - px0 + (w - 1) / 2, fy - py0 + (h - 1) / 2)
+            mx, my = int(round(fx)) - px0, int(round(fy)) - py0
+            return cv2.getRectSubPix(rgb, (w, h), centre), mask[my : my + h, mx : mx + w]
+        return self._crop(obj, int(round(fx)), int(round(fy)), w, h)
+
+    def _crop(self, obj: str, px0: int, py0: int, w: int, h: int):
+        """(rgb, truth mask) of the w x h px box at (px0, py0) on objective `obj`'s lattice."""
         n = self.tile_px
-        px0 = int(round(x_um / s - w / 2))
-        py0 = int(round(y_um / s - h / 2))
         rgb = np.empty((h, w, 3), np.uint8)
         mask = np.empty((h, w), bool)
         for ty in range(py0 // n, (py0 + h - 1) // n + 1):
@@ -352,6 +388,11 @@ class VirtualMicroscope(FrameSource):
                 rgb[dst] = t_rgb[src]
                 mask[dst] = t_mask[src]
         return rgb, mask
+
+    def stage_at(self, t_ns: int) -> StageState:
+        """The stage at device time `t_ns` (realtime only): what was under the objective then."""
+        with self._lock:
+            return self._path.state((t_ns - self._t_open_ns) / 1e9 - self._path_t0)
 
     def state(self) -> tuple[StageState, str | None]:
         """(stage state, objective in place) now; for monitors and tests."""

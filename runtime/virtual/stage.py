@@ -33,14 +33,15 @@ class Waypoint:
 
 @dataclass(frozen=True)
 class StageState:
-    """Stage at one instant: centre of the field of view (um), velocity (um/s) and the time
-    since the last jump ended (s; math.inf when there was none)."""
+    """Stage at one instant: centre of the field of view (um), velocity (um/s), the time
+    since the last jump ended (s; math.inf when there was none) and the focus error (um)."""
 
     x_um: float
     y_um: float
     vx_um_s: float = 0.0
     vy_um_s: float = 0.0
     since_jump_s: float = math.inf
+    defocus_um: float = 0.0  # focus error (um): the camera blurs the image by it
 
     @property
     def speed_um_s(self) -> float:
@@ -153,3 +154,98 @@ class StagePath:
             x, y = nx, ny
             pts.append(Waypoint(x, y, float(rng.uniform(*speed_um_s)), pause))
         return cls(pts, loop=True)
+
+
+class TourPath:
+    """Stage motion as a hand on a real microscope makes it (seeded, sampled every `dt_s`):
+    stops, slow drifts, slow pans and fast pans, each speeding up and slowing down at a finite
+    acceleration, with small stage vibrations (um, 8..25 Hz) always on and a slow focus drift
+    (`defocus_um`, the camera blurs it). Same interface as StagePath (`state(t_s)`).
+
+    slow_um_s: speed range of slow pans; fast_um_s: of fast pans; accel_um_s2: acceleration
+    range; vibration_um: vibration amplitude; focus_um: focus drift amplitude.
+    `segments` lists (t_start_s, t_end_s, kind) with kind in still/drift/slow/fast.
+    """
+
+    KINDS = ("still", "drift", "slow", "fast")
+
+    def __init__(
+        self,
+        slide,
+        seed: int,
+        duration_s: float = 120.0,
+        slow_um_s: tuple[float, float] = (5.0, 30.0),
+        fast_um_s: tuple[float, float] = (300.0, 1500.0),
+        accel_um_s2: tuple[float, float] = (300.0, 3000.0),
+        weights: tuple[float, float, float, float] = (0.35, 0.15, 0.25, 0.25),
+        vibration_um: float = 0.15,
+        focus_um: float = 0.8,
+        dt_s: float = 0.002,
+    ):
+        rng = np.random.default_rng([int(seed), 303])
+        n = int(duration_s / dt_s) + 1
+        v = np.zeros((n, 2))
+        self.segments: list[tuple[float, float, str]] = []
+        i = 0
+        x0, y0 = slide.random_point(rng, "tissue")
+        pos = np.array([x0, y0])
+        while i < n - 1:
+            kind = self.KINDS[rng.choice(4, p=np.asarray(weights) / sum(weights))]
+            if kind == "still":
+                length = int(rng.uniform(1.0, 4.0) / dt_s)
+                prof = np.zeros(length)
+            else:
+                top = {
+                    "drift": rng.uniform(0.5, 3.0),
+                    "slow": rng.uniform(*slow_um_s),
+                    "fast": rng.uniform(*fast_um_s),
+                }[kind]
+                acc = rng.uniform(*accel_um_s2) * (0.05 if kind == "drift" else 1.0)
+                cruise = rng.uniform(1.0, 3.0) if kind != "fast" else rng.uniform(0.2, 1.0)
+                ramp = np.arange(0.0, top / acc, dt_s) * acc
+                prof = np.concatenate([ramp, np.full(int(cruise / dt_s), top), ramp[::-1]])
+            ang = self._heading(slide, rng, pos)
+            j = min(n - 1, i + len(prof))
+            v[i:j] = prof[: j - i, None] * (math.cos(ang), math.sin(ang))
+            pos = pos + v[i:j].sum(0) * dt_s
+            self.segments.append((i * dt_s, j * dt_s, kind))
+            i = j
+        xy = np.array([x0, y0]) + np.vstack([[0, 0], np.cumsum(v[:-1], 0) * dt_s])
+        t = np.arange(n) * dt_s
+        self._pan = np.hypot(v[:, 0], v[:, 1])
+        # vibrations: two sinusoids per axis (um), added to position and velocity
+        for f, a in ((rng.uniform(8, 14), vibration_um), (rng.uniform(15, 25), vibration_um / 2)):
+            ph = rng.uniform(0, 2 * np.pi, 2)
+            xy += a * np.sin(2 * np.pi * f * t[:, None] + ph)
+            v += a * 2 * np.pi * f * np.cos(2 * np.pi * f * t[:, None] + ph)
+        ph = rng.uniform(0, 2 * np.pi)
+        self.defocus = focus_um * np.sin(2 * np.pi * t / rng.uniform(20, 40) + ph)
+        self.dt_s, self.t, self.xy, self.v = dt_s, t, xy, v
+        self.duration_s = t[-1]
+        self.loop = False
+
+    @staticmethod
+    def _heading(slide, rng, pos) -> float:
+        """A direction (rad) that leads over tissue for the next ~500 um, when one is found."""
+        for _ in range(12):
+            ang = rng.uniform(0, 2 * np.pi)
+            ahead = pos + 500.0 * np.array([math.cos(ang), math.sin(ang)])
+            if slide.region_at(ahead[:1], ahead[1:])[0] > 0:
+                return ang
+        return ang
+
+    def state(self, t_s: float) -> StageState:
+        """Where the stage is t_s seconds after the tour started (it stays at its end)."""
+        k = min(max(0.0, float(t_s)) / self.dt_s, len(self.t) - 1.0)
+        i = int(k)
+        j = min(i + 1, len(self.t) - 1)
+        f = k - i
+        x, y = self.xy[i] * (1 - f) + self.xy[j] * f
+        vx, vy = self.v[i]
+        return StageState(
+            float(x), float(y), float(vx), float(vy), math.inf, float(self.defocus[i])
+        )
+
+    def pan_speed_um_s(self) -> np.ndarray:
+        """Speed of the hand's pans only (vibration excluded), um/s, at every sample."""
+        return self._pan

@@ -79,3 +79,42 @@ def to_rgb(lut: np.ndarray, h_units: np.ndarray, e_units: np.ndarray) -> np.ndar
     return cv2.remap(
         lut, e_units, h_units, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
     )
+
+
+def _hue_turn(v, deg: float) -> np.ndarray:
+    """OD vector `v` turned by `deg` about the grey axis (1, 1, 1): a hue change."""
+    k = np.ones(3) / np.sqrt(3.0)
+    t = np.radians(deg)
+    v = np.asarray(v, np.float64)
+    r = v * np.cos(t) + np.cross(k, v) * np.sin(t) + k * np.dot(k, v) * (1 - np.cos(t))
+    return _unit(np.clip(r, 0.02, None))
+
+
+# Held-out stain protocols: each is beyond the range Stain.random draws for training
+# slides (vector noise sd 0.07, strengths 0.6-1.4 / 0.55-1.5, casts -6..+3 %).
+HUE_TURN_DEG = 60.0  # about grey: H and E turn by ~18 deg; training varies by ~6 (sd 0.07)
+STAIN_SHIFTS = {
+    "hue": "both stain vectors turned 60 deg about grey (another haematoxylin / eosin lot)",
+    "faded": "H and E at 0.35x (an old, faded or under-stained slide)",
+    "over": "H and E at 2x (over-stained)",
+    "ratio": "H 1.8x, E 0.4x (a different H:E ratio)",
+}
+
+
+def shifted_stain(stain: Stain, kind: str) -> Stain:
+    """`stain` under one held-out protocol of STAIN_SHIFTS (same tissue, other colours)."""
+    from dataclasses import replace
+
+    if kind == "hue":
+        return replace(
+            stain,
+            h_od=tuple(float(v) for v in _hue_turn(stain.h_od, HUE_TURN_DEG)),
+            e_od=tuple(float(v) for v in _hue_turn(stain.e_od, HUE_TURN_DEG)),
+        )
+    if kind == "faded":
+        return replace(stain, h_scale=stain.h_scale * 0.35, e_scale=stain.e_scale * 0.35)
+    if kind == "over":
+        return replace(stain, h_scale=stain.h_scale * 2.0, e_scale=stain.e_scale * 2.0)
+    if kind == "ratio":
+        return replace(stain, h_scale=stain.h_scale * 1.8, e_scale=stain.e_scale * 0.4)
+    raise ValueError(f"unknown stain shift {kind!r}; expected one of {', '.join(STAIN_SHIFTS)}")

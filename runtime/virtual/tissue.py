@@ -149,6 +149,13 @@ class SyntheticSlide:
         self._tex: OrderedDict[float, _Textures] = OrderedDict()
         self._lock = threading.Lock()
 
+    def set_stain(self, stain: Stain) -> None:
+        """Stain this slide's tissue differently (a held-out stain protocol): same anatomy
+        and cells, other colours."""
+        with self._lock:
+            self.stain = stain
+            self._lut = stain.lut_image()
+
     def __repr__(self) -> str:
         return f"SyntheticSlide(seed={self.seed}, size_um={self.size_um})"
 

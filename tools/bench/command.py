@@ -1,4 +1,6 @@
-"""`lucida bench engine|pipeline|overlay`: ours against the limit (or a peer) in one run, as JSON.
+"""`lucida bench engine|pipeline|overlay|safety`: ours against the limit (or a peer), as JSON.
+
+`lucida bench models --out DIR` builds one bundle per output kind to bench the engine on.
 
 Each benchmark discards the first inference after a model load and reports p50/p90/p99.
 """
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-BENCHES = ("engine", "pipeline", "overlay")
+BENCHES = ("engine", "pipeline", "overlay", "models", "safety")
 
 
 def register(sub) -> None:
@@ -17,7 +19,12 @@ def register(sub) -> None:
         "--bundle", default="lymph-m", help="bundle folder or shipped name (default lymph-m)"
     )
     p.add_argument("--runs", type=int, default=200, help="timed runs per variant")
-    p.add_argument("--seconds", type=float, default=10.0, help="pipeline: how long to run")
+    p.add_argument(
+        "--seconds", type=float, default=10.0, help="pipeline: how long to run; safety: per tour"
+    )
+    p.add_argument(
+        "--seeds", default="1,2", help="safety: tour seeds, comma-separated (default 1,2)"
+    )
     p.add_argument(
         "--threads", type=int, default=None, help="interpreter threads (default: all cores)"
     )
@@ -35,13 +42,18 @@ def register(sub) -> None:
         help="pipeline with --sim-edgetpu-ms: simulated devices (1 device is measured too)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object only")
+    p.add_argument("--out", default="bench-models", help="models: folder for the bundles")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from lucida.models import resolve_bundle
 
-    if args.which == "engine":
+    if args.which == "models":
+        from lucida.tools.bench.models import build_bench_models
+
+        result = build_bench_models(args.out)
+    elif args.which == "engine":
         from lucida.tools.bench.engine import bench_engine
 
         result = bench_engine(resolve_bundle(args.bundle), args.runs, args.threads)
@@ -54,6 +66,16 @@ def run(args) -> int:
             args.threads,
             sim_edgetpu_ms=args.sim_edgetpu_ms,
             devices=args.devices,
+        )
+    elif args.which == "safety":
+        from lucida.tools.bench.safety import bench_safety
+
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds {args.seeds!r}: expected integers like 1,2") from None
+        result = bench_safety(
+            resolve_bundle(args.bundle), args.seconds, seeds, threads=args.threads
         )
     else:
         from lucida.tools.bench.overlay import run_overlay_bench

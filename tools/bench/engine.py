@@ -27,7 +27,9 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
     """Raw interpreter (set_tensor + invoke + get_tensor) vs Engine.infer on a single-tile frame.
 
     Both run on the engine's own interpreter, alternating call by call, so the only difference
-    is the engine's work around invoke (quantization, dequantization, the heatmap's affine).
+    is the engine's work around invoke (quantization, output decoding, the heatmap's affine).
+    decode_ratio: 1 + (output decoding alone) / raw, from the same run: steadier than
+    overhead_ratio on a loaded machine, where scheduling noise hits whole calls.
     """
     from lucida.runtime.engine import Engine
     from lucida.runtime.stats import percentiles_ms
@@ -48,8 +50,14 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
     def engine_call():
         return engine.infer(frame, um_per_px=m.input.um_per_px)
 
-    t = _interleaved({"raw": raw_call, "engine": engine_call}, runs)
+    out = raw_call()[0].copy()
+
+    def decode_call():  # the output decoding alone (no interpreter): steady CPU work
+        return engine.decoder.positive(out)
+
+    t = _interleaved({"raw": raw_call, "engine": engine_call, "decode": decode_call}, runs)
     r, e = percentiles_ms(t["raw"], "raw_ms"), percentiles_ms(t["engine"], "engine_ms")
+    d = percentiles_ms(t["decode"], "decode_ms")
     return {
         "bench": "engine",
         "bundle": bundle.name,
@@ -57,7 +65,11 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
         "backend": f"{engine.info.backend} {engine.info.backend_version}",
         "threads": engine.num_threads,
         "runs": runs,
+        "output": f"{m.output.kind} {[int(v) for v in o['shape']]} {np.dtype(o['dtype']).name} "
+        f"{m.output.activation}",
         **r,
         **e,
+        **d,
         "overhead_ratio": round(float(np.median(t["engine"]) / np.median(t["raw"])), 4),
+        "decode_ratio": round(1 + float(np.median(t["decode"]) / np.median(t["raw"])), 4),
     }

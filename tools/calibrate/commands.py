@@ -3,13 +3,14 @@ colour targets and calibration profiles.
 
 Exit codes: 0 ok; 2 bad input; 3 pattern not found; 4 too few points; 5 degenerate
 homography; 6 unreadable image; 7 objective not in the profile; 8 invalid profile;
-9 measurement failed (no rulings, blank field too dark, ...).
+9 measurement failed (blank field too dark, ...); 10 refused: the input is not what the
+measurement needs (not a ruling, too little tissue, not a blank field) or its own
+cross-checks disagree, so no figure is given rather than a wrong one.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
@@ -136,9 +137,9 @@ def cmd_display(args) -> int:
 
 def cmd_pixel_size(args) -> int:
     from lucida.calibration import measure_pixel_size
-    from lucida.calibration.imageio import read_image
+    from lucida.calibration.imageio import read_gray_native
 
-    image = read_image(args.image, "micrometer image")
+    image = read_gray_native(args.image, "micrometer image")  # 12/16-bit kept as is
     prof, path = _profile_target(args)
     res = measure_pixel_size(image, args.spacing_um)
     data = res.to_json()
@@ -220,14 +221,14 @@ def cmd_color_target(args) -> int:
 
     images = [read_image(f, "training-domain image") for f in args.images]
     if args.method == "reinhard":
-        stats = fit_target(images)
+        stats = fit_target(images, names=[str(f) for f in args.images])
         data = {
             "method": "reinhard",
             "lab_mean": [round(v, 4) for v in stats.mean],
             "lab_std": [round(v, 4) for v in stats.std],
         }
     else:
-        t = fit_stain_target(images[0])
+        t = fit_stain_target(images[0], what=f"image {str(args.images[0])!r}")
         data = {
             "method": "macenko",
             "stains": [[round(v, 5) for v in s] for s in t.stains],
@@ -326,100 +327,9 @@ def cmd_show(args) -> int:
     return 0
 
 
-def cmd_simulate(args) -> int:
-    import numpy as np
-    from lucida.calibration.imageio import write_image
-    from lucida.calibration.pattern import load_pattern, render_pattern
-    from lucida.tools.calibrate.simulate import GEOMETRIES, random_homography, simulate_capture
-
-    spec = load_pattern(args.pattern)
-    rng = np.random.default_rng(args.seed)
-    camera = tuple(int(v) for v in args.camera.lower().split("x")) if args.camera else None
-    circle = _floats(args.circle, 3, "--circle") if args.circle else None
-    if camera is None:
-        match = [g for g in GEOMETRIES.values() if g[0] == tuple(spec.display)]
-        camera = match[0][1] if match else tuple(spec.display)
-        circle = circle if circle is not None else (match[0][2] if match else None)
-    h, eval_pts, params = random_homography(rng, tuple(spec.display), camera, circle)
-    img = simulate_capture(
-        render_pattern(spec),
-        h,
-        camera,
-        rng,
-        circle,
-        blur_sigma=args.blur,
-        noise_dn=args.noise,
-        pattern_gain=args.pattern_gain,
-    )
-    write_image(args.out, img)
-    truth = Path(args.out).with_suffix(".truth.json")
-    truth.write_text(
-        json.dumps(
-            {
-                "homography": h.tolist(),
-                "eval_camera_px": eval_pts.tolist(),
-                "camera": list(camera),
-                "circle": circle,
-                "params": {
-                    k: (float(v) if np.isscalar(v) else [float(x) for x in v])
-                    for k, v in params.items()
-                },
-            },
-            indent=1,
-        )
-    )
-    _emit(args, {"captured": str(args.out), "truth": str(truth)}, f"wrote {args.out} and {truth}")
-    return 0
-
-
-def cmd_simulate_micrometer(args) -> int:
-    from lucida.calibration.imageio import write_image
-    from lucida.tools.calibrate.simulate import micrometer_image
-
-    m = micrometer_image(args.seed, period_px=args.period_px)
-    write_image(args.out, m.image)
-    _emit(
-        args,
-        {"image": str(args.out), "period_px": m.period_px, "angle_deg": m.angle_deg},
-        f"wrote {args.out}: period {m.period_px:.4f} px at {m.angle_deg:.2f} deg",
-    )
-    return 0
-
-
-def cmd_evaluate(args) -> int:
-    from lucida.tools.calibrate.accuracy import evaluate
-
-    res = evaluate(args.trials, args.pixel_trials, args.seed, args.flat_frames)
-    if not args.per_trial:
-        res["registration"].pop("per_trial", None)
-    if args.json:
-        print(json.dumps(res, indent=2))
-    else:
-        r, p, f = res["registration"], res["pixel_size"], res["flat_field"]
-        print(
-            f"registration ({r['trials']} trials, {len(r['failures'])} failed): corner error mean "
-            f"{r['mean_corner_error_px']} px, p95 {r['p95_corner_error_px']} px, worst {r['worst_corner_error_px']} px "
-            f"(limits 0.5 / 1.5); {r['register_ms_p50']} ms per registration (p50)"
-        )
-        print(
-            f"pixel size ({p['trials']} trials, {len(p['failures'])} failed): error mean {p['mean_error_pct']} %, "
-            f"worst {p['worst_error_pct']} % (limit 0.5 %), within 3 sigma {p['within_3_sigma']}"
-        )
-        t = f["ms_per_frame"]
-        print(
-            f"flat field ({f['frame']}): non-uniformity {f['nonuniformity_before_pct']} % -> "
-            f"{f['nonuniformity_after_pct']} %; per frame: CPU {t['cpu_p50']} / {t['cpu_p99']} ms "
-            f"p50/p99 on one thread, wall {t['wall_p50']} / {t['wall_p99']} ms "
-            f"(limit 2 ms, CPU p50 ratio {f['ratio_cpu_p50_to_limit']})"
-        )
-        print("PASS" if res["pass"] else "FAIL")
-    return 0 if res["pass"] else 1
-
-
-# ---------------------------------------------------------------- parser
-
-
 def register(sub) -> None:
+    from lucida.tools.calibrate import trials
+
     p = sub.add_parser(
         "calibrate", help="display registration, pixel size, flat-field, colour, profiles"
     )
@@ -501,6 +411,23 @@ def register(sub) -> None:
     q.add_argument("--method", choices=("reinhard", "macenko"), default="reinhard")
 
     q = add(
+        "bench-charuco",
+        trials.cmd_bench_charuco,
+        "bench: ChArUco detection vs OpenCV's CharucoDetector on photos of a printed board",
+    )
+    q.add_argument("--images", nargs="+", required=True, help="photos of a 5x7 DICT_6X6_250 board")
+    q.add_argument("--intrinsics", help="OpenCV calibration YAML of the camera (for undistortion)")
+    q.add_argument("--repeats", type=int, default=15)
+
+    q = add(
+        "bench-color",
+        trials.cmd_bench_color,
+        "bench: colour normalization per 1080p frame (p50/p90/p99) against its limits",
+    )
+    q.add_argument("--frames", type=int, default=30)
+    q.add_argument("--seed", type=int, default=0)
+
+    q = add(
         "manual", cmd_manual, "manual registration: nudge circles onto a target slide (ARM-style)"
     )
     q.add_argument("--display", required=True, help="display size WxH")
@@ -523,7 +450,11 @@ def register(sub) -> None:
     q.add_argument("--profile", required=True)
     q.add_argument("--objective")
 
-    q = add("simulate", cmd_simulate, "host: simulate the camera's photo of a pattern over tissue")
+    q = add(
+        "simulate",
+        trials.cmd_simulate,
+        "host: simulate the camera's photo of a pattern over tissue",
+    )
     q.add_argument("--pattern", required=True)
     q.add_argument("--out", required=True)
     q.add_argument("--seed", type=int, default=0)
@@ -536,14 +467,18 @@ def register(sub) -> None:
     )
 
     q = add(
-        "simulate-micrometer", cmd_simulate_micrometer, "host: simulate a stage micrometer image"
+        "simulate-micrometer",
+        trials.cmd_simulate_micrometer,
+        "host: simulate a stage micrometer image",
     )
     q.add_argument("--out", required=True)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--period-px", type=float, help="ruling pitch in px (default random 6..70)")
 
     q = add(
-        "evaluate", cmd_evaluate, "bench: seeded registration, pixel-size and flat-field trials"
+        "evaluate",
+        trials.cmd_evaluate,
+        "bench: seeded registration, pixel-size and flat-field trials",
     )
     q.add_argument("--trials", type=int, default=50, help="registration trials")
     q.add_argument("--pixel-trials", type=int, default=50, help="pixel-size trials")

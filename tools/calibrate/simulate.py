@@ -354,17 +354,30 @@ class MicrometerImage:
 
 
 def micrometer_image(
-    seed: int, size: tuple[int, int] = (1280, 960), period_px: float | None = None
+    seed: int,
+    size: tuple[int, int] = (1280, 960),
+    period_px: float | None = None,
+    numbers: bool = False,
+    jpeg_quality: int | None = None,
+    thin: bool = False,
+    light_tilt: float = 0.25,
+    bits: int = 8,
 ) -> MicrometerImage:
     """A stage micrometer (dark rulings, every 5th and 10th longer, on a baseline) at a
-    random rotation and pitch, with blur, noise, uneven light and vignetting."""
+    random rotation and pitch, with blur, noise, uneven light and vignetting.
+
+    numbers: print numbers at every 10th tick; jpeg_quality: JPEG round trip;
+    thin: 1.2 px rulings (strong harmonics); light_tilt: strength of the light gradient
+    across the field; bits: 12 or 16 gives uint16 HxW camera data at that depth (12-bit
+    values in a 16-bit container), 8 the usual HxWx3 uint8 RGB.
+    """
     rng = np.random.default_rng(seed)
     w, h = size
     period = float(
         period_px if period_px is not None else np.exp(rng.uniform(np.log(6.0), np.log(70.0)))
     )
     theta = float(rng.uniform(0, np.pi))  # direction of the scale (normal of the rulings)
-    width = max(1.2, period * rng.uniform(0.08, 0.2))
+    width = 1.2 if thin else max(1.2, period * rng.uniform(0.08, 0.2))
     tick = rng.uniform(0.12, 0.25) * min(w, h)
     n_ticks = int(rng.integers(40, 101))
     cx, cy = (w - 1) / 2 + rng.uniform(-0.1, 0.1) * w, (h - 1) / 2 + rng.uniform(-0.1, 0.1) * h
@@ -382,10 +395,20 @@ def micrometer_image(
     in_scale = np.clip(np.minimum(u - u0, u0 + (n_ticks - 1) * period - u) + width / 2 + 0.5, 0, 1)
     base = np.clip(width / 2 + 0.5 - np.abs(v - v0), 0, 1) * in_scale
     ink = np.maximum(ticks, base)
+    if numbers:  # labels beyond the long ticks, every 10th, in the scale's frame
+        text = np.zeros((h, w), np.uint8)
+        for j in range(0, n_ticks, 10):
+            pu = u0 + j * period
+            pv = v0 + tick * 2.0 + 0.08 * min(w, h)
+            x0 = cx + pu * np.cos(theta) - pv * np.sin(theta)
+            y0 = cy + pu * np.sin(theta) + pv * np.cos(theta)
+            scale = max(0.4, min(w, h) / 900)
+            cv2.putText(text, str(j), (int(x0), int(y0)), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, 2)
+        ink = np.maximum(ink, text / 255.0)
     contrast = rng.uniform(0.5, 0.85)
     light = 1.0 - contrast * ink
     # uneven light: tilted plane + smooth blotches + vignetting
-    gx, gy = rng.uniform(-0.25, 0.25, 2)
+    gx, gy = rng.uniform(-light_tilt, light_tilt, 2)
     plane = 1.0 + gx * (x / w - 0.5) + gy * (y / h - 0.5)
     blotch = 1.0 + 0.08 * _smooth_noise(rng, (h, w), min(w, h) / 6.0)
     illum = plane * blotch * vignette_map(size, rng.uniform(0.1, 0.35))
@@ -393,9 +416,18 @@ def micrometer_image(
     img = (light * illum * level).astype(np.float32)
     tint = np.array([1.0, rng.uniform(0.95, 1.0), rng.uniform(0.85, 1.0)], np.float32)
     rgb = img[..., None] * tint
-    blur = float(rng.uniform(0.5, 2.5))
+    blur = float(rng.uniform(0.5, 1.0 if thin else 2.5))
     noise = float(rng.uniform(2.0, 8.0))
-    out = camera_expose(rgb, rng, blur_sigma=blur, noise_dn=noise)
+    if bits > 8:  # camera data at its own depth: grey, 12 or 16 bits
+        top = float(2**bits - 1)
+        g = cv2.GaussianBlur(img, (0, 0), blur) * (top / 255.0)
+        g = g + rng.standard_normal(g.shape).astype(np.float32) * noise * top / 255.0
+        out = np.clip(g + 0.5, 0, top).astype(np.uint16)
+    else:
+        out = camera_expose(rgb, rng, blur_sigma=blur, noise_dn=noise)
+    if jpeg_quality is not None and out.dtype == np.uint8:
+        ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        out = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     return MicrometerImage(
         out,
         period,

@@ -14,6 +14,11 @@ from pathlib import Path
 import numpy as np
 from lucida.tools.demo.evaluate import FOV_SCORE_PERCENTILE, FOV_TUMOUR_FRACTION
 
+
+class DemoError(ValueError):
+    """Bad `lucida demo` arguments (exit 2)."""
+
+
 STALL_TIMEOUT_MS = 2000  # the virtual camera renders a new field cold for ~1 s after a jump
 TOUR_PAUSE_S = 2.0  # the demo's stage rests this long on each field, as a pathologist would
 
@@ -120,7 +125,22 @@ def run(args) -> int:
     from lucida.runtime.virtual.camera import CameraConfig
     from lucida.runtime.virtual.scope import VirtualMicroscope
 
+    for flag, value in (
+        ("--frames", args.frames),
+        ("--seconds", args.seconds),
+        ("--fps", args.fps),
+    ):
+        if not value > 0:
+            raise DemoError(f"{flag} must be > 0, got {value}")
+    if args.picture_width < 16:
+        raise DemoError(f"--picture-width must be >= 16 px, got {args.picture_width}")
     bundle = resolve_bundle(args.bundle)
+    if args.objective not in bundle.manifest.objectives:
+        raise DemoError(
+            f"no model for {args.objective}: bundle {bundle.name} is made for "
+            f"{', '.join(bundle.manifest.objectives)} (the eyepiece would stay dark); "
+            f"choose --objective {bundle.manifest.objectives[0]} or another --bundle"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     camera = CameraConfig(resolution=(1920, 1080), fps=args.fps)

@@ -58,6 +58,17 @@ class _Tally:
         self.inter += int(np.count_nonzero(contour & mask))
         self.union += int(np.count_nonzero(contour | mask))
 
+    def add_fov(self, probs: np.ndarray, affine: np.ndarray, mask: np.ndarray) -> None:
+        """Only the FoV label and score (domain-shift runs report FoV AUC only)."""
+        self.fov_labels.append(bool(mask.mean() >= FOV_TUMOUR_FRACTION))
+        self.fov_scores.append(float(np.percentile(probs, FOV_SCORE_PERCENTILE)))
+
+    def fov_auc(self) -> float | None:
+        from lucida.runtime.stats import roc_auc
+
+        v = roc_auc(np.asarray(self.fov_labels), self.fov_scores)
+        return None if v is None else round(float(v), 4)
+
     def summary(self) -> dict:
         from lucida.runtime.stats import roc_auc
 
@@ -119,20 +130,34 @@ def fov_positions(slide, objective: str, n: int, rng: np.random.Generator) -> li
     return out[:n]
 
 
-def fov_frames(slides, objective: str, per_slide: int, seed: int = 0):
+def fov_frames(
+    slides,
+    objective: str,
+    per_slide: int,
+    seed: int = 0,
+    stain_shift: str | None = None,
+    camera=None,
+):
     """Frames of the virtual microscope at `objective`, `per_slide` per held-out slide (a seed or
-    a SyntheticSlide), with the stage at seeded random positions on tissue (fov_positions)."""
+    a SyntheticSlide), with the stage at seeded random positions on tissue (fov_positions).
+
+    stain_shift: a held-out stain protocol (runtime.virtual.stain.STAIN_SHIFTS) applied to
+    each slide; camera: a CameraConfig (e.g. with a colour cast) instead of the default."""
     from lucida.runtime.virtual.scope import VirtualMicroscope
     from lucida.runtime.virtual.stage import StagePath
+    from lucida.runtime.virtual.stain import shifted_stain
     from lucida.runtime.virtual.tissue import SyntheticSlide
 
     for s in slides:
         slide = s if isinstance(s, SyntheticSlide) else SyntheticSlide(int(s))
+        if stain_shift:
+            slide.set_stain(shifted_stain(slide.stain, stain_shift))
         rng = np.random.default_rng([slide.seed, seed, 4242])
         points = fov_positions(slide, objective, per_slide, rng)
         scope = VirtualMicroscope(
             slide,
             path=StagePath.still(*points[0]),
+            camera=camera,
             objective=objective,
             realtime=False,
             turret_move_s=0.0,
@@ -302,6 +327,17 @@ def register(sub) -> None:
         metavar="PNG",
         help="save one illustrative FoV (frame, truth outline, model contours) as PNG",
     )
+    p.add_argument(
+        "--shift",
+        help="domain shift: 'stain', 'camera' or 'stain,camera'; FoV AUC per held-out stain "
+        "protocol / camera cast with the bundle's colour normalization on and off",
+    )
+    p.add_argument(
+        "--fit-color-target",
+        action="store_true",
+        help="measure the bundle's colour normalization target on its training slides "
+        "(with --write: store it in the manifest's color_norm)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -358,6 +394,8 @@ def run(args) -> int:
         raise EvalError(f"--slides must be comma-separated integers, got {args.slides!r}") from None
     if args.fovs < 1:
         raise EvalError(f"--fovs must be >= 1, got {args.fovs}")
+    if args.fit_color_target or args.shift:
+        return _run_colour(args, bundle, objectives, seeds)
     twin_path = args.float_bundle or float_twin_path(bundle)
     bundles = {"int8": bundle}
     if twin_path:
@@ -400,6 +438,55 @@ def run(args) -> int:
         print(json.dumps(result))
     else:
         print(_table(bundle.name, metrics, result.get("latency")))
+    return 0
+
+
+def _run_colour(args, bundle, objectives, seeds) -> int:
+    """--fit-color-target and --shift (see tools.demo.shift)."""
+    from lucida.models.bundle import update_manifest
+
+    from .shift import evaluate_shift, fit_color_target
+
+    result: dict = {"bundle": bundle.name}
+    t0 = time.perf_counter()
+    if args.fit_color_target:
+        target = fit_color_target(bundle, objectives)
+        result["color_norm"] = target
+        if args.write:
+            update_manifest(bundle.path, color_norm=target)
+    if args.shift:
+        from lucida.models import load_bundle
+
+        bundle = load_bundle(bundle.path)  # with the target just written, if any
+        kinds = [k.strip() for k in args.shift.split(",") if k.strip()]
+        res = evaluate_shift(bundle, objectives, kinds, seeds, args.fovs, args.seed, args.threads)
+        result["shift"] = res
+        result["command"] = (
+            f"lucida eval {args.bundle} --shift {args.shift} --fovs {args.fovs} --json"
+        )
+        if args.write:
+            metrics = {
+                **bundle.manifest.metrics,
+                "domain_shift": {
+                    "fov_auc": res,
+                    "slides": seeds,
+                    "fovs_per_slide": args.fovs,
+                    "command": result["command"],
+                },
+            }
+            update_manifest(bundle.path, metrics=metrics)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        if "color_norm" in result:
+            print(f"{bundle.name}: colour target {json.dumps(result['color_norm'])}")
+        for name, per in result.get("shift", {}).items():
+            cells = "  ".join(
+                f"{o}: off {_f(v['fov_auc_norm_off'])} on {_f(v['fov_auc_norm_on'])}"
+                for o, v in per.items()
+            )
+            print(f"  {name:>14}  {cells}")
     return 0
 
 

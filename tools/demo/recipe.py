@@ -95,6 +95,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from lucida.tools.cli import require_host
+
+    require_host("tensorflow", "keras")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from lucida.models.bundle import update_manifest
     from lucida.tools.demo.evaluate import HELD_OUT_SEEDS, evaluate, latency, metrics_for_manifest

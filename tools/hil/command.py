@@ -7,6 +7,7 @@ device could not be set up, 2 for a bad scenario or bad arguments.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -65,6 +66,7 @@ def run(args) -> int:
     from lucida.tools.hil.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
+    scratch = None
     if args.check:
         print(f"{scenario.path}: valid ({len(scenario.steps)} steps)")
         return 0
@@ -76,16 +78,23 @@ def run(args) -> int:
     else:
         if args.url or args.serial or args.truth:
             raise HilError("--url, --serial and --truth are for --dut remote")
-        work = (report_dir / "dut") if report_dir else Path(tempfile.mkdtemp(prefix="lucida-hil-"))
+        scratch = None if report_dir else tempfile.mkdtemp(prefix="lucida-hil-")
+        work = (report_dir / "dut") if report_dir else Path(scratch)
         dut = EmulatedDut(scenario.dut, work, args.daemon_cmd, args.bundle_dir)
     echo = (lambda line: None) if args.quiet else (lambda line: print(line, flush=True))
     signal.signal(signal.SIGTERM, _interrupt)  # stop the emulated daemon on the way out
-    report = Bench(scenario, dut, fail_fast=args.fail_fast, echo=echo).run()
+    try:
+        report = Bench(scenario, dut, fail_fast=args.fail_fast, echo=echo).run()
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
     c = report["counts"]
     where = ""
     if report_dir is not None:
         paths = write_report(report, report_dir)
         where = f"; report {paths['html']}"
+        if "plots_missing" in paths:
+            where += f" ({paths['plots_missing']})"
     print(
         f"lucida hil: {scenario.name} {report['verdict'].upper()}: {c['passed']} passed, "
         f"{c['failed']} failed, {c['skipped']} skipped, {c['error']} errors "

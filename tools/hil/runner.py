@@ -60,7 +60,8 @@ class Checks:
         self.metrics: dict = {}
 
     def check(self, name: str, ok: bool, value=None, limit=None, note: str = "") -> bool:
-        self.items.append(Check(name, bool(ok), value, limit, note))
+        """Record a check; `note` explains a failure and is dropped when the check passes."""
+        self.items.append(Check(name, bool(ok), value, limit, "" if ok else note))
         return bool(ok)
 
     def at_most(self, name: str, value, limit) -> bool:

@@ -109,7 +109,9 @@ def deploy(b: Bench, p, c: Checks) -> None:
             ),
             None,
         )
-        if not c.check("model switch blanked the display", swap is not None, swap and swap["t_ns"]):
+        if not c.check(
+            "model switch blanked the display", swap is not None, swap and swap["reason"]
+        ):
             return
         _clearing_checks(b, c, swap["t_ns"], p.cleared_within_ms, "model", model=name)
 

@@ -235,8 +235,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from lucida.tools.cli import require_host
+
     if args.count < 1:
         raise CandidateError("--count must be >= 1")
+    require_host("tensorflow", "keras")
     paths = build_candidates(range(args.first, args.first + args.count), args.out)
     if args.json:
         for p in paths:

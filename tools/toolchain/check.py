@@ -365,8 +365,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from lucida.tools.toolchain.bundle import model_path
+
     try:
-        report = check_file(args.model, args.runtime_version)
+        report = check_file(model_path(args.model), args.runtime_version)
     except TFLiteReadError as exc:
         if args.json:
             print(json.dumps({"path": str(args.model), "readable": False, "error": str(exc)}))

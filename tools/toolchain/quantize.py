@@ -188,6 +188,7 @@ def quantize_to_bundle(
         cpu_tflite=tflite,
         golden_input=val[0].rgb,
         um_per_px=um_per_px,
+        check_input=report["verdict"]["ok"],  # a BAD report already names the problem
         output={
             "kind": kind,
             "channels": channels,
@@ -244,6 +245,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from lucida.models import pack_bundle
+    from lucida.tools.cli import require_host
+
+    require_host("tensorflow")
 
     bundle, report = quantize_to_bundle(
         args.model,
