@@ -255,7 +255,9 @@ def make_app(daemon) -> web.Application:
 
     async def live_url(request):
         ttl = query_int(request, "ttl_s", 60, 1, http_guard.SIGNED_URL_MAX_S)
-        return web.json_response({"url": http_guard.sign_path(daemon.token, "/live", ttl), "ttl_s": ttl})
+        return web.json_response(
+            {"url": http_guard.sign_path(daemon.token, "/live", ttl), "ttl_s": ttl}
+        )
 
     async def login(request):
         body = parse(LoginBody, await json_body(request))

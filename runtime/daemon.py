@@ -444,6 +444,12 @@ class Daemon:
 
         return objectives(self.config)
 
+    def _to_preload(self) -> set[str]:
+        """Objectives whose models load at start: the nosepiece's (with a serial link) and the
+        start one; the rest load when first chosen."""
+        objectives = set(self.config.serial.positions.values()) if self.serial else set()
+        return objectives | {self.config.source.objective}
+
     def _exposed_warning(self) -> None:
         bind = self.config.http.bind
         if not is_loopback(bind):
@@ -462,8 +468,7 @@ class Daemon:
             self.config, str(self.config_path or "config"), verified=self._verified
         )  # raises PreflightError (a ConfigError): nothing started
         self._exposed_warning()
-        objectives = set(self.config.serial.positions.values()) if self.serial else set()
-        loaded = self.models.preload(objectives | {self.config.source.objective})
+        loaded = self.models.preload(self._to_preload())
         m = self.models  # placement: each bundle's own devices (models.preload), or why not
         self.events("models_loaded", models=loaded, placement=m.placement, note=m.placement_note)
         self._restore_settings()
@@ -528,7 +533,7 @@ class Daemon:
         try:  # build the new one beside the running one, its models loaded, then swap
             self.config = new
             self._build()
-            self.models.preload(self.objectives())
+            self.models.preload(self._to_preload())
         except (ValueError, OSError, RuntimeError) as exc:
             if self.models is not old[1]:
                 self.models.close()
@@ -634,8 +639,7 @@ class Daemon:
         running = {k: st.get(k) for k in ("model", "objective", "delegate", "backend")}
         active = self.pipeline._active
         running["sha256"] = active.engine.info.model_sha256 if active else None
-        objectives = set(self.config.serial.positions.values()) | {self.config.source.objective}
-        return inventory(self.models, self.store, objectives, running)
+        return inventory(self.models, self.store, self.objectives(), running)
 
     def health(self) -> dict:
         """The golden check of the running bundle, on a fresh engine on the configured device."""

@@ -159,11 +159,9 @@ def _source(cfg: DaemonConfig) -> Finding:
 
 
 def objectives(cfg: DaemonConfig) -> set[str]:
-    """Objectives this microscope is configured with: the nosepiece's and the start one."""
-    out = {cfg.source.objective}
-    if cfg.serial.port:
-        out |= set(cfg.serial.positions.values())
-    return out
+    """Objectives this microscope is configured with: the nosepiece's positions (also without a
+    serial link: the page and POST /objective switch them by hand) and the start one."""
+    return {cfg.source.objective} | set(cfg.serial.positions.values())
 
 
 def _serial(cfg: DaemonConfig) -> list[Finding]:
@@ -350,7 +348,9 @@ def preflight(
             _folder("log.events", Path(cfg.log.events).parent, create, subject="log folder")
         )
         if Path(cfg.log.events).is_dir():
-            found.append(Finding(False, f"log.events {cfg.log.events}", "is a folder", "log.events"))
+            found.append(
+                Finding(False, f"log.events {cfg.log.events}", "is a folder", "log.events")
+            )
     found.append(_token(cfg))
     found += [f for f in (_profile(cfg), _source(cfg)) if f is not None]
     found += _serial(cfg)
