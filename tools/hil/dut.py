@@ -139,6 +139,7 @@ class EmulatedDut(Dut):
                 "width": s.width,
                 "height": s.height,
                 "objective": self.objective,
+                "report_motion": s.report_motion,
             },
             "models": m,
             "display": {"width": s.width, "height": s.height},
