@@ -9,6 +9,8 @@ never_clear  oracle, and the display is never blanked (Pipeline.clear and Pipeli
              nothing): the safety rule broken.
 health_lies  oracle, and Engine.health_check always says ok: a bundle whose golden check fails
              is deployed instead of refused.
+motion_blind oracle, and the pipeline ignores the image's motion (it blanks only when the source
+             says the stage moves, as before issue 13): with a real camera, never.
 """
 
 from __future__ import annotations
@@ -57,10 +59,15 @@ def _health_lies() -> None:
     engine.Engine.health_check = lambda self, raise_on_fail=True: {"ok": True, "lies": True}
 
 
+def _motion_blind() -> None:
+    pipeline.Pipeline._gate = lambda self, frame: "stage moving" if frame.moving else True
+
+
 MODES = {
     "oracle": [_oracle],
     "never_clear": [_oracle, _never_clear],
     "health_lies": [_oracle, _health_lies],
+    "motion_blind": [_oracle, _motion_blind],
 }
 
 

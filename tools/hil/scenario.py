@@ -138,7 +138,8 @@ class HandStep(_Strict):
     moved faster, overlays back within `back_within_s` of the stage settling, and during slow
     pans an overlay on display for >= `slow_shown_min` of the time, motion-compensated: where
     an overlay is drawn vs where its tissue is half an interval later, p95 <= `shift_err_px_max`
-    camera px and <= `compensated_ratio_max` x the same without its shift. `margin`: speeds
+    camera px, and its shift covers >= `compensated_min` of the field's true displacement
+    (median, overlays an unshifted copy of which would lag >= 1 px). `margin`: speeds
     within this fraction of the blanking speed count as neither fast nor slow (the device's
     figure moves with its latency, and its gate settles only below 0.8 x it). Emulated only
     (remote: skipped)."""
@@ -147,10 +148,10 @@ class HandStep(_Strict):
     seed: int = 11
     blank_within_intervals: float = Field(default=1.0, gt=0)
     back_within_s: float = Field(default=2.0, gt=0)
-    slow_shown_min: Optional[float] = Field(default=0.7, ge=0, le=1)
+    slow_shown_min: Optional[float] = Field(default=0.4, ge=0, le=1)
     shift_err_px_max: Optional[float] = Field(default=3.0, gt=0)
-    compensated_ratio_max: Optional[float] = Field(default=0.75, gt=0)
-    margin: float = Field(default=0.5, ge=0, lt=1)
+    compensated_min: Optional[float] = Field(default=0.5, ge=0, le=1)
+    margin: float = Field(default=0.25, ge=0, lt=1)
 
 
 class ExpectStep(_Strict):
