@@ -207,6 +207,7 @@ def hand(b: Bench, p, c: Checks) -> None:
         )
     else:
         c.skip("overlay back after settling", "no fast pan followed by a quiet stage")
+    b.motion_series = _timeline(path, pan, disp, t0, t_end, blank, onsets, cap_at)
     # 4. slow pans: an overlay on display, shifted with the field
     win = int(1.0 / path.dt_s)
     fast_recent = np.convolve(pan > slow_v, np.ones(win), "full")[: len(pan)] > 0
@@ -273,3 +274,23 @@ def _seq_at(cap_at, s_lo: int, s_hi: int, t_ns: int) -> float:
         else:
             hi = mid
     return lo
+
+
+def _timeline(path, pan, disp, t0: int, t_end: int, blank: float, onsets, cap_at) -> dict:
+    """What the report plots (s from the hand's start): the hand's pan speed (um/s, every
+    20 ms), the display (overlay/blank changes), the blanking speed and the onset frames."""
+    step = max(1, int(0.02 / path.dt_s))
+    t = np.arange(0, len(pan), step) * path.dt_s
+    changes, last = [], None
+    for r in disp:
+        if r["kind"] != last and r["t_display_ns"] <= t_end:
+            changes.append([round(max(0.0, (r["t_display_ns"] - t0) / 1e9), 3), r["kind"]])
+            last = r["kind"]
+    return {
+        "t_s": np.round(t, 3).tolist(),
+        "pan_um_s": np.round(pan[::step], 1).tolist(),
+        "display": changes,
+        "end_s": round((t_end - t0) / 1e9, 2),
+        "blank_speed_um_s": round(blank, 1),
+        "onsets_s": [round((float(cap_at(q)) - t0) / 1e9, 3) for q in onsets],
+    }
