@@ -12,18 +12,24 @@ from .atomic import atomic_write_bytes
 from .errors import ImageReadError
 
 
-def read_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
-    """Read `path` as HxWx3 uint8 RGB (grey images are expanded; 16-bit is scaled).
-
-    Raises ImageReadError (exit code 6) when the file is missing or not an image.
-    """
-    p = Path(path)
+def _decode(p: Path, what: str) -> np.ndarray:
+    """The file's pixels as stored (any depth, BGR order), or ImageReadError naming it."""
     if not p.is_file():
         raise ImageReadError(f"{what} {str(p)!r} does not exist or is not a file")
     data = np.fromfile(str(p), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ImageReadError(f"{what} {str(p)!r} is not a readable image (PNG, JPEG, TIFF, ...)")
+    return img
+
+
+def read_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
+    """Read `path` as HxWx3 uint8 RGB (grey images are expanded; 16-bit is scaled).
+
+    Raises ImageReadError (exit code 6) when the file is missing or not an image.
+    """
+    p = Path(path)
+    img = _decode(p, what)
     if img.dtype == np.uint16:
         img = (img / 257.0 + 0.5).astype(np.uint8)
     elif img.dtype != np.uint8:
@@ -42,12 +48,7 @@ def read_gray_native(path: str | os.PathLike, what: str = "image") -> np.ndarray
     Raises ImageReadError (exit code 6) when the file is missing or not an image.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ImageReadError(f"{what} {str(p)!r} does not exist or is not a file")
-    data = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if img is None:
-        raise ImageReadError(f"{what} {str(p)!r} is not a readable image (PNG, JPEG, TIFF, ...)")
+    img = _decode(p, what)
     if img.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f"{what} {str(p)!r} has pixel type {img.dtype}, expected 8 or 16 bit")
     img = img.astype(np.float32)

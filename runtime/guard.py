@@ -35,7 +35,8 @@ class FieldGuard:
 
     def check(self, rgb: np.ndarray, small: np.ndarray | None = None) -> str | None:
         sample = rgb[::8, ::8]
-        self.last_saturated = sat = float(np.count_nonzero(sample.max(axis=2) >= 250)) / (
+        brightest = cv2.max(cv2.max(sample[..., 0], sample[..., 1]), sample[..., 2])  # any channel
+        self.last_saturated = sat = cv2.countNonZero(cv2.compare(brightest, 250, cv2.CMP_GE)) / (
             sample.shape[0] * sample.shape[1]
         )
         if sat > self.saturated_share:

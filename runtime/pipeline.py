@@ -97,7 +97,7 @@ class Stats:
     STAGES = ("capture_wait", "preprocess", "infer", "contours", "render", "sinks", "latency")
     # CPU time (time.thread_time_ns) per stage run, outside the model's invoke: what a faster
     # accelerator cannot take away. infer_host: tensor copies, dequantization, stitching.
-    CPU_STAGES = ("capture", "preprocess", "infer_host", "contours", "render", "sinks")
+    CPU_STAGES = ("capture", "motion", "preprocess", "infer_host", "contours", "render", "sinks")
 
     def __init__(self, window: int = 2000):
         self.t0_ns = time.monotonic_ns()
@@ -458,11 +458,13 @@ class Pipeline:
             self.stats.time("capture_wait", time.monotonic_ns() - t0)
             self._last_capture_ns = frame.t_capture_ns
             self.stats.count("frames_in", frame.t_capture_ns)
+            c1 = time.thread_time_ns()
+            self.stats.cpu_time("capture", c1 - c0)
             settled = self._gate(frame)
+            self.stats.cpu_time("motion", time.thread_time_ns() - c1)  # motion, focus, exposure
             with self._lock:
                 gen = self._generation
             prepared = self._prepare(frame) if settled is True else None
-            self.stats.cpu_time("capture", time.thread_time_ns() - c0)
             self.captured.put((frame, prepared, gen, settled))
 
     def _switch(self, objective: str | None) -> None:

@@ -193,17 +193,45 @@ def test_slow_pan_overlay_follows_the_tissue(slide, eager_bundle):
 
 
 # -- overlay age limit and the watchdog --------------------------------------------------------
-def test_hung_inference_blanks_within_the_age_limit_and_the_engine_is_rebuilt(eager_bundle):
+@pytest.fixture(scope="module")
+def still_video(slide, tmp_path_factory):
+    """MJPG video, 320x240 @ 20 fps, 12 s of a still stage over tumour (10x), no motion flag."""
+    x, y = slide.random_point(np.random.default_rng(3), "tumour")
+    scope = VirtualMicroscope(
+        slide,
+        path=StagePath([Waypoint(x, y, None, 60.0)]),
+        camera=CameraConfig(resolution=RES, fps=FPS),
+        realtime=False,
+        report_motion=False,
+        tile_px=256,
+    )
+    out = tmp_path_factory.mktemp("video") / "still.avi"
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), FPS, RES)
+    scope.open()
+    for _ in range(int(12 * FPS)):
+        writer.write(cv2.cvtColor(scope.read().image, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return out
+
+
+@pytest.mark.parametrize("camera", ["controlled", "video"])
+def test_hung_inference_blanks_within_the_age_limit_and_the_engine_is_rebuilt(
+    eager_bundle, camera, request
+):
     from lucida.runtime.backends import select_backend
 
+    if camera == "video":  # a real cv2.VideoCapture on a file: no motion flag, nothing special
+        source, size = OpenCVSource(str(request.getfixturevalue("still_video")), fps=FPS), RES
+    else:
+        source, size = ControlledSource(), (128, 96)
     hb = HangingBackend(select_backend())
     models = ModelSelector(bundle=eager_bundle, num_threads=1)
     models.pin(eager_bundle, Engine(eager_bundle, backend=hb.backend, num_threads=1))
     events, sink = [], MemorySink()
     pipe = Pipeline(
-        ControlledSource(),
+        source,
         models,
-        ar=ARComposer((128, 96)),
+        ar=ARComposer(size),
         ar_sinks=[sink],
         display_interval_ms=1000 / FPS,
         safety=Safety(max_overlay_age_ms=150, slow_factor=2, rebuild_after_ms=700),

@@ -349,3 +349,16 @@ def _measurement(row) -> Measurement:
     d["scale"] = d["scale"] if d["scale"] is not None else 1.0
     d["anchors"] = d["anchors"] or 0
     return Measurement(**d)
+
+
+def add_target_arguments(p) -> None:
+    """The --target/--threads/--clock/--db flags that `lucida predict` and `select` share."""
+    p.add_argument(
+        "--target",
+        default="local",
+        help="'local', http://DEVICE:PORT, a DB key, or an Edge TPU target (coral-usb3/x86_64, "
+        "coral-usb/rpi4, coral-usb2/rpi3, coral-pcie/devboard: estimated)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (1)")
+    p.add_argument("--clock", choices=("cpu", "wall"), default=None, help="local: clock")
+    p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")

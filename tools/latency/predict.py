@@ -26,7 +26,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from lucida.tools.latency.db import LatencyDB, resolve_target
+from lucida.tools.latency.db import LatencyDB, add_target_arguments, resolve_target
 from lucida.tools.latency.whole_model import PredictorError, evaluate, model_features, predict
 
 # safety margin of a kernel-level prediction until `--evaluate` has measured one (the 90th
@@ -212,15 +212,7 @@ def evaluate_real(db: LatencyDB, pred: dict, progress: bool = False) -> dict:
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict a model's latency on a profiled target")
     p.add_argument("model", nargs="?", help=".tflite file, bundle folder or shipped bundle name")
-    p.add_argument(
-        "--target",
-        default="local",
-        help="'local', http://DEVICE:PORT, a DB key, or an Edge TPU target (coral-usb3/x86_64, "
-        "coral-usb/rpi4, coral-usb2/rpi3, coral-pcie/devboard: estimated)",
-    )
-    p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (1)")
-    p.add_argument("--clock", choices=("cpu", "wall"), default=None, help="local: clock")
-    p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")
+    add_target_arguments(p)
     p.add_argument(
         "--evaluate",
         action="store_true",

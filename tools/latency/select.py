@@ -28,7 +28,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 
-from lucida.tools.latency.db import LatencyDB, resolve_target
+from lucida.tools.latency.db import LatencyDB, add_target_arguments, resolve_target
 
 FRAME = (1920, 1080)  # px, the camera frame the budget is for
 # Capture + render per frame (ms) when neither --overhead-ms nor the DB say: render_ms_p50 1.65 ms
@@ -275,15 +275,7 @@ def register(sub) -> None:
     g.add_argument("--fps", type=float, default=None, help="frames per second to sustain")
     p.add_argument("--objective", default="20x", help="objective the model runs at (20x)")
     p.add_argument("--metric", default="fov_auc", help="manifest metric to maximize (fov_auc)")
-    p.add_argument(
-        "--target",
-        default="local",
-        help="'local', http://DEVICE:PORT, a DB key, or an Edge TPU target (coral-usb3/x86_64, "
-        "coral-usb/rpi4, coral-usb2/rpi3, coral-pcie/devboard: estimated)",
-    )
-    p.add_argument("--threads", type=int, default=1, help="local: interpreter threads (1)")
-    p.add_argument("--clock", choices=("cpu", "wall"), default=None, help="local: clock")
-    p.add_argument("--db", default=None, help="latency database (build/latency.sqlite)")
+    add_target_arguments(p)
     p.add_argument("--overhead-ms", type=float, default=None, help="capture + render ms/frame")
     p.add_argument("--um-per-px", type=float, default=None, help="camera pixel size (um)")
     p.add_argument(
