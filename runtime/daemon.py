@@ -688,8 +688,9 @@ class Daemon:
 
     def virtual(self, body: dict) -> dict:
         """Drive the virtual microscope (emulated benches only): stall, unplug, replug,
-        objective, tour, hold (keep the stage where it is). Returns the device-clock time it
-        happened (t_ns)."""
+        objective, tour, hold (keep the stage where it is), hand (move the stage as a hand does:
+        a seeded TourPath of `seconds`, then still; `t0_ns` is its time 0 on the device clock).
+        Returns the device-clock time it happened (t_ns)."""
         from .virtual.scope import VirtualMicroscope
 
         scope = self.pipeline.source
@@ -717,9 +718,20 @@ class Daemon:
             from .virtual.stage import StagePath
 
             scope.set_path(StagePath.still(*scope.position))
+        elif action == "hand":
+            from .virtual.stage import TourPath
+
+            seconds = float(body.get("seconds", 20.0))
+            if not 0 < seconds <= 600:
+                raise ValueError("'seconds' must be 0 < s <= 600")
+            path = TourPath(scope.slide, int(body.get("seed", 0)), duration_s=seconds)
+            out["t0_ns"] = time.monotonic_ns()
+            scope.set_path(path)
+            out["start_um"] = [round(float(v), 3) for v in path.xy[0]]
         else:
             raise ValueError(
-                f"'action' {action!r}: expected stall, unplug, replug, objective, tour or hold"
+                f"'action' {action!r}: expected stall, unplug, replug, objective, tour, hold "
+                "or hand"
             )
         out["t_ns"] = time.monotonic_ns()
         self.events("virtual", **{k: v for k, v in body.items() if k != "action"}, action=action)

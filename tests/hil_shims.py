@@ -11,6 +11,8 @@ health_lies  oracle, and Engine.health_check (in the daemon and in its sandbox c
              says ok: a bundle whose golden check fails is deployed instead of refused.
 open_door    the daemon before issue 20's privacy rules: patient data served without the
              token, any Host header accepted (DNS rebinding).
+motion_blind oracle, and the pipeline ignores the image's motion (it blanks only when the source
+             says the stage moves, as before issue 13): with a real camera, never.
 """
 
 from __future__ import annotations
@@ -70,10 +72,15 @@ def _open_door() -> None:
     http_guard.host_ok = lambda header, allowed, bind: True
 
 
+def _motion_blind() -> None:
+    pipeline.Pipeline._gate = lambda self, frame: "stage moving" if frame.moving else True
+
+
 MODES = {
     "oracle": [_oracle],
     "never_clear": [_oracle, _never_clear],
     "health_lies": [_oracle, _health_lies],
+    "motion_blind": [_oracle, _motion_blind],
     "open_door": [_open_door],
 }
 

@@ -119,11 +119,24 @@ class EmulatedDut(Dut):
             shutil.rmtree(self.workdir)
         self.workdir.mkdir(parents=True)
         pos = self.position_of(self.spec.objective)
+        self._hold_pts0()
         self.nosepiece = EmulatedNosepiece(self.spec.positions, "olympus", position=pos).start()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.bind(os.path.join(self._sockdir, "notify"))
         self._sock.settimeout(0.2)
         self.launch()
+
+    def _hold_pts0(self) -> None:
+        """Keep /dev/pts/0 away from the emulated nosepiece: on this sandbox a pty that gets
+        index 0 cannot be locked by the daemon's exclusive open (EAGAIN, every retry), so the
+        serial link never comes up and nothing is drawn. Held (unused) while the device runs."""
+        self._pts0 = None
+        master, slave = os.openpty()
+        if os.ttyname(slave) == "/dev/pts/0":
+            self._pts0 = (master, slave)
+        else:
+            os.close(master)
+            os.close(slave)
 
     def config(self, **models) -> dict:
         s = self.spec
@@ -139,6 +152,7 @@ class EmulatedDut(Dut):
                 "width": s.width,
                 "height": s.height,
                 "objective": self.objective,
+                "report_motion": s.report_motion,
             },
             "models": m,
             "display": {"width": s.width, "height": s.height},
@@ -256,6 +270,9 @@ class EmulatedDut(Dut):
             self.nosepiece.close()
         if self._sock is not None:
             self._sock.close()
+        for fd in getattr(self, "_pts0", None) or ():
+            os.close(fd)
+        self._pts0 = None
         import shutil
 
         shutil.rmtree(self._sockdir, ignore_errors=True)

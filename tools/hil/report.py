@@ -218,7 +218,40 @@ def make_plots(report: dict, out: Path) -> dict:
             ylim=(0, 1),
         )
         save(fig, "iou")
+    mot = series.get("motion") or {}
+    if mot.get("t_s"):
+        _motion_plot(plt, mot, save)
     return made
+
+
+def _motion_plot(plt, mot: dict, save) -> None:
+    """The hand step: stage pan speed (log scale) over time, the blanking speed, the onset
+    frames, and what the display showed (green: an overlay, grey: blank)."""
+    fig, ax = plt.subplots(figsize=(7.2, 3.2))
+    spans = mot["display"] + [[mot["end_s"], None]]
+    for (a, kind), (z, _) in zip(spans, spans[1:]):
+        ax.axvspan(a, z, color="#55a868" if kind == "overlay" else "#bbbbbb", alpha=0.3, lw=0)
+    pan = [max(v, 0.1) for v in mot["pan_um_s"]]
+    ax.plot(mot["t_s"], pan, color="#4c72b0", lw=1.2, label="stage pan speed (truth)")
+    ax.axhline(
+        mot["blank_speed_um_s"],
+        color="#cf222e",
+        lw=1.4,
+        label=f"blanking speed {mot['blank_speed_um_s']:g} um/s (device)",
+    )
+    for i, t in enumerate(mot["onsets_s"]):
+        ax.axvline(t, color="#dd8452", ls="--", lw=1, label="onset frame" if i == 0 else None)
+    ax.fill_between([], [], color="#55a868", alpha=0.3, label="overlay shown")
+    ax.fill_between([], [], color="#bbbbbb", alpha=0.3, label="display blank")
+    ax.set(
+        yscale="log",
+        ylim=(0.1, None),
+        xlabel="time since the hand started (s)",
+        ylabel="um/s",
+        title="A hand on the stage, motion seen in the image only",
+    )
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    save(fig, "motion")
 
 
 # check-name prefix -> limit key; the strictest limit over the run is drawn on the plots

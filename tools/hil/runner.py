@@ -118,6 +118,7 @@ class Bench:
         self.models_seen: dict = {}
         self.touring = False  # a stage step set the virtual stage touring
         self.restarts: list[float] = []  # t (s) when the daemon was restarted by a step
+        self.motion_series: dict = {}  # a hand step's timeline (tools/hil/motion.py)
 
     # -- clock -----------------------------------------------------------------------------
     def sync_clock(self) -> None:
@@ -329,5 +330,6 @@ class Bench:
                 "iou_per_objective": self.tally.summary()["iou_per_objective"],
                 "records_seen": len(records),
                 "records_dropped": self.recorder.dropped if self.recorder else 0,
+                "motion": self.motion_series,
             },
         }

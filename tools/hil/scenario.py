@@ -12,7 +12,8 @@
       - measure: {windows: 5, window_s: 10, fps_min: 3, latency_p99_ms_max: 800}
       - soak: {seconds: 600, rss_growth_mb_max: 64, fps_drop_max: 0.25}
       - fault: {kind: source_stall, seconds: 2, cleared_within_ms: 600}
-        name: camera-freezes        # optional, else "NN-kind[-detail]"
+        name: camera-freezes
+      - hand: {seconds: 20, seed: 11}  # stage moved as a hand does; motion from the image        # optional, else "NN-kind[-detail]"
 
 Every step is a mapping with one step key (its parameters below) and an optional `name`.
 Unknown keys and bad values are errors that name the file, the step and the key.
@@ -67,6 +68,7 @@ class DutSpec(_Strict):
     models: ModelsConfig = Field(default_factory=lambda: ModelsConfig(num_threads=2))
     poll_interval_s: float = Field(default=0.05, gt=0, le=1)
     stall_timeout_ms: float = Field(default=400.0, gt=0)
+    report_motion: bool = True  # False: the virtual microscope is a camera like any other
 
     @field_validator("objective")
     @classmethod
@@ -126,6 +128,30 @@ class StageStep(_Strict):
 
 class WaitStep(_Strict):
     seconds: float = Field(gt=0, le=86400)
+
+
+class HandStep(_Strict):
+    """Move the stage as a hand does for `seconds` (seeded pans with acceleration, stops,
+    drifts, vibration; the virtual microscope's TourPath) and judge the display records
+    against that path: blank within `blank_within_intervals` camera intervals of each pan
+    faster than the device's blanking speed, no overlay from a frame taken while the field
+    moved faster, overlays back within `back_within_s` of the stage settling, and during slow
+    pans an overlay on display for >= `slow_shown_min` of the time, motion-compensated: where
+    an overlay is drawn vs where its tissue is half an interval later, p95 <= `shift_err_px_max`
+    camera px, and its shift covers >= `compensated_min` of the field's true displacement
+    (median, overlays an unshifted copy of which would lag >= 1 px). `margin`: speeds
+    within this fraction of the blanking speed count as neither fast nor slow (the device's
+    figure moves with its latency, and its gate settles only below 0.8 x it). Emulated only
+    (remote: skipped)."""
+
+    seconds: float = Field(default=20.0, gt=2, le=600)
+    seed: int = 11
+    blank_within_intervals: float = Field(default=1.0, gt=0)
+    back_within_s: float = Field(default=2.0, gt=0)
+    slow_shown_min: Optional[float] = Field(default=0.4, ge=0, le=1)
+    shift_err_px_max: Optional[float] = Field(default=3.0, gt=0)
+    compensated_min: Optional[float] = Field(default=0.5, ge=0, le=1)
+    margin: float = Field(default=0.25, ge=0, lt=1)
 
 
 class ExpectStep(_Strict):
@@ -284,6 +310,7 @@ STEP_KINDS: dict[str, type] = {
     "measure": MeasureStep,
     "soak": SoakStep,
     "fault": _FaultHolder,
+    "hand": HandStep,
     "hostile": HostileStep,
 }
 

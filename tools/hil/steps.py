@@ -18,6 +18,7 @@ from lucida.runtime.stats import percentiles
 
 from .client import DeviceError
 from .metrics import Tally, clearing, median_thirds, overlays, window_fps
+from .motion import hand
 from .runner import Bench, Checks
 
 
@@ -549,5 +550,6 @@ HANDLERS = {
     "measure": measure,
     "soak": soak,
     "fault": fault,
+    "hand": hand,
     "hostile": hostile,
 }

@@ -114,24 +114,29 @@ def measure_files(
             for q in ("p50_ms", "p90_ms", "p99_ms", "wall_p50_ms"):
                 if r.get(q) is not None:
                     r[q] = round(r[q] / scale, 5)
-            m = Measurement(
-                sha256=key,
-                target=target,
-                backend=backend,
-                delegate="cpu",
-                threads=1,
-                host=platform.node(),
-                machine=platform.machine(),
-                load1=round(os.getloadavg()[0], 2),
-                command=command,
-                scale=round(scale, 4),
-                anchors=len(drift.points),
-                **r,
+            m = _cpu_measurement(
+                key, target, backend, command, scale=round(scale, 4), anchors=len(drift.points), **r
             )
             db.put(m)
             out[key] = m
         del fns
     return out
+
+
+def _cpu_measurement(key: str, target: str, backend: str, command: str, **figures) -> Measurement:
+    """A one-thread CPU measurement of a kernel on this host (figures: p50_ms, ..., scale)."""
+    return Measurement(
+        sha256=key,
+        target=target,
+        backend=backend,
+        delegate="cpu",
+        threads=1,
+        host=platform.node(),
+        machine=platform.machine(),
+        load1=round(os.getloadavg()[0], 2),
+        command=command,
+        **figures,
+    )
 
 
 def anchor_points(db: LatencyDB, target: str, backend: str) -> dict[str, tuple[Measurement, bytes]]:
@@ -154,18 +159,7 @@ def anchor_points(db: LatencyDB, target: str, backend: str) -> dict[str, tuple[M
         )
         for k in blobs:
             if known[k] is None:
-                m = Measurement(
-                    sha256=k,
-                    target=target,
-                    backend=backend,
-                    delegate="cpu",
-                    threads=1,
-                    host=platform.node(),
-                    machine=platform.machine(),
-                    load1=round(os.getloadavg()[0], 2),
-                    command="anchor reference",
-                    **res[k],
-                )
+                m = _cpu_measurement(k, target, backend, "anchor reference", **res[k])
                 db.put(m)
                 known[k] = m
     return {k: (known[k], blobs[k]) for k in blobs}
