@@ -257,7 +257,8 @@ def _models(cfg: DaemonConfig, sandbox: bool, verified: set | None) -> list[Find
                 key = f"models.overrides.{t}.{k}.bundle"
                 out.append(Finding(False, key, f"no bundle named {_name(name)}", key))
     bundles, dark = {}, []
-    for obj in sorted(objectives(cfg)):
+    linked = set(cfg.serial.positions.values()) if cfg.serial.port else set()
+    for obj in sorted(linked | {cfg.source.objective}):  # what the daemon loads at start
         try:
             resolved = registry.resolve(task, obj)
             claims = obj in resolved.bundle.manifest.objectives
