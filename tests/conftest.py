@@ -102,3 +102,15 @@ def daemon_config(tmp_path: Path, bundle, source: dict, token: str, **extra) -> 
         "log": {"events": str(tmp_path / "events.jsonl")},
         **extra,
     }
+
+
+@pytest.fixture()
+def tpu_bundle(tiny_bundle, tmp_path):
+    """The tiny bundle plus an edgetpu.tflite (the same graph: a fake delegate claims no ops
+    unless it runs in its timed mode)."""
+    from lucida.models import write_bundle
+
+    m = tiny_bundle.manifest.model_dump(mode="json")
+    files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
+    files["edgetpu.tflite"] = files["cpu.tflite"]
+    return write_bundle(tmp_path / "tpu", m, files)

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-from lucida.models import write_bundle
 from lucida.runtime.api import _device_metrics
 from lucida.runtime.backends import select_backend
 from lucida.runtime.config import ModelsConfig
@@ -19,15 +18,6 @@ from lucida.runtime.devices import MultiEngine, build_engine
 from lucida.runtime.engine import Engine
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import ValidationError
-
-
-@pytest.fixture()
-def tpu_bundle(tiny_bundle, tmp_path):
-    """The tiny bundle plus an edgetpu.tflite (the same graph)."""
-    m = tiny_bundle.manifest.model_dump(mode="json")
-    files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
-    files["edgetpu.tflite"] = files["cpu.tflite"]
-    return write_bundle(tmp_path / "tpu", m, files)
 
 
 @pytest.fixture()

@@ -72,15 +72,6 @@ def test_tensorflow_backend_gives_the_same_heatmap(tiny_bundle):
 
 # -- Edge TPU delegate through a real external-delegate library -------------------------------------
 @pytest.fixture()
-def tpu_bundle(tiny_bundle, tmp_path):
-    """The tiny bundle plus an edgetpu.tflite (the same graph: the fake delegate claims no ops)."""
-    m = tiny_bundle.manifest.model_dump(mode="json")
-    files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
-    files["edgetpu.tflite"] = files["cpu.tflite"]
-    return write_bundle(tmp_path / "tpu", m, files)
-
-
-@pytest.fixture()
 def fake_tpu(fake_edgetpu_lib, tmp_path, monkeypatch):
     log = tmp_path / "delegate.log"
     monkeypatch.setenv("LUCIDA_EDGETPU_LIB", str(fake_edgetpu_lib))
