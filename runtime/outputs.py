@@ -19,6 +19,7 @@ a table over class indices. Pure NumPy/OpenCV, no interpreter: the engine and ot
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -26,6 +27,10 @@ import numpy as np
 
 from .quant import dequantize
 
+# codes per band: OpenCV's LUT and OpenBLAS's gemm go multi-threaded
+# from 2**18 on; below it each call stays on the thread that makes it (the bands are ours to
+# share), and the float block (<= 1 MB float32) stays in the core's L2 cache
+_BAND = 1 << 18
 _EXP_SAFE = 80.0  # |x| below this keeps exp(x) finite in float32 for sums of many classes
 _EXP_SAFE64 = 700.0  # the same for float64; wider code ranges take the exact float path
 _POOL: ThreadPoolExecutor | None = None  # shared by every decoder: bands of one output in parallel
@@ -67,14 +72,16 @@ class OutputDecoder:
             )
             self._lut = _activate(dequantize(codes, *self.q), self.activation)
         elif self.eight_bit and self.q[0] * 255 < _EXP_SAFE64:
-            # softmax: exp over monotone uint8 indices (int8 codes xor 0x80), shifted by the
-            # global bound (code 255) instead of a per-position max: finite while s*255 is small
+            # softmax is shift-invariant: exp(s * (q - qmax)) with the type's largest code as a
+            # global shift instead of a per-position max; finite while s * 255 is small. The
+            # table is indexed by the code's bit pattern (uint8 view), so int8 needs no xor.
             scale = self.q[0]
             dt = np.float32 if scale * 255 < _EXP_SAFE else np.float64
-            self._exp = np.exp(scale * (np.arange(256) - 255.0)).astype(dt)
-            pos = set(self.positives)
-            self._neg = tuple(c for c in range(self.channels) if c not in pos)
-            self._ones = np.ones((self.channels, 1), dt)
+            vals = np.arange(256, dtype=np.uint8).view(np.dtype(self.dtype)).astype(np.float64)
+            self._exp = np.exp(scale * (vals - vals.max())).astype(dt)
+            self._scratch = threading.local()
+            self._ones = np.ones((self.channels, 1), dt)  # row sums as matrix-vector products
+            self._ones_k = np.ones((len(self.positives), 1), np.float32)
         if spec.kind == "class_map":  # tables over class index; the last row: out of range
             onehot = np.zeros((self.channels + 1, len(self.positives)), np.float32)
             onehot[list(self.positives), np.arange(len(self.positives))] = 1.0
@@ -101,53 +108,66 @@ class OutputDecoder:
         return np.minimum(stack.sum(axis=-1), 1.0, dtype=np.float32), stack
 
     def _positive_softmax(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """exp table on the codes (OpenCV), one row-sum for the normalizer (BLAS), then only the
-        positive columns (or the fewer negative ones); in bands of rows whose float block stays
-        in cache (~1 MB): the work is memory-bound, and this keeps it out of DRAM."""
-        codes = raw.view(np.uint8)
-        if self.dtype == "int8":
-            codes = codes ^ np.uint8(0x80)
+        """Softmax over the codes, reduced to the positive set band by band: one exp-table
+        lookup per code (cv2.LUT, into a per-thread scratch block), one matrix product for the
+        normalizer and the positive sums, one divide into the output. No C-channel float stack
+        is ever made for the whole output; bands are shared by the caller and the pool."""
+        codes = raw.view(np.uint8)  # int8 codes index the table by their bit pattern
         if codes.ndim < 3:  # class scores: one vector
-            probs, stack = self._softmax_rows(codes.reshape(1, -1))
             shape = codes.shape[:-1]
+            probs, stack = self._softmax_out(1, int(np.prod(shape, dtype=np.int64)))
+            self._softmax_band(np.ascontiguousarray(codes.reshape(1, -1)), probs, stack)
             return probs.reshape(shape), None if stack is None else stack.reshape(*shape, -1)
         h, w, c = codes.shape
-        k = len(self.positives)
-        probs = np.empty((h, w), np.float32)
-        stack = np.empty((h, w, k), np.float32) if k > 1 else None
-        band = max(1, (1 << 18) // max(1, w * c))
+        codes = np.ascontiguousarray(codes).reshape(h, w * c)
+        probs, stack = self._softmax_out(h, w)
+        band = max(1, (_BAND - 1) // (w * c))
 
         def rows(y0: int, y1: int) -> None:  # cv2.LUT, BLAS and NumPy release the GIL
             for y in range(y0, y1, band):
-                p, st = self._softmax_rows(codes[y : min(y1, y + band)].reshape(-1, w * c))
-                probs[y : min(y1, y + band)] = p.reshape(-1, w)
-                if stack is not None:
-                    stack[y : min(y1, y + band)] = st.reshape(-1, w, k)
+                ye = min(y1, y + band)
+                self._softmax_band(
+                    codes[y:ye],
+                    probs[y:ye].reshape(-1),
+                    None if stack is None else stack[y:ye].reshape(-1, stack.shape[-1]),
+                )
 
         workers = min(self.threads, -(-h // band))
         if workers <= 1:
             rows(0, h)
-        else:  # one contiguous share of bands per worker
-            step = -(-h // workers)
-            jobs = [_pool().submit(rows, y, min(h, y + step)) for y in range(0, h, step)]
+        else:  # one contiguous share of bands per worker; the caller takes the last share
+            starts = range(0, h, -(-h // workers))
+            jobs = [_pool().submit(rows, y, y + starts.step) for y in starts[:-1]]
+            rows(starts[-1], h)
             for job in jobs:
                 job.result()
         return probs, stack
 
-    def _softmax_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """rows: r x (n * C) uint8 codes -> (positive sum (r*n,), per-positive (r*n, K) or None)."""
-        c = self.channels
-        e = cv2.LUT(np.ascontiguousarray(rows), self._exp).reshape(-1, c)
-        norm = (e @ self._ones)[:, 0]  # BLAS matrix-vector: the fastest row sum measured
-        k = self.positives
-        if len(k) == 1:
-            return (e[:, k[0]] / norm).astype(np.float32, copy=False), None
-        stack = e[:, list(k)] / norm[:, None]
-        if len(k) <= len(self._neg) + 1:
-            probs = stack.sum(axis=1)
-        else:
-            probs = 1.0 - sum(e[:, j] for j in self._neg) / norm
-        return probs.astype(np.float32, copy=False), stack.astype(np.float32, copy=False)
+    def _softmax_out(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:
+        k = len(self.positives)
+        stack = np.empty((h, w, k), np.float32) if k > 1 else None
+        return np.empty((h, w), np.float32), stack
+
+    def _softmax_band(self, codes: np.ndarray, probs: np.ndarray, stack: np.ndarray | None):
+        """codes: r x (n * C) uint8, contiguous -> probs (r*n,) float32 and, for K > 1 positive
+        classes, stack (r*n, K) float32, written in place."""
+        c, k = self.channels, len(self.positives)
+        n = codes.size // c
+        scratch = self._scratch.__dict__
+        if scratch.get("size", 0) < n:  # one block per thread, reused: no page faults per call
+            scratch["size"] = n
+            scratch["e"] = np.empty(n * c, self._exp.dtype)
+            scratch["norm"] = np.empty((n, 1), self._exp.dtype)
+            scratch["pos"] = np.empty((n, k), self._exp.dtype)
+        e = cv2.LUT(codes, self._exp, dst=scratch["e"][: n * c].reshape(codes.shape))
+        e = e.reshape(n, c)
+        norm = np.matmul(e, self._ones, out=scratch["norm"][:n])  # BLAS gemv: the row sums
+        if stack is None:  # one positive class: its column over the normalizer
+            np.divide(e[:, self.positives[0]], norm[:, 0], out=probs)
+            return
+        np.divide(np.take(e, self.positives, axis=1, out=scratch["pos"][:n]), norm, out=stack)
+        np.matmul(stack, self._ones_k, out=probs[:, None])  # the positive set's sum
+        np.minimum(probs, 1.0, out=probs)  # float32 rounding of a sum of many classes
 
     def _positive_map(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """One gather per output: indices >= C clip onto the table's "no class" row (an ArgMax
