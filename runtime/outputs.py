@@ -122,24 +122,28 @@ class OutputDecoder:
         codes = np.ascontiguousarray(codes).reshape(h, w * c)
         probs, stack = self._softmax_out(h, w)
         band = max(1, (_BAND - 1) // (w * c))
+        starts = iter(range(0, h, band))
+        lock = threading.Lock()
 
-        def rows(y0: int, y1: int) -> None:  # cv2.LUT, BLAS and NumPy release the GIL
-            for y in range(y0, y1, band):
-                ye = min(y1, y + band)
+        def bands() -> None:  # takes bands until none is left; cv2.LUT, BLAS, NumPy drop the GIL
+            while True:
+                with lock:
+                    y = next(starts, None)
+                if y is None:
+                    return
+                ye = min(h, y + band)
                 self._softmax_band(
                     codes[y:ye],
                     probs[y:ye].reshape(-1),
                     None if stack is None else stack[y:ye].reshape(-1, stack.shape[-1]),
                 )
 
-        workers = min(self.threads, -(-h // band))
-        if workers <= 1:
-            rows(0, h)
-        else:  # one contiguous share of bands per worker; the caller takes the last share
-            starts = range(0, h, -(-h // workers))
-            jobs = [_pool().submit(rows, y, y + starts.step) for y in starts[:-1]]
-            rows(starts[-1], h)
-            for job in jobs:
+        # the caller works too, and helpers that a loaded machine has not started yet when it
+        # runs out of bands are called off instead of waited for
+        helpers = [_pool().submit(bands) for _ in range(min(self.threads, -(-h // band)) - 1)]
+        bands()
+        for job in helpers:
+            if not job.cancel():
                 job.result()
         return probs, stack
 

@@ -47,21 +47,39 @@ def test_softmax_positive_set_matches_float_softmax(dtype, positives):
     "scale", [0.02, 0.11, 0.5, 3.0]
 )  # s*255: 5, 28, 128 (float64), 765 (exact)
 @pytest.mark.parametrize("threads", [1, 2])
-def test_softmax_large_output_in_parallel_bands_is_exact(scale, threads):
-    """A DeepLab-sized row (many bands, shared by workers) gives the float softmax to float32
-    rounding, whatever the output scale: narrow, float64 table, or the exact float fallback."""
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("positives", [[15], [1, 2, 5]])
+def test_softmax_large_output_in_parallel_bands_is_exact(scale, threads, dtype, positives):
+    """A DeepLab-sized row (many bands, shared by workers) gives a plain NumPy float64 softmax
+    to float32 rounding, whatever the output scale: the float32 table, the float64 table, or
+    the exact float fallback; for one positive class and for a positive set with its stack."""
     rng = np.random.default_rng(2)
-    raw = rng.integers(0, 256, (40, 513, 21)).astype(np.uint8)
-    raw[:5] = rng.integers(0, 8, (5, 513, 21))  # low codes: far below the global bound
+    info = np.iinfo(dtype)
+    raw = rng.integers(info.min, info.max + 1, (40, 513, 21)).astype(dtype)
+    raw[:5] = rng.integers(info.min, info.min + 8, (5, 513, 21))  # far below the global bound
+    raw[5:8] = info.max  # every class at the top code: uniform, 1/21 each
+    zp = 3 if dtype == "int8" else 128
     dec = OutputDecoder(
-        OutputSpec(kind="heatmap", channels=21, activation="softmax", positive_classes=[15]),
-        TensorQuant(dtype="uint8", scale=scale, zero_point=128),
+        OutputSpec(kind="heatmap", channels=21, activation="softmax", positive_classes=positives),
+        TensorQuant(dtype=dtype, scale=scale, zero_point=zp),
         threads=threads,
     )
-    p = _softmax(dequantize(raw, scale, 128).astype(np.float64))[..., 15]
+    p = _softmax(dequantize(raw, scale, zp).astype(np.float64))
     probs, stack = dec.positive(raw)
-    assert stack is None and probs.dtype == np.float32
-    np.testing.assert_allclose(probs, p, rtol=1e-6, atol=2e-7)
+    assert probs.dtype == np.float32 and probs.shape == (40, 513)
+    np.testing.assert_allclose(probs, p[..., positives].sum(-1), rtol=1e-6, atol=2e-7)
+    assert probs.max() <= 1.0
+    if len(positives) == 1:
+        assert stack is None
+    else:
+        assert stack.dtype == np.float32 and stack.shape == (40, 513, 3)
+        np.testing.assert_allclose(stack, p[..., positives], rtol=1e-6, atol=2e-7)
+    # the same decoder on a second output (per-thread scratch blocks reused) and a smaller one
+    np.testing.assert_allclose(dec.positive(raw[::-1])[0], probs[::-1], rtol=1e-6, atol=0)
+    small = raw[:3, :7]
+    np.testing.assert_allclose(
+        dec.positive(small)[0], p[:3, :7][..., positives].sum(-1), rtol=1e-6, atol=2e-7
+    )
 
 
 def test_sigmoid_classes_sum_is_clipped_and_stacked():
