@@ -394,6 +394,17 @@ class Engine:
             )
         return idx, self._affine(fw, fh, mw, mh)
 
+    def infer_patch_scores(self, rgb: np.ndarray, um_per_px: float | None = None):
+        """A patch classifier over a whole frame, tile by tile (stride apart, as `infer` runs it)
+        -> (every class's probability per tile, rows x cols x C float32; its 2x3 tile -> frame
+        px affine, tile centres)."""
+        if self.manifest.output.kind != "class_scores":
+            raise EngineError(f"bundle {self.bundle.name}: patch scores need a class_scores model")
+        x = self.resample(rgb, um_per_px)
+        (mw, mh), (fw, fh) = x.size, x.frame_size
+        grid = self._tile_grid(x.image, mw, mh, lambda t: self.decoder.scores(self.raw_tile(t)))
+        return grid.astype(np.float32, copy=False), self._affine(fw, fh, mw, mh)
+
     def classify(self, rgb: np.ndarray) -> np.ndarray:
         """A whole image fitted to one tile (resized, as pycoral's classify example) -> every
         class's probability (C,) float32. For class_scores bundles."""

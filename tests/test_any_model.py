@@ -154,6 +154,50 @@ def test_classifier_bundles_from_a_bare_tflite_and_infers_like_keras(made, capsy
     assert agree >= 3  # the int8 model's top-1 is the float model's (ties may flip one)
 
 
+def test_classifier_patch_map_over_tiles_through_infer(made, capsys, tmp_path):
+    """`lucida infer --tiles`: the classifier over a 2 x 3 tile frame at the bundle's stride, as
+    the daemon runs it: each tile's top class and score are those of the same tile classified
+    alone (plain LiteRT on the int8 model), near the float Keras model's, and the patch-map PNG
+    shows each tile in its class's colour."""
+    from ai_edge_litert.interpreter import Interpreter
+    from lucida.tools.toolchain.infer import class_palette
+
+    d = made["dir"]
+    b = tmp_path / "cls"
+    _lucida(capsys, "bundle", "--cpu", d / "cls.tflite", "--labels", d / "cls.txt",
+            "--tile-stride", 96, "--name", "cls", "--task", "test", "--objectives", "10x",
+            "--out", b)  # fmt: skip
+    tiles = _tinted(6, 96, 96, seed=21)
+    frame = np.concatenate([np.concatenate(tiles[:3], axis=1), np.concatenate(tiles[3:], 1)])
+    png = _write_png(tmp_path / "frame.png", frame)
+    res = json.loads(_lucida(capsys, "infer", b, png, "--tiles", "--json", "--out", tmp_path / "o"))
+    t = res["tiles"]
+    assert t["grid"] == [2, 3] and t["tile_px"] == [96, 96] and t["stride_px"] == [96, 96]
+    it = Interpreter(str(d / "cls.tflite"))
+    it.allocate_tensors()
+    (i,), (o,) = it.get_input_details(), it.get_output_details()
+    pal = class_palette(load_bundle(b).manifest)
+    pic = cv2.cvtColor(cv2.imread(res["class_map_png"]), cv2.COLOR_BGR2RGB)
+    assert pic.shape == frame.shape
+    for n, tile in enumerate(tiles):
+        got = t["top"][n // 3][n % 3]
+        it.set_tensor(i["index"], tile[None])
+        it.invoke()
+        codes = it.get_tensor(o["index"])[0]
+        scale, zp = o["quantization"]
+        assert got["index"] == int(np.argmax(codes)) and got["label"] == f"species {got['index']}"
+        assert got["score"] == pytest.approx(scale * (int(codes.max()) - zp), abs=1e-6)
+        p = np.asarray(made["cls"](tile[None].astype(np.float32)))[0]
+        assert abs(got["score"] - p[got["index"]]) < 0.1  # int8 vs float on the same tile
+        y, x = 96 * (n // 3), 96 * (n % 3)
+        assert (pic[y + 8 : y + 88, x + 8 : x + 88] == pal[got["index"]]).all()
+    fractions = {a["index"]: a["fraction"] for a in res["areas"] if a["fraction"] > 0}
+    assert sum(fractions.values()) == pytest.approx(1.0)
+    assert set(fractions) == {c["index"] for row in t["top"] for c in row}
+    # without --tiles: the whole image resized, top-k (pycoral's classify)
+    assert "top" in json.loads(_lucida(capsys, "infer", b, png, "--json"))
+
+
 def test_segmenter_class_map_through_infer(made, capsys, tmp_path):
     d = made["dir"]
     text = _lucida(

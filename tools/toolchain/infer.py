@@ -2,6 +2,9 @@
 
 What pycoral's example scripts do, for any output kind, through the daemon's engine path:
 - class_scores (a classifier): the image resized to the model input, top-k labels and scores;
+  with --tiles, the classifier over the frame's tiles at the bundle's tile stride instead (as the
+  daemon runs it): per-tile top class and score, per-class patch areas, the positive set's
+  contours, and with --out a patch-map PNG (one colour per class);
 - heatmap / class_map (segmenters, tumour heatmaps): the frame tiled at its pixel size, per-class
   areas (px2, um2 when the pixel size is known), the overlay's per-class contours, and with
   --out a class-map PNG (one colour per class) and a JSON of the contours.
@@ -51,8 +54,9 @@ def class_map_picture(idx: np.ndarray, affine: np.ndarray, frame_size, palette) 
     """Class index per cell -> RGB uint8 picture at frame size (nearest cell, exact affine)."""
     fw, fh = frame_size
     src = idx.astype(np.uint16 if palette.shape[0] > 255 else np.uint8)
-    m = cv2.invertAffineTransform(np.asarray(affine, np.float64))
-    up = cv2.warpAffine(src, m, (fw, fh), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
+    m = cv2.invertAffineTransform(np.asarray(affine, np.float64))  # frame px -> cell
+    flags = cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP  # m maps destination px to source cells
+    up = cv2.warpAffine(src, m, (fw, fh), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     return palette[np.minimum(up, palette.shape[0] - 1)]
 
 
@@ -68,15 +72,48 @@ def classify(engine, rgb: np.ndarray, top_k: int) -> dict:
     }
 
 
-def segment(active, rgb: np.ndarray, um_per_px: float | None) -> tuple[dict, np.ndarray]:
-    """Per-class areas and contours of one frame, and its class index map (cells) + affine."""
+def patches(
+    engine, image: np.ndarray, um_per_px: float | None
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    """A patch classifier over the frame's tiles -> ({"tiles": grid, tile and stride px, each
+    tile's top class and score}, class index per tile rows x cols int32), and the affine."""
+    m = engine.manifest
+    scores, affine = engine.infer_patch_scores(image, um_per_px)
+    idx = np.argmax(scores, axis=-1).astype(np.int32)
+    top = np.take_along_axis(scores, idx[..., None], axis=-1)[..., 0]
+    o = m.output
+    grid = [
+        [
+            {"index": int(k), "label": o.label(int(k)), "score": round(float(p), 6)}
+            for k, p in zip(row_k, row_p)
+        ]
+        for row_k, row_p in zip(idx, top)
+    ]
+    info = {
+        "grid": list(idx.shape),
+        "tile_px": [m.input.width, m.input.height],
+        "stride_px": [m.tiling.stride_x, m.tiling.stride_y],
+        "top": grid,
+    }
+    return info, idx, affine
+
+
+def segment(
+    active, rgb: np.ndarray, um_per_px: float | None, tiles: bool = False
+) -> tuple[dict, tuple]:
+    """Per-class areas and contours of one frame, and its class index map (cells, or a patch
+    classifier's tiles with `tiles`) + affine."""
     from lucida.overlay.classes import ClassContours
 
     engine = active.engine
     o = engine.manifest.output
     image = active.normalize(rgb) if active.normalize else rgb
     hm = engine.infer(image, um_per_px)
-    idx, affine = engine.infer_labels(image, um_per_px)
+    if tiles:
+        tile_info, idx, affine = patches(engine, image, um_per_px)
+    else:
+        tile_info = None
+        idx, affine = engine.infer_labels(image, um_per_px)
     cell_px2 = abs(float(np.linalg.det(np.asarray(affine)[:, :2])))
     counts = np.bincount(idx.ravel(), minlength=o.channels + 1)
     areas = []
@@ -113,6 +150,8 @@ def segment(active, rgb: np.ndarray, um_per_px: float | None) -> tuple[dict, np.
         "areas": areas,
         "contours": contours,
     }
+    if tile_info is not None:
+        result["tiles"] = tile_info
     return result, (idx, affine, hm.frame_size)
 
 
@@ -124,8 +163,10 @@ def infer_images(
     top_k: int = 5,
     um_per_px: float | None = None,
     device: str = "cpu",
+    tiles: bool = False,
 ) -> list[dict]:
-    """Run the bundle on each image; write pictures/JSON under out_dir when given."""
+    """Run the bundle on each image; write pictures/JSON under out_dir when given. tiles: a
+    classifier runs over the frame's tiles (a patch map) instead of the whole image resized."""
     from lucida.calibration.atomic import atomic_write_bytes, atomic_write_text
     from lucida.models import resolve_bundle
     from lucida.runtime.engine import Engine
@@ -135,8 +176,13 @@ def infer_images(
     if top_k < 1:
         raise InferError(f"--top-k {top_k}: expected 1 or more")
     bundle = resolve_bundle(bundle_path)
-    engine = Engine(bundle, device=device)
     m = bundle.manifest
+    if tiles and m.output.kind != "class_scores":
+        raise InferError(
+            f"--tiles: bundle {bundle.name} is a {m.output.kind} model, which is tiled already; "
+            "--tiles is for classifiers (class_scores)"
+        )
+    engine = Engine(bundle, device=device)
     active = ActiveModel.of(engine, m.contours)
     um = um_per_px or m.input.um_per_px
     out = Path(out_dir) if out_dir else None
@@ -144,10 +190,10 @@ def infer_images(
     for path in images:
         rgb = load_rgb(path)
         item = {"image": str(path), "bundle": bundle.name, "kind": m.output.kind}
-        if m.output.kind == "class_scores":
+        if m.output.kind == "class_scores" and not tiles:
             item.update(classify(engine, rgb, top_k))
         else:
-            seg, (idx, affine, size) = segment(active, rgb, um)
+            seg, (idx, affine, size) = segment(active, rgb, um, tiles=tiles)
             item["um_per_px"] = um
             item.update(seg)
             if out is not None:
@@ -174,6 +220,12 @@ def register(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), auto, or an Edge TPU spec")
     p.add_argument("--out", help="folder for <image>.json and <image>.classes.png")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--tiles",
+        action="store_true",
+        help="classifiers: run over the image's tiles at the bundle's tile stride (a patch map, "
+        "as the daemon runs it) instead of once on the whole image resized",
+    )
     p.set_defaults(func=run)
 
 
@@ -185,6 +237,7 @@ def run(args) -> int:
         top_k=args.top_k,
         um_per_px=args.um_per_px,
         device=args.device,
+        tiles=args.tiles,
     )
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=1))
@@ -193,6 +246,9 @@ def run(args) -> int:
         print(f"{r['image']}: {r['bundle']} ({r['kind']})")
         for t in r.get("top", []):
             print(f"  {t['score']:.4f}  {t['label']} [{t['index']}]")
+        if "tiles" in r:
+            rows, cols = r["tiles"]["grid"]
+            print(f"  {rows} x {cols} tiles of {r['tiles']['tile_px'][0]} px")
         for a in r.get("areas", []):
             if a["fraction"] > 0:
                 um2 = f", {a['area_um2']:.0f} um2" if "area_um2" in a else ""
