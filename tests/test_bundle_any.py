@@ -160,6 +160,35 @@ def test_golden_check_holds_with_and_without_xnnpack(tiny_bundle, kernels):
     assert result["ok"] and result["max_abs_error"] <= g.atol
 
 
+def test_golden_per_model_file_is_recorded_on_its_device_and_checked(tpu_bundle, capsys):
+    """Each model file keeps its own golden output: `lucida golden` records the loaded file's
+    on its device, refuses when no Edge TPU ran edgetpu.tflite (here: none), and the health
+    check compares with the golden of the file that is loaded."""
+    import dataclasses
+
+    from lucida.tools.toolchain.golden import add_model_golden
+
+    before = (tpu_bundle.path / "manifest.json").read_bytes()
+    code, out = _run(capsys, "golden", tpu_bundle.path, "--device", "edgetpu")
+    assert code != 0 and "cpu.tflite ran" in out and "Traceback" not in out
+    assert (tpu_bundle.path / "manifest.json").read_bytes() == before  # nothing recorded
+    x, cpu_want = tpu_bundle.golden("cpu.tflite")
+    np.testing.assert_array_equal(tpu_bundle.golden("edgetpu.tflite")[1], cpu_want)  # fallback
+    # what a device's run records (here: its output moved by 0.3, as another rounding might)
+    tpu_want = np.clip(cpu_want + 0.3, 0, 1).astype(np.float32)
+    b = add_model_golden(tpu_bundle, "edgetpu.tflite", tpu_want)
+    b = load_bundle(b.path)  # hashes verified
+    assert b.manifest.golden.outputs == {"edgetpu.tflite": "golden_output.edgetpu.npy"}
+    np.testing.assert_array_equal(b.golden("edgetpu.tflite")[1], tpu_want)
+    np.testing.assert_array_equal(b.golden("cpu.tflite")[1], cpu_want)
+    cpu = Engine(b, device="cpu", num_threads=1)
+    assert cpu.health_check()["ok"]  # cpu.tflite: its own golden
+    as_tpu = Engine(b, device="cpu", num_threads=1)
+    as_tpu.info = dataclasses.replace(as_tpu.info, model_file="edgetpu.tflite")
+    r = as_tpu.health_check(raise_on_fail=False)  # the CPU's output against the TPU's golden
+    assert not r["ok"] and r["model_file"] == "edgetpu.tflite" and r["max_abs_error"] > 0.2
+
+
 def test_frame_smaller_than_a_tile_is_padded_not_mirrored(tiny_bundle, caplog):
     engine = Engine(tiny_bundle, device="cpu", num_threads=1)
     small = np.random.default_rng(3).integers(0, 256, (30, 40, 3), np.uint8)

@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "lucida.tools.demo.embedded",
     "lucida.tools.toolchain.deploy",
     "lucida.tools.demo.evaluate",
+    "lucida.tools.toolchain.golden",
     "lucida.tools.hil.command",
     "lucida.tools.toolchain.infer",
     "lucida.tools.device.models",
