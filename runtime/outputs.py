@@ -155,21 +155,27 @@ class OutputDecoder:
     def _softmax_band(self, codes: np.ndarray, probs: np.ndarray, stack: np.ndarray | None):
         """codes: r x (n * C) uint8, contiguous -> probs (r*n,) float32 and, for K > 1 positive
         classes, stack (r*n, K) float32, written in place."""
-        c, k = self.channels, len(self.positives)
+        c = self.channels
         n = codes.size // c
         scratch = self._scratch.__dict__
         if scratch.get("size", 0) < n:  # one block per thread, reused: no page faults per call
             scratch["size"] = n
             scratch["e"] = np.empty(n * c, self._exp.dtype)
             scratch["norm"] = np.empty((n, 1), self._exp.dtype)
-            scratch["pos"] = np.empty((n, k), self._exp.dtype)
+            scratch["pos"] = None
         e = cv2.LUT(codes, self._exp, dst=scratch["e"][: n * c].reshape(codes.shape))
         e = e.reshape(n, c)
         norm = np.matmul(e, self._ones, out=scratch["norm"][:n])  # BLAS gemv: the row sums
         if stack is None:  # one positive class: its column over the normalizer
             np.divide(e[:, self.positives[0]], norm[:, 0], out=probs)
             return
-        np.divide(np.take(e, self.positives, axis=1, out=scratch["pos"][:n]), norm, out=stack)
+        if len(self.positives) <= 4:  # column by column (measured: faster than a gather)
+            for j, k in enumerate(self.positives):
+                np.divide(e[:, k], norm[:, 0], out=stack[:, j])
+        else:  # many: one gather into scratch, one broadcast divide
+            if scratch.get("pos") is None or scratch["pos"].shape[0] < n:
+                scratch["pos"] = np.empty((scratch["size"], len(self.positives)), e.dtype)
+            np.divide(np.take(e, self.positives, axis=1, out=scratch["pos"][:n]), norm, out=stack)
         np.matmul(stack, self._ones_k, out=probs[:, None])  # the positive set's sum
         np.minimum(probs, 1.0, out=probs)  # float32 rounding of a sum of many classes
 

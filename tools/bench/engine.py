@@ -5,6 +5,7 @@ The first inference after a model load is discarded; times are ns per call, repo
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -55,6 +56,7 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
     def decode_call():  # the output decoding alone (no interpreter): steady CPU work
         return engine.decoder.positive(out)
 
+    load_before = os.getloadavg()[0]
     t = _interleaved({"raw": raw_call, "engine": engine_call, "decode": decode_call}, runs)
     r, e = percentiles_ms(t["raw"], "raw_ms"), percentiles_ms(t["engine"], "engine_ms")
     d = percentiles_ms(t["decode"], "decode_ms")
@@ -72,4 +74,7 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
         **d,
         "overhead_ratio": round(float(np.median(t["engine"]) / np.median(t["raw"])), 4),
         "decode_ratio": round(1 + float(np.median(t["decode"]) / np.median(t["raw"])), 4),
+        # 1-minute load average before and after the timed runs: the ratios are only as steady
+        # as the machine (other jobs take the cores that invoke and decoding share)
+        "load_avg": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
