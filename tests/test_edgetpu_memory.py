@@ -347,13 +347,26 @@ def test_cache_sizes_are_the_fit_and_leave_one_out_holds():
 
 
 def test_depthwise_and_per_tensor_layouts_follow_the_rule():
-    """The documented rule on ops the evidence does not cover (depthwise: an assumption)."""
+    """Depthwise and per-tensor-with-bias layouts as read from a real compiled MobileNetV2.
+
+    The figures against the real file are in test_edgetpu_real_compiled.py; here the rule itself.
+    """
+    from dataclasses import replace
+
     g = _Graph()
     x = g.t("int8", (1, 8, 8, 100))
     dw = OpInfo(0, "DEPTHWISE_CONV_2D", 1, False, (x, g.t("int8", (1, 3, 3, 100), True, 100)), (x,))
-    fc = OpInfo(1, "FULLY_CONNECTED", 1, False, (x, g.t("int8", (10, 6), True, 1)), (x,))
-    assert op_parameter_bytes(dw) == (900, 128 * (9 + 8))
-    assert op_parameter_bytes(fc) == (60, 64 * 8)  # per-tensor: no per-channel data
+    assert op_parameter_bytes(dw) == (900, 128 * 40)  # 100 -> 128 channels x (32 taps + 8) B
+    dw5 = OpInfo(0, "DEPTHWISE_CONV_2D", 1, False, (x, g.t("int8", (1, 7, 7, 64), True, 64)), (x,))
+    assert op_parameter_bytes(dw5)[1] == 64 * (40 + 32)  # 49 taps -> 64 B of taps
+    w = g.t("int8", (10, 6), True, 1)
+    fc = OpInfo(1, "FULLY_CONNECTED", 1, False, (x, w), (x,))
+    assert op_parameter_bytes(fc) == (60, 64 * 8)  # per tensor, no bias: no per-channel data
+    zero = replace(g.t("int32", (10,), True), all_zero=True)
+    fc0 = OpInfo(1, "FULLY_CONNECTED", 1, False, (x, w, zero), (x,))
+    assert op_parameter_bytes(fc0) == (100, 64 * 8)  # an all-zero bias takes nothing
+    fcb = OpInfo(1, "FULLY_CONNECTED", 1, False, (x, w, g.t("int32", (10,), True)), (x,))
+    assert op_parameter_bytes(fcb) == (100, 64 * (8 + 4))  # a real bias: 4 B per padded channel
 
 
 @pytest.mark.tf

