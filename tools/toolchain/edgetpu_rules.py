@@ -34,7 +34,9 @@ EDGETPU, CPU, UNCERTAIN = "edgetpu", "cpu", "uncertain"
 @dataclass(frozen=True)
 class OpVerdict:
     """Where one op runs. kind: short key of the reason (scripts, tests); uncertain: the
-    evidence has the compiler both mapping and refusing ops like this one (counted as mapped)."""
+    evidence has the compiler both mapping and refusing ops like this one (counted as mapped);
+    low_confidence: for a mapped op, the public log where the compiler left such an op on the
+    CPU without a cause (empty when there is none)."""
 
     index: int
     op: str
@@ -42,6 +44,7 @@ class OpVerdict:
     reason: str
     kind: str = "mapped"
     uncertain: bool = False
+    low_confidence: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,7 +248,39 @@ def partition(model: TFLiteModel, runtime: int = E.DEFAULT_RUNTIME_VERSION) -> l
                 if r[1] == "QUANTIZE" and r[2] == EDGETPU:
                     r[3], r[5] = "may run on the CPU in front of a leading CPU op", True
         rows.append([op.index, op.opcode, runs_on, why, kind, uncertain])
-    return [OpVerdict(*r) for r in rows]
+    out = []
+    for r, op in zip(rows, model.ops):
+        low = _unexplained(op, runtime) if r[2] == EDGETPU and not compiled else ""
+        out.append(OpVerdict(*r, low_confidence=low))
+    return out
+
+
+def _unexplained(op: OpInfo, runtime: int) -> str:
+    """The source of an unexplained refusal of an op like this one, or "" (edgetpu_ops)."""
+    name = op.opcode
+    src = E.UNEXPLAINED_REFUSALS.get(name)
+    if src is None or name in E.UNEXPLAINED_NOTE_ONLY:
+        return ""
+    if name == "TRANSPOSE_CONV":
+        out = op.outputs[0].shape if op.outputs else ()
+        if len(out) < 3 or out[-2] * out[-3] < E.UNEXPLAINED_TRANSPOSE_CONV_PX:
+            return ""
+    if name in ("SPLIT", "MUL") and runtime > E.UNEXPLAINED_OLD_RUNTIME:
+        return ""
+    return f"the compiler left such an op on the CPU without a cause in {src}"
+
+
+def unexplained_notes(model: TFLiteModel, verdicts: list[OpVerdict]) -> list[str]:
+    """Report notes for common op types with an unexplained refusal (not flagged op by op)."""
+    notes = []
+    for name in E.UNEXPLAINED_NOTE_ONLY:
+        n = sum(1 for v in verdicts if v.op == name and v.runs_on == EDGETPU)
+        if n:
+            notes.append(
+                f"{n} {name} op(s) mapped: public logs map this op type, but once left one on "
+                f"the CPU without a cause ({E.UNEXPLAINED_REFUSALS[name]})"
+            )
+    return notes
 
 
 def op_verdicts(model: TFLiteModel, runtime_version: int = E.DEFAULT_RUNTIME_VERSION):
