@@ -124,3 +124,25 @@ def test_estimate_of_the_cpu_twin_is_within_5_percent_of_the_compiled_mobilenet_
     # classifier 965 vs 1001 rows: the same padded layout, so the comparison is like for like
     fc = next(op for op in twin.ops if op.opcode == "FULLY_CONNECTED")
     assert fc.inputs[1].shape == (965, 1280) and -(-965 // 64) == -(-1001 // 64)
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_bundle_records_the_real_packages_figures(name):
+    """`lucida bundle`'s manifest "edgetpu" section from a real compiled file."""
+    from lucida.tools.toolchain.bundle import edgetpu_figures
+
+    runtime, on_chip, off_chip, cpu_tail, _, _ = REAL[name]
+    figs = edgetpu_figures(compiled(name).read_bytes())
+    assert figs["subgraphs"] == 1 and figs["min_runtime_version"] == runtime
+    assert (figs["on_chip_bytes"], figs["off_chip_bytes"]) == (on_chip, off_chip)
+    assert figs["cpu_ops"] == cpu_tail and len(figs["caching_tokens"]) == 1
+
+
+def test_a_real_compiled_file_is_not_the_twin_of_another_model():
+    """bundle refuses an edgetpu.tflite whose input/output differ from cpu.tflite's."""
+    from lucida.tools.toolchain.bundle import BundleError, check_edgetpu_model
+    from realdata import real
+
+    cpu = real("models", "mobilenet_v2_1.0_224_inat_bird_quant.tflite")
+    with pytest.raises(BundleError, match="output"):  # 965 bird classes vs 1001 ImageNet ones
+        check_edgetpu_model(str(cpu), str(compiled("mobilenet_v2_1.0_224_quant_edgetpu.tflite")))
