@@ -386,6 +386,46 @@ def test_input_size_does_not_change_the_estimate():
     assert full == estimate(read_tflite(tf_model(build, CONV_BUILD_PX)))
 
 
+def _fill(sizes: list[int], budget: float, limit: int, largest_first: bool) -> int:
+    """Bytes cached when ops (their laid-out sizes) fill `budget` in op order or largest first."""
+    on = 0
+    for x in sorted(sizes, reverse=True) if largest_first else sizes:
+        if x <= limit and on + x <= budget:
+            on += x
+    return on
+
+
+def budget_scan(largest_first: bool) -> list[tuple[int, float]]:
+    """(B0 KiB, k) with which every row is within 5 % when the cache budget is B0 minus k x the
+    model's largest int8 activation (bytes) and the ops fill it in op order or largest first.
+
+    A candidate rule for fc4-N2000 (docs/edgetpu_check.md), not the one `check` uses."""
+    rows = []
+    for r in ROWS:
+        m = SHAPE_MODELS[r["id"]]
+        sizes = [op_parameter_bytes(op)[1] for op in m.ops if op_parameter_bytes(op)[1]]
+        act = max(t.bytes for t in m.tensors if not t.constant and t.dtype in ("int8", "uint8"))
+        rows.append((r, sizes, act))
+    out = []
+    for b0 in range(7_900, 8_200, 4):
+        for k in [i / 100 for i in range(60)]:
+            if all(
+                row_error(
+                    r,
+                    {
+                        "on_chip_bytes": (
+                            on := _fill(s, b0 * 1024 - k * a, E.PARAM_OP_CACHE_BYTES, largest_first)
+                        ),
+                        "off_chip_bytes": sum(s) - on,
+                    },
+                )
+                <= TOLERANCE
+                for r, s, a in rows
+            ):
+                out.append((b0, k))
+    return out
+
+
 def _report() -> None:
     print(f"{'row':<12} {'compiler on/off (KiB)':>24} {'estimate on/off (KiB)':>24} {'err':>7}")
     errors = []
@@ -446,6 +486,19 @@ def _report() -> None:
         if r.get("known_miss"):
             e = estimate(SHAPE_MODELS[r["id"]])
             print(f"known miss {r['id']}: error {row_error(r, e) * 100:.1f} %: {r['known_miss']}")
+    for largest_first in (False, True):
+        ok = budget_scan(largest_first)
+        how = "largest first" if largest_first else "op order"
+        if not ok:
+            print(f"candidate budget B0 - k x largest activation, {how}: no (B0, k) fits all rows")
+            continue
+        b0s, ks = [b for b, _ in ok], [k for _, k in ok]
+        at0 = [b for b, k in ok if k == 0]
+        print(
+            f"candidate budget B0 - k x largest activation, {how}: all {len(ROWS)} rows within "
+            f"5 % for B0 {min(b0s)}-{max(b0s)} KiB, k {min(ks):.2f}-{max(ks):.2f} "
+            f"({len(ok)} grid points; with k = 0: {'none' if not at0 else f'{min(at0)}-{max(at0)} KiB'})"
+        )
 
 
 if __name__ == "__main__":
