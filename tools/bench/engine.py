@@ -31,8 +31,11 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
     is the engine's work around invoke (quantization, output decoding, the heatmap's affine).
     decode_ratio: 1 + (output decoding alone) / raw, from the same run: steadier than
     overhead_ratio on a loaded machine, where scheduling noise hits whole calls.
+    decode_1thread_cpu_ms_p50: the decoding's work on one thread, in thread CPU time (what other
+    jobs on the machine do not change much).
     """
     from lucida.runtime.engine import Engine
+    from lucida.runtime.outputs import OutputDecoder
     from lucida.runtime.stats import percentiles_ms
 
     engine = Engine(bundle, device="cpu", num_threads=threads)
@@ -58,6 +61,13 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
 
     load_before = os.getloadavg()[0]
     t = _interleaved({"raw": raw_call, "engine": engine_call, "decode": decode_call}, runs)
+    one = OutputDecoder(m.output, m.quantization.output, threads=1)
+    one.positive(out)
+    cpu = np.empty(runs, np.int64)
+    for k in range(runs):  # the decoding's work: CPU time of one thread, whatever the load
+        c = time.thread_time_ns()
+        one.positive(out)
+        cpu[k] = time.thread_time_ns() - c
     r, e = percentiles_ms(t["raw"], "raw_ms"), percentiles_ms(t["engine"], "engine_ms")
     d = percentiles_ms(t["decode"], "decode_ms")
     return {
@@ -72,6 +82,7 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
         **r,
         **e,
         **d,
+        "decode_1thread_cpu_ms_p50": round(float(np.median(cpu)) / 1e6, 3),
         "overhead_ratio": round(float(np.median(t["engine"]) / np.median(t["raw"])), 4),
         "decode_ratio": round(1 + float(np.median(t["decode"]) / np.median(t["raw"])), 4),
         # 1-minute load average before and after the timed runs: the ratios are only as steady
