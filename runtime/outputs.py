@@ -122,29 +122,37 @@ class OutputDecoder:
         codes = np.ascontiguousarray(codes).reshape(h, w * c)
         probs, stack = self._softmax_out(h, w)
         band = max(1, (_BAND - 1) // (w * c))
-        starts = iter(range(0, h, band))
+        # what the bands work on, emptied before returning: a helper called off before it
+        # started stays queued in the pool for a while, and must not keep the output alive
+        # (the engine passes the interpreter's own buffer, which blocks the next invoke)
+        work = {"codes": codes, "probs": probs, "stack": stack, "starts": iter(range(0, h, band))}
         lock = threading.Lock()
 
         def bands() -> None:  # takes bands until none is left; cv2.LUT, BLAS, NumPy drop the GIL
             while True:
                 with lock:
-                    y = next(starts, None)
-                if y is None:
-                    return
+                    y = next(work["starts"], None) if work else None
+                    if y is None:
+                        return
+                    cod, out, st = work["codes"], work["probs"], work["stack"]
                 ye = min(h, y + band)
                 self._softmax_band(
-                    codes[y:ye],
-                    probs[y:ye].reshape(-1),
-                    None if stack is None else stack[y:ye].reshape(-1, stack.shape[-1]),
+                    cod[y:ye],
+                    out[y:ye].reshape(-1),
+                    None if st is None else st[y:ye].reshape(-1, st.shape[-1]),
                 )
 
         # the caller works too, and helpers that a loaded machine has not started yet when it
         # runs out of bands are called off instead of waited for
         helpers = [_pool().submit(bands) for _ in range(min(self.threads, -(-h // band)) - 1)]
-        bands()
-        for job in helpers:
-            if not job.cancel():
-                job.result()
+        try:
+            bands()
+            for job in helpers:
+                if not job.cancel():
+                    job.result()
+        finally:
+            with lock:
+                work.clear()
         return probs, stack
 
     def _softmax_out(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -82,6 +82,26 @@ def test_softmax_large_output_in_parallel_bands_is_exact(scale, threads, dtype, 
     )
 
 
+def test_softmax_keeps_no_reference_to_the_output_once_decoded():
+    """The engine decodes the interpreter's output buffer in place, and the interpreter refuses
+    to invoke while any view of it lives: after `positive` returns, nothing (a worker thread,
+    a helper called off before it started) may still hold the raw output."""
+    import weakref
+
+    rng = np.random.default_rng(4)
+    dec = OutputDecoder(
+        OutputSpec(kind="heatmap", channels=21, activation="softmax", positive_classes=[15]),
+        TensorQuant(dtype="uint8", scale=0.05, zero_point=128),
+        threads=4,
+    )
+    for _ in range(30):
+        raw = rng.integers(0, 256, (64, 513, 21)).astype(np.uint8)
+        alive = weakref.ref(raw)
+        probs, _ = dec.positive(raw[:, :, :])  # a view, as the engine's
+        del raw
+        assert alive() is None and probs.shape == (64, 513)
+
+
 def test_sigmoid_classes_sum_is_clipped_and_stacked():
     raw = np.array([[[200, 200, 10]]], np.uint8)
     dec = OutputDecoder(
