@@ -23,7 +23,7 @@ from lucida.models import Bundle
 
 from .backends import Backend, select_backend
 from .edgetpu import list_edge_tpus
-from .engine import Engine, EngineError
+from .engine import Engine, EngineError, HealthCheckError
 from .retry import Backoff
 from .stats import percentiles_ms
 from .tiling import stitch_into
@@ -287,6 +287,24 @@ class MultiEngine(Engine):
         for i, tile_out in enumerate(self._run(tiles)):
             stitch_into(out, plan, i, tile_out)
         return out[: plan.out_h, : plan.out_w], None
+
+    def health_check(self, raise_on_fail: bool = True) -> dict:
+        """The golden check on every device that serves (each engine against the golden output
+        of the model file it runs: edgetpu.tflite's own when the bundle has one), or on the CPU
+        interpreter when no device is left. For a fresh engine, before it serves tiles."""
+        up = [s for s in self.slots if s.state == "ok" and s.engine is not None]
+        if not up:
+            return super().health_check(raise_on_fail)
+        per = {s.spec: s.engine.health_check(raise_on_fail=False) for s in up}
+        bad = {spec: r for spec, r in per.items() if not r["ok"]}
+        result = {**(next(iter(bad.values())) if bad else per[up[0].spec]), "devices": per}
+        result["ok"] = not bad
+        if raise_on_fail and bad:
+            raise HealthCheckError(
+                f"bundle {self.bundle.name}: golden check failed on {', '.join(bad)}: "
+                f"{next(iter(bad.values()))}"
+            )
+        return result
 
     def host_cpu_offset_ns(self) -> int:
         return sum(s.host_cpu_ns for s in self.slots) - self.invoke_cpu_ns

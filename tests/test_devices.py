@@ -109,6 +109,44 @@ def test_pass_through_mode_runs_the_real_model(tpu_bundle, fake_tpus):
     assert e.info.delegate == "edgetpu:usb:2" and e.health_check()["ok"]
 
 
+def test_golden_recorded_on_a_device_is_what_every_device_is_checked_against(
+    tpu_bundle, fake_tpus, capsys
+):
+    """`lucida golden` on an Edge TPU (here the fake one, passing through to the CPU: not an
+    Edge TPU's rounding) records edgetpu.tflite's own golden output; a multi-device engine checks
+    every device against it, the CPU engine keeps cpu.tflite's."""
+    import json
+
+    from lucida.models import load_bundle
+    from lucida.runtime.engine import HealthCheckError
+    from lucida.tools.cli import main
+    from lucida.tools.toolchain.golden import add_model_golden
+
+    capsys.readouterr()
+    assert main(["golden", str(tpu_bundle.path), "--device", "usb:0", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["model_file"] == "edgetpu.tflite" and r["delegate"] == "edgetpu:usb:0"
+    assert r["difference_from_cpu"] == 0.0  # pass-through: the CPU's own output
+    b = load_bundle(tpu_bundle.path)
+    assert b.manifest.golden.outputs == {"edgetpu.tflite": "golden_output.edgetpu.npy"}
+    multi = MultiEngine(b, ["usb:0", "usb:1"], num_threads=1)
+    try:
+        h = multi.health_check()
+    finally:
+        multi.close()
+    assert h["ok"] and set(h["devices"]) == {"usb:0", "usb:1"}
+    assert all(d["model_file"] == "edgetpu.tflite" for d in h["devices"].values())
+    # edgetpu.tflite's golden moved away from what the devices give: every device fails
+    b = add_model_golden(b, "edgetpu.tflite", np.clip(b.golden()[1] + 0.3, 0, 1))
+    multi = MultiEngine(b, ["usb:0", "usb:1"], num_threads=1)
+    try:
+        with pytest.raises(HealthCheckError, match="usb:0, usb:1"):
+            multi.health_check()
+    finally:
+        multi.close()
+    assert Engine(b, device="cpu", num_threads=1).health_check()["ok"]  # cpu.tflite's own
+
+
 @pytest.mark.parametrize("failing", [0, 1], ids=["first-device", "second-device"])
 def test_a_failing_device_is_dropped_while_the_others_keep_serving(
     tpu_bundle, fake_tpus, monkeypatch, failing
