@@ -10,10 +10,13 @@ returned (batch dimension removed) into:
 - `class_index(raw)`: the most likely class per position (..., ) int32.
 
 The per-frame paths work on the 8-bit codes: dequantize and sigmoid fused in one 256-entry
-table; softmax as exp-table lookups (shift-invariant, so no per-position max) and one matrix
-product that sums the positive set and the normalizer together. A class map's positive set is
-a table over class indices. Pure NumPy/OpenCV, no interpreter: the engine and other runners
-(multi-device) share it.
+table; softmax as exp-table lookups (shift-invariant, so no per-position max), a BLAS
+matrix-vector product for the normalizer and divides straight into the output, in bands of rows
+that reuse per-thread scratch blocks (no allocation, hence no page faults, per band: that is what
+lets two threads share the bands) and that the caller and the pool take from one counter. A
+class map's positive set is a table over class indices. Pure NumPy/OpenCV, no interpreter: the
+engine and other runners (multi-device) share it. `raw` may be the interpreter's own output
+buffer: nothing keeps a reference to it after a call returns.
 """
 
 from __future__ import annotations
