@@ -255,7 +255,9 @@ RIDGE_DN = 20.0  # RGBMap's identity prior scale, in DN
 def _keep_glass(image: np.ndarray, out: np.ndarray) -> None:
     """Copy the pixels of `image` bright in every channel (glass, min >= GLASS_DN) into
     `out` (same shape): a colour map never tints glass."""
-    glass = cv2.inRange(image, (GLASS_DN,) * 3, (255, 255, 255))
+    r, g, b = cv2.split(image)  # min of the planes + one threshold: ~2x faster than inRange
+    low = cv2.min(cv2.min(r, g), b)
+    glass = cv2.threshold(low, GLASS_DN - 1, 255, cv2.THRESH_BINARY)[1]
     cv2.copyTo(image, glass, out)
 
 
@@ -331,7 +333,7 @@ class ReinhardNormalizer:
         self._map_src: np.ndarray | None = None
         self._map_age = 0
         self.fits = 0  # how many times a map was fitted (bench, tests)
-        self.map_error = 0.0  # Delta E of the map in use against the exact method, on its sample
+        self.map_error = 0.0  # Delta E against the exact method on the sample, at the last choice
 
     @staticmethod
     def _to8(stats: LabStats) -> np.ndarray:
@@ -381,8 +383,8 @@ class ReinhardNormalizer:
     def map_for(self, image: np.ndarray) -> RGBMap | ODMap | None:
         """The colour map for this frame: the source statistics measured on every 24th pixel
         (smoothed), the exact method run there, an RGBMap and an ODMap fitted to it and the
-        one closer to the exact method there kept (map_error, Delta E), unless the map in use
-        was fitted for statistics within REFIT_LAB and fewer than REFIT_FRAMES frames ago.
+        one closer to the exact method there kept (map_error, Delta E); refitted (in the form
+        kept) when the statistics move more than REFIT_LAB, chosen again every REFIT_FRAMES.
         None when the frame is glass only (nothing to normalize)."""
         small = _sample(image)
         lab = _lab8(small)
@@ -391,17 +393,20 @@ class ReinhardNormalizer:
         if src is None:
             return None
         self._map_age += 1
-        if (
-            self._map is None
-            or self._map_age >= REFIT_FRAMES
-            or float(np.abs(src - self._map_src).max()) > REFIT_LAB
-        ):
+        full = self._map is None or self._map_age >= REFIT_FRAMES
+        if full or float(np.abs(src - self._map_src).max()) > REFIT_LAB:
             after = self._exact(small, lab, weight, src)
-            after_lab = _lab8(after).astype(np.float32)
-            fitted = [m.fit(small, after, weight) for m in (RGBMap, ODMap)]
-            errors = [map_error(m, small, after_lab, weight) for m in fitted]
-            best = int(np.argmin(errors))
-            self._map, self.map_error = fitted[best], errors[best]
+            # which form follows the method closer is chosen on a full refit; in between, the
+            # map is refitted in the form in use (one small fit, no comparison)
+            kinds = (RGBMap, ODMap) if full else (type(self._map),)
+            fitted = [k.fit(small, after, weight) for k in kinds]
+            if len(fitted) > 1:
+                after_lab = _lab8(after).astype(np.float32)
+                errors = [map_error(m, small, after_lab, weight) for m in fitted]
+                best = int(np.argmin(errors))
+                self._map, self.map_error = fitted[best], errors[best]
+            else:
+                self._map = fitted[0]
             self._map_src, self._map_age = src.copy(), 0
             self.fits += 1
         return self._map

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from .sources import FrameSource, SourceError
 from .stats import percentiles_ms
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL_S = 0.0005  # GIL switch interval while the loop runs (Python's default: 5 ms)
 
 
 def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | None:
@@ -262,12 +264,19 @@ class Pipeline:
         self._infer_p99_ms: float | None = None
         self._in_motion = False
         self._shown_track_ns = 0
+        self._switch_interval: float | None = None  # the interpreter's, while the loop runs
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
         # the stages already run in parallel; OpenCV's own pool would add wake-ups and spinning
         # beside them (bench pipeline: "other" CPU ms per frame), so OpenCV runs single-threaded
         cv2.setNumThreads(1)
+        # the stages hand work over through the GIL: a stage whose C call returned (invoke(),
+        # an OpenCV call) must not wait out the default 5 ms switch interval while another
+        # stage runs Python (bench pipeline: the model idles between tiles); restored in stop()
+        if self._switch_interval is None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
         for s in self.ar_sinks + self.preview_sinks:
             s.open()
         for name, fn in (
@@ -287,6 +296,9 @@ class Pipeline:
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
         try:
             self.source.close()
         except Exception as exc:  # a dying camera must not block shutdown
