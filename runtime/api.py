@@ -285,6 +285,7 @@ def make_app(daemon) -> web.Application:
         seq, interval = -1, 1 / max(1.0, daemon.config.source.fps)
         try:
             while True:
+                stream.want()  # keeps the pipeline composing this stream while we watch
                 if stream.seq == seq or stream.canvas is None:
                     await asyncio.sleep(interval / 2)
                     continue

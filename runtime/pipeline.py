@@ -636,9 +636,10 @@ class Pipeline:
             blank = self.ar.blank() if override is None else override
             for s in self.ar_sinks:
                 s.show(blank, None)
-        if frame is not None:
+        watching = self._watching_previews()
+        if frame is not None and watching:
             image = moving_banner(frame.image) if reason == "stage moving" else frame.image
-            for s in self.preview_sinks:
+            for s in watching:
                 s.show(image, frame.t_capture_ns)
         if self._showing_overlay:
             self.stats.count("cleared")
@@ -696,10 +697,11 @@ class Pipeline:
                     ),
                 )
             )
-        if self.preview is not None and self.preview_sinks and not again:
+        watching = [] if again else self._watching_previews()
+        if self.preview is not None and watching:
             canvases.append(
                 (
-                    self.preview_sinks,
+                    watching,
                     self.preview.compose(
                         frame.image,
                         res.regions,
@@ -731,6 +733,17 @@ class Pipeline:
             self.on_display(
                 "overlay", t2, result=res, objective=objective, shift_px=shift, redraw=again
             )
+
+    def _watching_previews(self) -> list:
+        """The preview sinks someone looks at now; the others are told they were skipped (a
+        live stream without viewers costs no preview composition, no copy of the frame)."""
+        watching = []
+        for s in self.preview_sinks:
+            if getattr(s, "watched", True):
+                watching.append(s)
+            elif hasattr(s, "idle"):
+                s.idle()
+        return watching
 
     # -- safety: motion, overlay age, watchdog -----------------------------------------------
     def _gate(self, frame: Frame):

@@ -277,7 +277,7 @@ def test_disk_hygiene(daemon, tiny_bundle, tmp_path):  # noqa: F811
         conn.close()
     assert wait_for(lambda: not list(incoming.iterdir()), 5)
     # unique snapshot ids, private files
-    assert wait_for(lambda: daemon.live.canvas is not None)
+    assert wait_for(lambda: daemon.live.want() or daemon.live.canvas is not None)
     # a snapshot saves what the eyepiece shows (issue 19): wait for something shown
     assert wait_for(lambda: daemon.shown and daemon.shown["kind"] != "blank")
     a = call(daemon, "POST", "/snapshot")[1]["preview"]
