@@ -88,6 +88,7 @@ class ARComposer:
         """Replace the camera px -> display px homography (e.g. after recalibration)."""
         self.homography = _homography(homography)
         self._inverse = np.linalg.inv(self.homography)
+        self._scale = None  # camera_px_per_display_px, computed once per homography and viewport
 
     def set_eyepiece(self, circle: tuple[float, float, float] | None) -> None:
         """Set (cx, cy, r) in display px, or None to show the whole display.
@@ -103,6 +104,7 @@ class ARComposer:
             self._mask = None
             self._outside = []
             self.viewport = (0, 0, w, h)
+            self._scale = None
             return
         cx, cy, r = (float(v) for v in circle)
         if not r > 0:
@@ -125,16 +127,20 @@ class ARComposer:
         x0, y0 = max(0, int(np.ceil(cx - half))), max(0, int(np.ceil(cy - half)))
         x1, y1 = min(w, int(cx + half)), min(h, int(cy + half))
         self.viewport = (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+        self._scale = None
 
     def camera_px_per_display_px(self) -> float:
         """Local scale of the display -> camera map at the viewport centre."""
+        if self._scale is not None:
+            return self._scale
         x, y, w, h = self.viewport
         c = np.array(
             [[[x + w / 2, y + h / 2]], [[x + w / 2 + 1, y + h / 2]], [[x + w / 2, y + h / 2 + 1]]],
             np.float64,
         )
         p = cv2.perspectiveTransform(c, self._inverse).reshape(3, 2)
-        return float(np.sqrt(abs(np.linalg.det(np.stack([p[1] - p[0], p[2] - p[0]])))))
+        self._scale = float(np.sqrt(abs(np.linalg.det(np.stack([p[1] - p[0], p[2] - p[0]])))))
+        return self._scale
 
     def blank(self) -> np.ndarray:
         """An all-black canvas (nothing visible in the eyepiece)."""
