@@ -43,6 +43,25 @@ log = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0001  # GIL switch interval while the loop runs (Python's default: 5 ms)
 
 
+_switch_lock = threading.Lock()
+_switch_users = [0, 0.005]  # running loops, the interpreter's interval before the first
+
+
+def _short_switch_interval(on: bool) -> None:
+    """The first running loop sets SWITCH_INTERVAL_S; the last one to stop restores what the
+    interpreter had (several loops in one process, e.g. tests, start and stop in any order)."""
+    with _switch_lock:
+        if on:
+            if _switch_users[0] == 0:
+                _switch_users[1] = sys.getswitchinterval()
+                sys.setswitchinterval(min(_switch_users[1], SWITCH_INTERVAL_S))
+            _switch_users[0] += 1
+        elif _switch_users[0] > 0:
+            _switch_users[0] -= 1
+            if _switch_users[0] == 0:
+                sys.setswitchinterval(_switch_users[1])
+
+
 def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | None:
     """Camera pixel size from the nominal magnification ("10x" -> 1.0 um/px): a fallback only."""
     try:
@@ -264,7 +283,7 @@ class Pipeline:
         self._infer_p99_ms: float | None = None
         self._in_motion = False
         self._shown_track_ns = 0
-        self._switch_interval: float | None = None  # the interpreter's, while the loop runs
+        self._short_switch = False  # this loop holds the short GIL switch interval
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
@@ -274,9 +293,9 @@ class Pipeline:
         # the stages hand work over through the GIL: a stage whose C call returned (invoke(),
         # an OpenCV call) must not wait out the default 5 ms switch interval while another
         # stage runs Python (bench pipeline: the model idles between tiles); restored in stop()
-        if self._switch_interval is None:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL_S))
+        if not self._short_switch:
+            self._short_switch = True
+            _short_switch_interval(True)
         for s in self.ar_sinks + self.preview_sinks:
             s.open()
         for name, fn in (
@@ -296,9 +315,9 @@ class Pipeline:
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
+        if self._short_switch:
+            self._short_switch = False
+            _short_switch_interval(False)
         try:
             self.source.close()
         except Exception as exc:  # a dying camera must not block shutdown
