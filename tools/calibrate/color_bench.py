@@ -158,11 +158,12 @@ def load_he(folder) -> dict[str, np.ndarray]:
     """The PNG/JPEG images of a folder of real H&E fields, by file name (RGB uint8)."""
     from pathlib import Path
 
+    from lucida.calibration.errors import RefusedInputError
     from lucida.calibration.imageio import read_image
 
+    if not Path(folder).is_dir():
+        raise RefusedInputError(f"--he {folder}: not a folder; expected one with 2+ H&E PNG/JPEG")
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg"))
     if len(files) < 2:
-        from lucida.calibration.errors import RefusedInputError
-
         raise RefusedInputError(f"{folder}: need at least 2 H&E images (PNG/JPEG) for --he")
     return {p.name: read_image(p) for p in files}

@@ -102,9 +102,10 @@ def cmd_evaluate(args) -> int:
 def cmd_bench_color(args) -> int:
     from lucida.tools.calibrate.color_bench import bench_color, load_he, reinhard_accuracy
 
+    he = load_he(args.he) if args.he else None  # a bad folder fails before the timing
     res = bench_color(args.frames, args.seed)
-    if args.he:
-        res["reinhard_accuracy_real_he"] = reinhard_accuracy(load_he(args.he))
+    if he:
+        res["reinhard_accuracy_real_he"] = reinhard_accuracy(he)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
