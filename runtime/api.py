@@ -482,7 +482,10 @@ class HttpServer:
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None:
-            raise OSError(f"HTTP API cannot listen on {self.host}:{self.port}: {self._error}")
+            raise OSError(
+                f"key 'http.bind'/'http.port': the HTTP API cannot listen on "
+                f"{self.host}:{self.port}: {self._error}"
+            )
         return self
 
     def _serve(self) -> None:
