@@ -631,7 +631,7 @@ class Daemon:
             http_limits={
                 "max_connections": getattr(self.http, "cap", None),
                 "header_timeout_s": self.config.http.header_timeout_s,
-                "idle_timeout_s": self.config.http.idle_timeout_s,
+                "idle_timeout_s": self.config.http.idle_timeout_s,  # also bodies, unread writes
             },
             camera=self.pipeline.source.controls_applied,
         )
