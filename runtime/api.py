@@ -194,8 +194,11 @@ def make_app(daemon) -> web.Application:
         except (UploadRefused, SlowClient) as exc:
             daemon.events("error", where=request.path, message=str(exc))
             resp = _error(exc.status, str(exc))
-            if exc.status == 408:
-                resp.force_close()  # the rest of a stalled body is not waited for
+            if exc.status == 408:  # answer, then hang up: the rest of the body is not waited for
+                resp.force_close()
+                await resp.prepare(request)
+                await resp.write_eof()
+                request.protocol.force_close()  # no lingering read of what the client holds
             return resp
         except (ValueError, OSError) as exc:  # bad input: one readable message
             daemon.events("error", where=request.path, message=str(exc))
