@@ -120,6 +120,13 @@ def test_post_task_is_validated_and_needs_the_token(scope_daemon):
     code, inv = call(d, "GET", "/models")
     assert inv["task"] == "stroma" and inv["tasks"]["stroma"]["20x"] is None
     assert inv["tasks"]["lymph"]["20x"] == "lymph-s"
+    # a snapshot says which model drew it, and the camera's brightness settings
+    assert wait_for(lambda: d.display_state()["showing"] == "overlay", 30)
+    code, snap = call(d, "POST", "/snapshot", {"case_id": "T-1"})
+    assert code == 200, snap
+    code, meta = call(d, "GET", f"/snapshots/{snap['id']}")
+    assert meta["model"]["name"] == "stroma-s"
+    assert meta["camera"]["controls"] == {"exposure_ms": 10.0, "gain": 1.0, "fps": 10.0}
 
 
 @pytest.mark.timeout(300)
