@@ -137,6 +137,8 @@ class Daemon:
     def __init__(self, config: DaemonConfig, config_path: str | Path | None = None):
         os.umask(0o077)  # patient images, tokens, logs: private from creation
         self.config, self.config_path = config, config_path
+        if config.log.events:  # the folder --check would create; a start creates it too
+            Path(config.log.events).parent.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(config.log.events)
         self.store = BundleStore(config.state_dir)
         if self.store.swept:
