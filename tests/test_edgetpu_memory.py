@@ -347,13 +347,26 @@ def test_cache_sizes_are_the_fit_and_leave_one_out_holds():
 
 
 def test_depthwise_and_per_tensor_layouts_follow_the_rule():
-    """The documented rule on ops the evidence does not cover (depthwise: an assumption)."""
+    """Depthwise and per-tensor-with-bias layouts as read from a real compiled MobileNetV2.
+
+    The figures against the real file are in test_edgetpu_real_compiled.py; here the rule itself.
+    """
+    from dataclasses import replace
+
     g = _Graph()
     x = g.t("int8", (1, 8, 8, 100))
     dw = OpInfo(0, "DEPTHWISE_CONV_2D", 1, False, (x, g.t("int8", (1, 3, 3, 100), True, 100)), (x,))
-    fc = OpInfo(1, "FULLY_CONNECTED", 1, False, (x, g.t("int8", (10, 6), True, 1)), (x,))
-    assert op_parameter_bytes(dw) == (900, 128 * (9 + 8))
-    assert op_parameter_bytes(fc) == (60, 64 * 8)  # per-tensor: no per-channel data
+    assert op_parameter_bytes(dw) == (900, 128 * 40)  # 100 -> 128 channels x (32 taps + 8) B
+    dw5 = OpInfo(0, "DEPTHWISE_CONV_2D", 1, False, (x, g.t("int8", (1, 7, 7, 64), True, 64)), (x,))
+    assert op_parameter_bytes(dw5)[1] == 64 * (40 + 32)  # 49 taps -> 64 B of taps
+    w = g.t("int8", (10, 6), True, 1)
+    fc = OpInfo(1, "FULLY_CONNECTED", 1, False, (x, w), (x,))
+    assert op_parameter_bytes(fc) == (60, 64 * 8)  # per tensor, no bias: no per-channel data
+    zero = replace(g.t("int32", (10,), True), all_zero=True)
+    fc0 = OpInfo(1, "FULLY_CONNECTED", 1, False, (x, w, zero), (x,))
+    assert op_parameter_bytes(fc0) == (100, 64 * 8)  # an all-zero bias takes nothing
+    fcb = OpInfo(1, "FULLY_CONNECTED", 1, False, (x, w, g.t("int32", (10,), True)), (x,))
+    assert op_parameter_bytes(fcb) == (100, 64 * (8 + 4))  # a real bias: 4 B per padded channel
 
 
 @pytest.mark.tf
@@ -371,6 +384,46 @@ def test_input_size_does_not_change_the_estimate():
     build = next(r["build"] for r in ROWS if r["id"] == "conv5-F32")
     full = estimate(read_tflite(tf_model(build)))  # 64x64 px, as compiled
     assert full == estimate(read_tflite(tf_model(build, CONV_BUILD_PX)))
+
+
+def _fill(sizes: list[int], budget: float, limit: int, largest_first: bool) -> int:
+    """Bytes cached when ops (their laid-out sizes) fill `budget` in op order or largest first."""
+    on = 0
+    for x in sorted(sizes, reverse=True) if largest_first else sizes:
+        if x <= limit and on + x <= budget:
+            on += x
+    return on
+
+
+def budget_scan(largest_first: bool) -> list[tuple[int, float]]:
+    """(B0 KiB, k) with which every row is within 5 % when the cache budget is B0 minus k x the
+    model's largest int8 activation (bytes) and the ops fill it in op order or largest first.
+
+    A candidate rule for fc4-N2000 (docs/edgetpu_check.md), not the one `check` uses."""
+    rows = []
+    for r in ROWS:
+        m = SHAPE_MODELS[r["id"]]
+        sizes = [op_parameter_bytes(op)[1] for op in m.ops if op_parameter_bytes(op)[1]]
+        act = max(t.bytes for t in m.tensors if not t.constant and t.dtype in ("int8", "uint8"))
+        rows.append((r, sizes, act))
+    out = []
+    for b0 in range(7_900, 8_200, 4):
+        for k in [i / 100 for i in range(60)]:
+            if all(
+                row_error(
+                    r,
+                    {
+                        "on_chip_bytes": (
+                            on := _fill(s, b0 * 1024 - k * a, E.PARAM_OP_CACHE_BYTES, largest_first)
+                        ),
+                        "off_chip_bytes": sum(s) - on,
+                    },
+                )
+                <= TOLERANCE
+                for r, s, a in rows
+            ):
+                out.append((b0, k))
+    return out
 
 
 def _report() -> None:
@@ -433,6 +486,19 @@ def _report() -> None:
         if r.get("known_miss"):
             e = estimate(SHAPE_MODELS[r["id"]])
             print(f"known miss {r['id']}: error {row_error(r, e) * 100:.1f} %: {r['known_miss']}")
+    for largest_first in (False, True):
+        ok = budget_scan(largest_first)
+        how = "largest first" if largest_first else "op order"
+        if not ok:
+            print(f"candidate budget B0 - k x largest activation, {how}: no (B0, k) fits all rows")
+            continue
+        b0s, ks = [b for b, _ in ok], [k for _, k in ok]
+        at0 = [b for b, k in ok if k == 0]
+        print(
+            f"candidate budget B0 - k x largest activation, {how}: all {len(ROWS)} rows within "
+            f"5 % for B0 {min(b0s)}-{max(b0s)} KiB, k {min(ks):.2f}-{max(ks):.2f} "
+            f"({len(ok)} grid points; with k = 0: {'none' if not at0 else f'{min(at0)}-{max(at0)} KiB'})"
+        )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The compiled files are built here: a real int8 model whose leading ops are replaced by one
 edgetpu-custom-op, its custom options a flexbuffer map holding a `Package` flatbuffer
 (executable.fbs) with PARAMETER_CACHING / EXECUTION_ONLY / STAND_ALONE executables, written with
-the flatbuffers and flexbuffers packages. No real compiled model could be had from a package
-registry (PyPI's Edge TPU packages ship none), so none is read here.
+the flatbuffers and flexbuffers packages. Real compiled models (from PyPI, fetched on demand) are
+read in test_edgetpu_real_compiled.py.
 """
 
 from __future__ import annotations

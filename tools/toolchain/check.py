@@ -52,6 +52,7 @@ class CheckReport:
     ops_total: int
     ops_mappable: int  # ops on the Edge TPU, uncertain ones included (an upper bound)
     ops_uncertain: int
+    ops_low_confidence: int  # mapped, but a public log shows such an op refused without a cause
     param_bytes: int  # constant bytes in the file (compiled: package parameters + CPU constants)
     activation_bytes: int
     macs: int | None  # None for a compiled model: the Edge TPU part's MACs are not in the file
@@ -62,6 +63,7 @@ class CheckReport:
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
     ops: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # evidence gaps worth knowing, not warnings
 
     @property
     def exit_ok(self) -> bool:
@@ -106,6 +108,8 @@ def _op_dict(op: OpInfo, v: R.OpVerdict) -> dict:
         "reason": v.reason,
         "kind": v.kind,
         "uncertain": v.uncertain,
+        "confidence": "low" if v.low_confidence else "high",
+        "confidence_note": v.low_confidence,
         "inputs": [_t(t) for t in op.inputs if not t.constant],
         "outputs": [_t(t) for t in op.outputs],
         "macs": op.macs,
@@ -246,6 +250,7 @@ def check_model(
         ops_total=len(model.ops),
         ops_mappable=len(verdicts) - len(cpu),
         ops_uncertain=len(uncertain),
+        ops_low_confidence=sum(1 for v in verdicts if v.low_confidence),
         param_bytes=param_bytes,
         activation_bytes=model.activation_bytes,
         macs=macs,
@@ -256,6 +261,7 @@ def check_model(
         inputs=[_tensor_dict(t) for t in model.inputs],
         outputs=[_tensor_dict(t) for t in model.outputs],
         ops=[_op_dict(op, v) for op, v in zip(model.ops, verdicts)],
+        notes=[] if compiled else R.unexplained_notes(model, verdicts),
     )
 
 
@@ -294,11 +300,14 @@ def format_report(r: CheckReport, out=None) -> None:
         ins = " ".join(op["inputs"]) or "-"
         outs = " ".join(op["outputs"]) or "-"
         where = op["runs_on"] + ("?" if op["uncertain"] else "")
+        where += "~" if op["confidence"] == "low" else ""
         mark = ""
         if r.first_cpu_op and r.first_cpu_op["index"] == op["index"]:
             mark = " <- CPU from here"
         if op["runs_on"] == "cpu" or op["uncertain"]:
             mark += f"  ({op['reason']})"
+        if op["confidence"] == "low":
+            mark += f"  (low confidence: {op['confidence_note']})"
         p(
             f"  {op['index']:>3}  {op['opcode']:<24} {op['version']:>2}  {where:<8} {ins:<28} "
             f"{outs:<24} {op['macs']:>10}{mark}"
@@ -327,6 +336,13 @@ def format_report(r: CheckReport, out=None) -> None:
         )
     for w in r.warnings:
         p(f"warning: {w}")
+    if r.ops_low_confidence:
+        p(
+            f"low confidence: {r.ops_low_confidence} mapped op(s) marked '~' are like ones the "
+            "compiler once left on the CPU without a cause (counted as mapped)"
+        )
+    for n in r.notes:
+        p(f"note: {n}")
     if r.verdict == "compatible":
         extra = " (already compiled)" if r.compiled else ""
         p(f"compatible with the Edge TPU (runtime >= {r.runtime_version}){extra}")

@@ -34,7 +34,9 @@ EDGETPU, CPU, UNCERTAIN = "edgetpu", "cpu", "uncertain"
 @dataclass(frozen=True)
 class OpVerdict:
     """Where one op runs. kind: short key of the reason (scripts, tests); uncertain: the
-    evidence has the compiler both mapping and refusing ops like this one (counted as mapped)."""
+    evidence has the compiler both mapping and refusing ops like this one (counted as mapped);
+    low_confidence: for a mapped op, the public log where the compiler left such an op on the
+    CPU without a cause (empty when there is none)."""
 
     index: int
     op: str
@@ -42,6 +44,7 @@ class OpVerdict:
     reason: str
     kind: str = "mapped"
     uncertain: bool = False
+    low_confidence: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,7 +248,39 @@ def partition(model: TFLiteModel, runtime: int = E.DEFAULT_RUNTIME_VERSION) -> l
                 if r[1] == "QUANTIZE" and r[2] == EDGETPU:
                     r[3], r[5] = "may run on the CPU in front of a leading CPU op", True
         rows.append([op.index, op.opcode, runs_on, why, kind, uncertain])
-    return [OpVerdict(*r) for r in rows]
+    out = []
+    for r, op in zip(rows, model.ops):
+        low = _unexplained(op, runtime) if r[2] == EDGETPU and not compiled else ""
+        out.append(OpVerdict(*r, low_confidence=low))
+    return out
+
+
+def _unexplained(op: OpInfo, runtime: int) -> str:
+    """The source of an unexplained refusal of an op like this one, or "" (edgetpu_ops)."""
+    name = op.opcode
+    src = E.UNEXPLAINED_REFUSALS.get(name)
+    if src is None or name in E.UNEXPLAINED_NOTE_ONLY:
+        return ""
+    if name == "TRANSPOSE_CONV":
+        out = op.outputs[0].shape if op.outputs else ()
+        if len(out) < 3 or out[-2] * out[-3] < E.UNEXPLAINED_TRANSPOSE_CONV_PX:
+            return ""
+    if name in ("SPLIT", "MUL") and runtime > E.UNEXPLAINED_OLD_RUNTIME:
+        return ""
+    return f"the compiler left such an op on the CPU without a cause in {src}"
+
+
+def unexplained_notes(model: TFLiteModel, verdicts: list[OpVerdict]) -> list[str]:
+    """Report notes for common op types with an unexplained refusal (not flagged op by op)."""
+    notes = []
+    for name in E.UNEXPLAINED_NOTE_ONLY:
+        n = sum(1 for v in verdicts if v.op == name and v.runs_on == EDGETPU)
+        if n:
+            notes.append(
+                f"{n} {name} op(s) mapped: public logs map this op type, but once left one on "
+                f"the CPU without a cause ({E.UNEXPLAINED_REFUSALS[name]})"
+            )
+    return notes
 
 
 def op_verdicts(model: TFLiteModel, runtime_version: int = E.DEFAULT_RUNTIME_VERSION):
@@ -313,27 +348,36 @@ class ParamLayout:
 
     rows: output channels are padded to a multiple of this; depth: each channel's input depth is
     padded to a multiple of this (bytes, int8); channel_bytes: requantization data per padded
-    channel when the weights are quantized per channel (bytes).
+    channel when the weights are quantized per channel (bytes); bias_bytes: per padded channel
+    when the weights are quantized per tensor and the bias is not all zero (bytes); dw_rows,
+    dw_channel_bytes: a depthwise convolution's channels padded to a multiple of dw_rows, each
+    taking dw_channel_bytes (3x3 taps and per-channel data; bytes).
     """
 
     rows: int = E.PARAM_ROWS
     depth: int = E.PARAM_DEPTH
     channel_bytes: int = E.PARAM_CHANNEL_BYTES
+    bias_bytes: int = E.PARAM_BIAS_BYTES
+    dw_rows: int = E.PARAM_DW_ROWS
+    dw_channel_bytes: int = E.PARAM_DW_CHANNEL_BYTES
 
 
 FITTED_LAYOUT = ParamLayout()
 
 
 def op_parameter_bytes(op: OpInfo, layout: ParamLayout = FITTED_LAYOUT) -> tuple[int, int]:
-    """(raw, laid-out) parameter bytes of one op as edgetpu_compiler 16 stores them.
+    """(raw, laid-out) parameter bytes of one op as edgetpu_compiler stores them.
 
     Weight ops (conv, fully-connected): output channels padded to `layout.rows`, each row the
     kernel taps x input depth padded to `layout.depth` bytes, plus `layout.channel_bytes` per
-    padded channel when the weights are quantized per channel; the int32 bias takes nothing of
-    its own. Fitted and checked on real compile logs (tests/data/edgetpu_memory.yaml);
-    depthwise convolutions use the same rule with the channels as rows (not validated: no real
-    figure of a depthwise model we can rebuild). Other ops: their 8-bit constant operands as
-    they are; int32/int64 operands (shapes, paddings) take nothing.
+    padded channel when the weights are quantized per channel, or `layout.bias_bytes` when they
+    are quantized per tensor and the bias is not all zero (a zero or absent bias takes nothing).
+    Fitted and checked on real compile logs (tests/data/edgetpu_memory.yaml, compiler 16).
+    Depthwise convolutions: `layout.dw_channel_bytes` per channel, the channels padded to
+    `layout.dw_rows`, as read from a real compiled MobileNetV2 (compiler 2.0, 3x3 kernels; an
+    assumption: kernels of up to 32 taps take the same, larger ones their extra taps rounded up
+    to 32 bytes). Other ops: their 8-bit constant
+    operands as they are; int32/int64 operands (shapes, paddings) take nothing.
     """
     consts = _consts(op)
     raw = sum(t.bytes for t in consts)
@@ -341,11 +385,19 @@ def op_parameter_bytes(op: OpInfo, layout: ParamLayout = FITTED_LAYOUT) -> tuple
     if op.opcode not in WEIGHT_OPS or w is None:
         return raw, sum(t.bytes for t in consts if t.dtype in EIGHT_BIT)
     if op.opcode == "DEPTHWISE_CONV_2D":  # [1, kh, kw, channels]
-        rows, row = w.shape[-1], w.elements // max(w.shape[-1], 1)
-    else:  # [out, (kh, kw,) in]
-        rows = w.shape[0]
-        row = (w.elements // max(rows * w.shape[-1], 1)) * _round(w.shape[-1], layout.depth)
-    per_channel = layout.channel_bytes if w.scales > 1 else 0
+        channels = w.shape[-1]
+        taps = w.elements // max(channels, 1)
+        per_channel = layout.dw_channel_bytes + max(0, _round(taps, 32) - 32)
+        return raw, _round(channels, layout.dw_rows) * per_channel
+    rows = w.shape[0]  # [out, (kh, kw,) in]
+    row = (w.elements // max(rows * w.shape[-1], 1)) * _round(w.shape[-1], layout.depth)
+    bias = next((t for t in consts if t.dtype == "int32" and t.elements == rows), None)
+    if w.scales > 1:
+        per_channel = layout.channel_bytes
+    elif bias is not None and bias.all_zero is False:
+        per_channel = layout.bias_bytes
+    else:
+        per_channel = 0
     return raw, _round(rows, layout.rows) * (row + per_channel)
 
 

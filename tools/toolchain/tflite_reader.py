@@ -339,6 +339,8 @@ def _parse(data: bytes, where: str) -> TFLiteModel:
     ins = tuple(tensors[j] for j in sg.InputsAsNumpy()) if sg.InputsLength() else ()
     outs = tuple(tensors[j] for j in sg.OutputsAsNumpy()) if sg.OutputsLength() else ()
     const_buffers = {sg.Tensors(t.index).Buffer() for t in tensors if t.constant}
+    # a compiled model keeps the original graph's tensors that no op uses any more: not counted
+    used = {t.index for t in ins + outs} | {t.index for op in ops for t in op.inputs + op.outputs}
     desc = model.Description()
     return TFLiteModel(
         path=where,
@@ -351,5 +353,5 @@ def _parse(data: bytes, where: str) -> TFLiteModel:
         tensors=tensors,
         ops=tuple(ops),
         param_bytes=sum(buffer_sizes[b] for b in const_buffers),
-        activation_bytes=sum(t.bytes for t in tensors if not t.constant),
+        activation_bytes=sum(t.bytes for t in tensors if not t.constant and t.index in used),
     )
