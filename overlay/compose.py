@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import OverlayError
 from .regions import Regions
-from .render import ContourRenderer, RenderContext, Renderer, check_canvas
+from .render import ContourRenderer, FilledRenderer, RenderContext, Renderer, check_canvas
 
 
 def _homography(h: np.ndarray | None) -> np.ndarray:
@@ -88,6 +88,7 @@ class ARComposer:
         """Replace the camera px -> display px homography (e.g. after recalibration)."""
         self.homography = _homography(homography)
         self._inverse = np.linalg.inv(self.homography)
+        self._scale = None  # camera_px_per_display_px, computed once per homography and viewport
 
     def set_eyepiece(self, circle: tuple[float, float, float] | None) -> None:
         """Set (cx, cy, r) in display px, or None to show the whole display.
@@ -103,6 +104,7 @@ class ARComposer:
             self._mask = None
             self._outside = []
             self.viewport = (0, 0, w, h)
+            self._scale = None
             return
         cx, cy, r = (float(v) for v in circle)
         if not r > 0:
@@ -120,20 +122,25 @@ class ARComposer:
         cv2.circle(mask, centre, int(round(r * 16)), (255, 255, 255), -1, cv2.LINE_8, 4)
         self._mask = mask
         self._outside = _outside_rects(mask[:, :, 0] > 0)
+        self._outside_arr = np.array(self._outside, np.float64).reshape(-1, 4)  # y0 y1 x0 x1
         half = r / np.sqrt(2.0)
         x0, y0 = max(0, int(np.ceil(cx - half))), max(0, int(np.ceil(cy - half)))
         x1, y1 = min(w, int(cx + half)), min(h, int(cy + half))
         self.viewport = (x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+        self._scale = None
 
     def camera_px_per_display_px(self) -> float:
         """Local scale of the display -> camera map at the viewport centre."""
+        if self._scale is not None:
+            return self._scale
         x, y, w, h = self.viewport
         c = np.array(
             [[[x + w / 2, y + h / 2]], [[x + w / 2 + 1, y + h / 2]], [[x + w / 2, y + h / 2 + 1]]],
             np.float64,
         )
         p = cv2.perspectiveTransform(c, self._inverse).reshape(3, 2)
-        return float(np.sqrt(abs(np.linalg.det(np.stack([p[1] - p[0], p[2] - p[0]])))))
+        self._scale = float(np.sqrt(abs(np.linalg.det(np.stack([p[1] - p[0], p[2] - p[0]])))))
+        return self._scale
 
     def blank(self) -> np.ndarray:
         """An all-black canvas (nothing visible in the eyepiece)."""
@@ -179,17 +186,49 @@ class ARComposer:
         shown = regions.warped(to_box)
         for r in self.renderers:
             r.annotate(box, shown, ctx)
-        self._apply_eyepiece(box)
+        self._apply_eyepiece(box, self._drawn_boxes(shown, objective))
         return canvas
 
-    def _apply_eyepiece(self, box: np.ndarray) -> None:
+    def _drawn_boxes(self, shown: Regions, objective: str | None) -> np.ndarray | None:
+        """Px boxes (x0, y0, x1, y1, in box coordinates) that hold everything the renderers
+        drew, when every renderer draws only along or inside the regions (contour outlines,
+        fills): a polygon's outline lies within its points' bounding box widened by half the
+        line and the anti-aliasing. None when some renderer may draw elsewhere."""
+        if self._mask is None:
+            return None
+        margin = 2.0
+        for r in self.renderers:
+            if isinstance(r, ContourRenderer):
+                margin = max(margin, r.width_for(objective) / 2 + 2)
+            elif not isinstance(r, FilledRenderer):
+                return None
+        polys = shown.all_polygons()
+        if not polys:
+            return np.zeros((0, 4))
+        boxes = np.array([[*p.min(axis=0), *p.max(axis=0)] for p in polys], np.float64)
+        return boxes + np.array([-margin, -margin, margin + 1, margin + 1])
+
+    def _apply_eyepiece(self, box: np.ndarray, drawn: np.ndarray | None = None) -> None:
         """Blank what was drawn outside the circle. Only the strips that hold outside pixels
-        are looked at, and only those with something drawn are masked (reads of untouched
-        canvas pages are cheap; writes are not)."""
+        are looked at (those that meet a box of `drawn`, when given), and only those with
+        something drawn are masked (reading untouched canvas pages costs page faults; writing
+        them more)."""
         if self._mask is None:
             return
         flat = box.reshape(box.shape[0], -1)  # a view: H x (W*3)
-        for y0, y1, x0, x1 in self._outside:
+        rects = self._outside
+        if drawn is not None:
+            if not len(drawn):
+                return
+            r = self._outside_arr
+            meets = (
+                (r[:, None, 2] < drawn[None, :, 2])
+                & (drawn[None, :, 0] < r[:, None, 3])
+                & (r[:, None, 0] < drawn[None, :, 3])
+                & (drawn[None, :, 1] < r[:, None, 1])
+            ).any(axis=1)
+            rects = [rects[i] for i in np.flatnonzero(meets)]
+        for y0, y1, x0, x1 in rects:
             if cv2.countNonZero(flat[y0:y1, 3 * x0 : 3 * x1]):
                 part = box[y0:y1, x0:x1]
                 cv2.bitwise_and(part, self._mask[y0:y1, x0:x1], dst=part)

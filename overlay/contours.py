@@ -102,10 +102,14 @@ class ContourExtractor:
     def __init__(self, params: ContourParams | None = None) -> None:
         self.params = params or ContourParams()
         self._shown: np.ndarray | None = None
+        self._changed = True  # the last stabilize() changed a shown value (or started afresh)
+        self._last: tuple | None = None  # (affine, um_per_px, Regions) of the last extraction
+        self.reused = 0  # extractions answered from the last one (nothing shown changed)
 
     def reset(self) -> None:
         """Forget the anti-flicker state (stage motion, model switch, objective change)."""
         self._shown = None
+        self._last = None
 
     def stabilize(self, probs: np.ndarray) -> np.ndarray:
         """Apply the anti-flicker dead band to HxW probabilities; returns the values to show."""
@@ -115,8 +119,10 @@ class ContourExtractor:
         shown = self._shown
         if shown is None or shown.shape != probs.shape:
             shown = probs.copy()
+            self._changed = True
         else:
             moved = np.abs(probs - shown) > margin
+            self._changed = bool(moved.any())
             np.copyto(shown, probs, where=moved)
         self._shown = shown
         return shown
@@ -138,6 +144,24 @@ class ContourExtractor:
             raise OverlayError(f"um_per_px {um_per_px!r}: expected a positive number or None")
 
         shown = self.stabilize(probs)
+        last = self._last
+        if (
+            p.flicker_margin > 0
+            and not self._changed
+            and last is not None
+            and last[1] == um_per_px
+            and np.array_equal(last[0], affine)
+        ):
+            # no cell of what is shown moved past the dead band: the same heatmap gives the
+            # same regions (a still field costs no contour work)
+            self.reused += 1
+            return last[2]
+        regions = self._extract(shown, affine, um_per_px)
+        self._last = (affine, um_per_px, regions) if p.flicker_margin > 0 else None
+        return regions
+
+    def _extract(self, shown: np.ndarray, affine: np.ndarray, um_per_px: float | None) -> Regions:
+        p = self.params
         u = p.upscale
         cell_px = float(np.sqrt(abs(np.linalg.det(affine[:, :2]))))  # frame px per cell
         if cell_px <= 0:

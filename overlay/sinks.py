@@ -35,10 +35,16 @@ class Sink:
     """
 
     name = "sink"
+    # False while nobody looks at this output (a stream without viewers): the pipeline then
+    # neither composes nor sends its frames, and calls `idle()` instead
+    watched = True
 
     def __init__(self) -> None:
         self.frames = 0
         self.last_latency_ms: float | None = None
+
+    def idle(self) -> None:
+        """A frame was not sent because nobody watched (see `watched`)."""
 
     def open(self) -> None:
         """Acquire the output (window, device, file, socket)."""
@@ -386,6 +392,24 @@ class JpegStream(Sink):
         self._closed = False
         self._jpeg: tuple[int, bytes] | None = None
         self._enc_lock = threading.Lock()
+        self._wanted_ns = 0  # monotonic time a viewer last asked (want, wait_jpeg)
+
+    WATCH_S = 2.0  # a viewer keeps the frames coming this long after its last request
+
+    def want(self) -> None:
+        """A viewer asks for frames: `watched` stays True for WATCH_S from now."""
+        self._wanted_ns = time.monotonic_ns()
+
+    @property
+    def watched(self) -> bool:
+        """A viewer asked within WATCH_S (the pipeline composes this stream's frames)."""
+        return time.monotonic_ns() - self._wanted_ns <= self.WATCH_S * 1e9
+
+    def idle(self) -> None:
+        """Frames are skipped while nobody watches: forget the last one, so a new viewer
+        waits for a fresh frame instead of getting an old field."""
+        with self._cond:
+            self._latest = None
 
     @property
     def canvas(self) -> np.ndarray | None:
@@ -414,7 +438,9 @@ class JpegStream(Sink):
             self._cond.notify_all()
 
     def wait_jpeg(self, after_seq: int, timeout: float) -> tuple[int, bytes] | None:
-        """(seq, JPEG) of the first frame newer than after_seq; None on timeout or close."""
+        """(seq, JPEG) of the first frame newer than after_seq; None on timeout or close.
+        Counts as a viewer's request (`want`)."""
+        self.want()
         with self._cond:
             ok = self._cond.wait_for(
                 lambda: self._closed or (self._latest is not None and self._seq != after_seq),
@@ -463,6 +489,14 @@ class MjpegSink(Sink):
         self._stop = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def watched(self) -> bool:
+        """A client streams or asked for a snapshot within JpegStream.WATCH_S."""
+        return self.clients > 0 or self.frames_jpeg.watched
+
+    def idle(self) -> None:
+        self.frames_jpeg.idle()
 
     @property
     def url(self) -> str:

@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import http_guard
 from .events import bounded
-from .netlimits import capped_factory, connection_cap
+from .netlimits import SlowClient, body_chunks, body_deadline_s, capped_factory, connection_cap
 from .requests import (
     BenchmarkBody,
     LoginBody,
@@ -192,9 +192,15 @@ def make_app(daemon) -> web.Application:
             return await handler(request)
         except web.HTTPException:
             raise
-        except UploadRefused as exc:
+        except (UploadRefused, SlowClient) as exc:
             daemon.events("error", where=request.path, message=str(exc))
-            return _error(exc.status, str(exc))
+            resp = _error(exc.status, str(exc))
+            if exc.status == 408:  # answer, then hang up: the rest of the body is not waited for
+                resp.force_close()
+                await resp.prepare(request)
+                await resp.write_eof()
+                request.protocol.force_close()  # no lingering read of what the client holds
+            return resp
         except (ValueError, OSError) as exc:  # bad input: one readable message
             daemon.events("error", where=request.path, message=str(exc))
             status = 422 if type(exc).__name__ in ("HealthCheckError", "SandboxError") else 400
@@ -286,6 +292,7 @@ def make_app(daemon) -> web.Application:
         seq, interval = -1, 1 / max(1.0, daemon.config.source.fps)
         try:
             while True:
+                stream.want()  # keeps the pipeline composing this stream while we watch
                 if stream.seq == seq or stream.canvas is None:
                     await asyncio.sleep(interval / 2)
                     continue
@@ -314,11 +321,11 @@ def make_app(daemon) -> web.Application:
         if (request.content_length or 0) > JSON_BODY_MAX:
             raise UploadRefused(413, f"JSON body over {JSON_BODY_MAX} bytes")
         raw = b""
-        while len(raw) <= JSON_BODY_MAX:
-            chunk = await asyncio.wait_for(request.content.readany(), http_cfg.idle_timeout_s)
-            if not chunk:
-                break
+        idle = http_cfg.idle_timeout_s
+        async for chunk in body_chunks(request.content, idle, body_deadline_s(JSON_BODY_MAX, idle)):
             raw += chunk
+            if len(raw) > JSON_BODY_MAX:
+                break
         if len(raw) > JSON_BODY_MAX:
             raise UploadRefused(413, f"JSON body over {JSON_BODY_MAX} bytes")
         if not raw.strip():
@@ -408,13 +415,10 @@ def make_app(daemon) -> web.Application:
             path = Path(name)
             try:  # the partial file goes on every path out: error, 413, client gone, crash
                 size = 0
+                idle = http_cfg.idle_timeout_s
+                chunks = body_chunks(request.content, idle, body_deadline_s(max_upload, idle))
                 with os.fdopen(fd, "wb") as tmp:
-                    while True:
-                        chunk = await asyncio.wait_for(
-                            request.content.readany(), http_cfg.idle_timeout_s
-                        )
-                        if not chunk:
-                            break
+                    async for chunk in chunks:
                         size += len(chunk)
                         if size > max_upload:
                             raise UploadRefused(
@@ -424,10 +428,6 @@ def make_app(daemon) -> web.Application:
                 if size == 0:
                     raise ValueError("empty upload: send a bundle .tar.gz as the request body")
                 return web.json_response(await in_thread(daemon.deploy, path))
-            except asyncio.TimeoutError:
-                raise UploadRefused(
-                    408, f"upload stalled: no data for {http_cfg.idle_timeout_s:g} s"
-                ) from None
             finally:
                 path.unlink(missing_ok=True)
 
@@ -488,7 +488,10 @@ class HttpServer:
         self._thread.start()
         self._ready.wait(10)
         if self._error is not None:
-            raise OSError(f"HTTP API cannot listen on {self.host}:{self.port}: {self._error}")
+            raise OSError(
+                f"key 'http.bind'/'http.port': the HTTP API cannot listen on "
+                f"{self.host}:{self.port}: {self._error}"
+            )
         return self
 
     def _serve(self) -> None:
@@ -508,12 +511,20 @@ class HttpServer:
             errors(f"refused:{kind}", f"HTTP connection refused: {kind} (cap {self.cap})")
 
         self._runner = web.AppRunner(
-            make_app(self.daemon), access_log=None, keepalive_timeout=cfg.idle_timeout_s
+            make_app(self.daemon),
+            access_log=None,
+            keepalive_timeout=cfg.idle_timeout_s,
+            # the unread rest of a body after the answer (a 408, a handler that ignores it)
+            lingering_time=min(10.0, cfg.idle_timeout_s),
         )
         try:
             self._loop.run_until_complete(self._runner.setup())
             factory = capped_factory(
-                self._runner.server, self.cap, cfg.header_timeout_s, on_refuse=refused
+                self._runner.server,
+                self.cap,
+                cfg.header_timeout_s,
+                on_refuse=refused,
+                write_timeout_s=cfg.idle_timeout_s,
             )
             self._server = self._loop.run_until_complete(
                 self._loop.create_server(factory, self.host, self.port, backlog=128)

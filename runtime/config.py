@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Annotated, Dict, List, Literal, Optional, Tuple, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -39,13 +47,34 @@ OBJECTIVE = r"^\d{1,3}(\.\d{1,2})?x$"  # "20x", "2.5x"
 MAX_W, MAX_H = 7680, 4320  # px: 8K is the largest camera or display accepted
 
 
+def _no_nul(value: str) -> str:
+    if "\0" in value:
+        raise ValueError("contains a NUL byte: not a usable path")
+    return value
+
+
+def _usable_path(value: str) -> str:
+    _no_nul(value)
+    if any(len(part.encode()) > 255 for part in value.split("/")):
+        raise ValueError("a name in it is longer than 255 bytes (NAME_MAX)")
+    return value
+
+
+# a file or folder name: bounded, no NUL byte, no name longer than the OS allows (it would
+# refuse them only later, at start)
+PathStr = Annotated[str, Field(max_length=4096), AfterValidator(_usable_path)]
+# a device: an index, a file, a URL or a GStreamer pipeline (long runs without "/" are fine)
+DeviceStr = Annotated[str, Field(max_length=4096), AfterValidator(_no_nul)]
+
+
 class SourceConfig(_Strict):
     type: Literal["virtual", "opencv", "replay", "picamera"] = "virtual"
     seed: int = Field(default=1001, ge=0, le=2**31)  # virtual: slide seed
     # the objective until a nosepiece reports one (virtual: starting one)
     objective: str = Field(default="10x", pattern=OBJECTIVE)
-    device: Union[int, str] = 0  # opencv: index, file, URL or GStreamer pipeline
-    path: Optional[str] = Field(default=None, max_length=4096)  # replay: folder of images
+    # opencv: index, file, URL or GStreamer pipeline
+    device: Union[Annotated[int, Field(ge=0, le=1023)], DeviceStr] = 0
+    path: Optional[PathStr] = None  # replay: folder of images
     fps: float = Field(default=15.0, gt=0, le=240)
     # no frame for this long: display blanks (ms)
     stall_timeout_ms: float = Field(default=500.0, gt=0, le=60000)
@@ -105,7 +134,7 @@ class ModelsConfig(_Strict):
     # several devices, a bundle per objective: each bundle on devices of its own, all loaded
     # at start, so a turn of the nosepiece reloads nothing (docs/accelerators.md)
     preload: bool = False
-    dirs: List[str] = Field(
+    dirs: List[PathStr] = Field(
         default_factory=list, max_length=32
     )  # extra bundle folders, searched after deployed ones
     overrides: Optional[Dict[str, Dict[str, Dict[str, object]]]] = None  # registry config
@@ -117,24 +146,42 @@ class ModelsConfig(_Strict):
 
 
 class CalibrationConfig(_Strict):
-    profile: Optional[str] = Field(default=None, max_length=4096)
+    profile: Optional[PathStr] = None
 
 
 class DisplayConfig(_Strict):
     width: int = Field(default=1920, ge=16, le=MAX_W)
     height: int = Field(default=1080, ge=16, le=MAX_H)
-    eyepiece: Union[bool, Tuple[float, float, float]] = True  # True: inscribed circle
-    max_overlay_age_ms: Optional[float] = Field(default=None, gt=0)  # None: 2 intervals + p99
+    # True: the inscribed circle; (x, y, radius) in display px; False: the whole display
+    eyepiece: Union[bool, Tuple[float, float, float]] = True
+    # an overlay older than this is cleared (ms); None: 2 frame intervals + the p99 latency
+    max_overlay_age_ms: Optional[float] = Field(default=None, gt=0, le=60000)
+
+    @model_validator(mode="after")
+    def _circle_on_the_display(self):
+        if isinstance(self.eyepiece, tuple):
+            x, y, r = self.eyepiece
+            if not (0 <= x <= self.width and 0 <= y <= self.height):
+                raise ValueError(
+                    f"display.eyepiece centre ({x:g}, {y:g}) is off the "
+                    f"{self.width}x{self.height} display"
+                )
+            if not 0 < r <= max(self.width, self.height):
+                raise ValueError(
+                    f"display.eyepiece radius {r:g}: expected 0 < r <= "
+                    f"{max(self.width, self.height)} px"
+                )
+        return self
 
 
 class SinksConfig(_Strict):
-    ar: List[str] = Field(default_factory=list, max_length=8)  # e.g. ["window"], ["fb:/dev/fb0"]
-    preview: List[str] = Field(default_factory=list, max_length=8)  # e.g. ["video:/tmp/rec.mp4"]
+    ar: List[PathStr] = Field(default_factory=list, max_length=8)  # ["window"], ["fb:/dev/fb0"]
+    preview: List[PathStr] = Field(default_factory=list, max_length=8)  # ["video:/tmp/rec.mp4"]
 
 
 class SerialConfig(_Strict):
     # None: no nosepiece; "auto": detect a USB serial adapter
-    port: Optional[str] = Field(default=None, max_length=4096)
+    port: Optional[PathStr] = None
     protocol: Literal["olympus", "simple"] = "olympus"
     positions: Dict[int, str] = Field(
         default_factory=lambda: {1: "4x", 2: "10x", 3: "20x", 4: "40x", 5: "2x"},
@@ -155,6 +202,11 @@ class SerialConfig(_Strict):
                 raise ValueError(f"nosepiece position {pos}: expected 1..12")
             if not re.match(OBJECTIVE, str(obj)):
                 raise ValueError(f"position {pos}: objective {obj!r} is not like '20x'")
+        seen: dict = {}
+        for pos, obj in sorted(v.items()):
+            if obj in seen:
+                raise ValueError(f"objective {obj} is on positions {seen[obj]} and {pos}")
+            seen[obj] = pos
         return v
 
 
@@ -162,7 +214,7 @@ class HttpConfig(_Strict):
     bind: str = Field(default="127.0.0.1", min_length=1, max_length=255)
     port: int = Field(default=8080, ge=0, le=65535)
     token: Optional[str] = Field(default=None, min_length=1, max_length=512, pattern=r"^[!-~]+$")
-    token_file: Optional[str] = Field(default=None, max_length=4096)
+    token_file: Optional[PathStr] = None
     max_upload_mb: float = Field(default=64, gt=0, le=1024)
     # Host header names accepted besides loopback, the bound address and this host's name
     allowed_hosts: List[str] = Field(default_factory=list, max_length=32)
@@ -175,18 +227,19 @@ class HttpConfig(_Strict):
 class SafetyConfig(_Strict):
     """What blanks the display beyond the camera and turret (runtime/safety.py Safety)."""
 
-    blank_speed_um_s: Optional[float] = Field(default=None, gt=0)  # None: from blank_display_px
-    blank_display_px: float = Field(default=4.0, gt=0)
+    # stage speed that blanks (um/s); None: from blank_display_px
+    blank_speed_um_s: Optional[float] = Field(default=None, gt=0, le=1e5)
+    blank_display_px: float = Field(default=4.0, gt=0, le=500)  # shift per frame that blanks (px)
     settle_frames: int = Field(default=2, ge=1, le=30)
     compensate: bool = True
-    slow_factor: float = Field(default=4.0, gt=1)
-    rebuild_after_ms: float = Field(default=2000.0, ge=100)
+    slow_factor: float = Field(default=4.0, gt=1, le=100)
+    rebuild_after_ms: float = Field(default=2000.0, ge=100, le=600000)
     focus_drop: float = Field(default=0.35, ge=0, lt=1)  # 0: no focus guard
     saturated_share: float = Field(default=0.2, gt=0, le=1)  # 1: no exposure guard
 
 
 class LogConfig(_Strict):
-    events: Optional[str] = Field(default=None, max_length=4096)  # JSON-lines file; None: stderr
+    events: Optional[PathStr] = None  # JSON-lines file; None: stderr
     # log stage timings of every Nth frame (0: never)
     timings_every: int = Field(default=30, ge=0, le=100000)
 
@@ -200,7 +253,7 @@ class DaemonConfig(_Strict):
     serial: SerialConfig = SerialConfig()
     http: HttpConfig = HttpConfig()
     safety: SafetyConfig = SafetyConfig()
-    state_dir: str = Field(default="/var/lib/lucida", min_length=1, max_length=4096)
+    state_dir: Annotated[PathStr, Field(min_length=1)] = "/var/lib/lucida"
     log: LogConfig = LogConfig()
 
     def token(self) -> str | None:
@@ -234,14 +287,38 @@ def parse_config(data: object, origin: str = "config") -> DaemonConfig:
         raise ConfigError(f"{origin}: {'; '.join(_describe(e) for e in errs[:20])}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the schema names it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {short_key(key)} given twice", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep)
+
+
+def short_key(key: object) -> str:
+    text = repr(key)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def load_config(path: str | os.PathLike) -> DaemonConfig:
-    """Read and validate a YAML config file."""
+    """Read and validate a YAML config file (a key given twice is an error, not the last one)."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -134,7 +134,12 @@ def _same_but_token(a: DaemonConfig, b: DaemonConfig) -> bool:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, config_path: str | Path | None = None):
+    def __init__(
+        self,
+        config: DaemonConfig,
+        config_path: str | Path | None = None,
+        verified: set | None = None,
+    ):
         os.umask(0o077)  # patient images, tokens, logs: private from creation
         self.config, self.config_path = config, config_path
         if config.log.events:  # the folder --check would create; a start creates it too
@@ -144,7 +149,8 @@ class Daemon:
         if self.store.swept:
             self.events("incoming_swept", files=self.store.swept)
         self.http_errors = RateLimitedLog(log)
-        self._verified: set = set()  # (path, sha256) of bundles that passed the sandbox
+        # (path, sha256) of bundles that passed the sandbox (`lucida run`: in its preflight)
+        self._verified: set = set() if verified is None else verified
         self._snap_seq = itertools.count()
         self.token = config.token() or self._generated_token()
         self.live = JpegStream(quality=80, max_width=LIVE_WIDTH)  # /live: one encode per frame
@@ -638,7 +644,7 @@ class Daemon:
             http_limits={
                 "max_connections": getattr(self.http, "cap", None),
                 "header_timeout_s": self.config.http.header_timeout_s,
-                "idle_timeout_s": self.config.http.idle_timeout_s,
+                "idle_timeout_s": self.config.http.idle_timeout_s,  # also bodies, unread writes
             },
             camera=self.pipeline.source.controls_applied,
             camera_controls=self.pipeline.source.camera_controls(),

@@ -252,10 +252,26 @@ class Engine:
             x = cv2.LUT(np.ascontiguousarray(tile), self._lut_cv).view(self._lut.dtype)
         return x[None]
 
+    def _feed(self, tile: np.ndarray) -> None:
+        """Write one RGB uint8 tile, normalized and quantized, straight into the interpreter's
+        input tensor: one pass over the tile (its rows may be a strided view of the frame), no
+        temporary. The view of the tensor is dropped before invoke(), as the interpreter needs."""
+        if self._lut is not None and self._lut.dtype == np.float32:
+            self.interpreter.set_tensor(self._in["index"], self._prepare(tile))
+            return
+        if self._bgr:
+            tile = tile[..., ::-1]
+        dst = self.interpreter.tensor(self._in["index"])()[0]
+        if self._lut is None:
+            np.copyto(dst, tile)
+        else:
+            cv2.LUT(tile, self._lut_cv, dst=dst.view(np.uint8))
+        del dst
+
     def raw_tile(self, tile: np.ndarray) -> np.ndarray:
         """One model-sized RGB uint8 tile -> the raw output tensor (batch dimension removed)."""
         it = self.interpreter
-        it.set_tensor(self._in["index"], self._prepare(tile))
+        self._feed(tile)
         t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
         it.invoke()
         self.invoke_cpu_ns += time.thread_time_ns() - c0

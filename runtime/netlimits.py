@@ -1,9 +1,13 @@
 """Connection limits of the HTTP API and error logging that cannot flood stderr.
 
 `capped_factory` wraps aiohttp's protocol factory: beyond `max_connections` open connections a
-new one is answered `503` and closed at once (so the daemon never reaches its fd limit), and a
+new one is answered `503` and closed at once (so the daemon never reaches its fd limit), a
 connection that has not sent a complete request header within `header_timeout_s` is closed
-(slow clients). `RateLimitedLog` logs one line per kind per `interval_s` with a count of the
+(slow clients; later requests on a kept-alive connection are bounded by aiohttp's keep-alive
+timeout, `http.idle_timeout_s`), and one whose client stops reading what it is sent (a /live
+viewer that never reads, a response left unread) is closed once its writes have been held for
+`write_timeout_s`. `body_chunks` reads a request body with an idle timeout per read and a
+deadline for the whole body (a client trickling bytes), raising `SlowClient` (408). `RateLimitedLog` logs one line per kind per `interval_s` with a count of the
 ones it held back, and never a traceback; it backs the event loop's exception handler and a
 filter on aiohttp's and asyncio's loggers.
 """
@@ -99,6 +103,44 @@ class RateLimitedLog:
         return _Filter()
 
 
+MIN_BODY_RATE = 64 * 1024  # bytes/s: a request body slower than this on average is refused
+
+
+class SlowClient(OSError):
+    """A request body that stalled or trickled past its deadline: answered 408, then closed."""
+
+    status = 408
+
+
+def body_deadline_s(max_bytes: int, idle_s: float) -> float:
+    """Seconds a body of up to `max_bytes` may take: the idle timeout plus MIN_BODY_RATE."""
+    return idle_s + max_bytes / MIN_BODY_RATE
+
+
+async def body_chunks(content, idle_s: float, total_s: float):
+    """Yield the chunks of a request body (aiohttp StreamReader `content`) until its end.
+
+    Raises SlowClient when no data came for `idle_s` seconds, or the body is not complete
+    `total_s` seconds after the first read; size caps are the caller's."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + total_s
+    while True:
+        left = end - loop.time()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(content.readany(), min(idle_s, left))
+        except TimeoutError:
+            if loop.time() >= end - 1e-3:
+                raise SlowClient(
+                    f"request body too slow: not complete within {total_s:g} s"
+                ) from None
+            raise SlowClient(f"request body stalled: no data for {idle_s:g} s") from None
+        if not chunk:
+            return
+        yield chunk
+
+
 class _Busy(asyncio.Protocol):
     """Answers 503 and hangs up: a connection over the cap."""
 
@@ -112,9 +154,39 @@ class _Busy(asyncio.Protocol):
         pass
 
 
-def capped_factory(server, max_connections: int, header_timeout_s: float, on_refuse=None):
-    """A protocol factory for loop.create_server around aiohttp's `server` (web.Server)."""
+def capped_factory(
+    server,
+    max_connections: int,
+    header_timeout_s: float,
+    on_refuse=None,
+    write_timeout_s: float | None = None,
+):
+    """A protocol factory for loop.create_server around aiohttp's `server` (web.Server).
+
+    With `write_timeout_s`, connections are swept every second (or more often for short
+    timeouts): one whose writes stayed paused (the client's receive window full: it does not
+    read) at every sweep for `write_timeout_s` is aborted; its handler's next write fails."""
     loop = asyncio.get_event_loop()
+    held: dict = {}  # handler -> loop time its writes were first seen paused
+
+    def sweep(period: float) -> None:
+        now = loop.time()
+        conns = server._connections
+        for handler, transport in list(conns.items()):
+            if not handler.writing_paused:
+                held.pop(handler, None)
+            elif now - held.setdefault(handler, now) >= write_timeout_s:
+                held.pop(handler, None)
+                transport.abort()  # a client that does not read: its buffers go
+                if on_refuse is not None:
+                    on_refuse("write_timeout")
+        for handler in [h for h in held if h not in conns]:
+            del held[handler]
+        loop.call_later(period, sweep, period)
+
+    if write_timeout_s is not None:
+        period = min(1.0, write_timeout_s / 4)
+        loop.call_later(period, sweep, period)
 
     def close_if_silent(handler) -> None:
         transport = server._connections.get(handler)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import glob
 import os
+import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,9 +55,13 @@ class Finding:
     key: str = ""  # the config key this is about, e.g. "sinks.ar[0]"
 
     def line(self) -> str:
-        """One line for --check: `ok   subject: detail` or `FAIL subject: detail`."""
-        return f"{'ok  ' if self.ok else 'FAIL'} {self.subject}" + (
-            f": {self.detail}" if self.detail else ""
+        """One line for --check: `ok   subject: detail` or `FAIL subject: detail [key]` (the
+        config key when the subject does not already name it)."""
+        where = f" [{self.key}]" if not self.ok and self.key not in self.subject else ""
+        return (
+            f"{'ok  ' if self.ok else 'FAIL'} {self.subject}"
+            + (f": {self.detail}" if self.detail else "")
+            + where
         )
 
     def problem(self) -> str:
@@ -176,8 +182,11 @@ def _serial(cfg: DaemonConfig) -> list[Finding]:
         detail = f"found {', '.join(found)}" if found else "no USB serial adapter plugged in now"
         out.append(Finding(True, "serial auto", detail + " (the daemon keeps looking)"))
     else:
-        ok = Path(port).exists()
-        detail = "" if ok else "no such port (plug the adapter, or 'auto')"
+        try:
+            ok = stat.S_ISCHR(os.stat(port).st_mode)  # a tty (or a link to one, by-id)
+            detail = "" if ok else "not a serial device (a character device like /dev/ttyUSB0)"
+        except OSError:
+            ok, detail = False, "no such port (plug the adapter, or 'auto')"
         out.append(Finding(ok, f"serial {_name(port)}", detail, "serial.port"))
     positions = cfg.serial.positions
     if cfg.source.objective not in positions.values():
@@ -223,7 +232,54 @@ def _sinks(cfg: DaemonConfig, create: bool) -> list[Finding]:
             elif kind in ("video", "png") and arg:
                 folder = Path(arg).parent if kind == "video" else Path(arg)
                 out.append(_folder(key, folder, create, subject=f"sink {kind}"))
+            elif kind == "mjpeg":
+                out.append(_mjpeg(cfg, spec, key))
     return out
+
+
+def listen_problem(host: str, port: int = 0) -> str | None:
+    """Why a server could not listen on host:port (port 0: only the address is tried), or None.
+
+    The address is resolved and bound as the server would (every address it resolves to),
+    then closed at once."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"not an address of this machine ({getattr(exc, 'strerror', None) or exc})"
+    for family, kind, proto, _, addr in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(addr)
+        except OSError as exc:
+            if exc.errno == 98 and port:  # EADDRINUSE
+                return f"port {port} is in use"
+            return f"cannot listen on {addr[0]} ({exc.strerror})"
+    return None
+
+
+def _mjpeg(cfg: DaemonConfig, spec: str, key: str) -> Finding:
+    """An MJPEG sink: a port in range, on an address of this machine, not the API's own."""
+    host, _, port = str(spec).partition(":")[2].rpartition(":")
+    host, port = host or "127.0.0.1", int(port or 8080)  # make_sink parsed it already
+    subject = f"sink {_name(spec)}"
+    if not 0 <= port <= 65535:
+        return Finding(False, subject, f"port {port}: expected 0..65535", key)
+    wild = {"0.0.0.0", "::", ""}
+    if port and port == cfg.http.port and (host == cfg.http.bind or {host, cfg.http.bind} & wild):
+        return Finding(False, subject, f"port {port} is the HTTP API's (http.port)", key)
+    problem = listen_problem(host, 0)
+    return Finding(problem is None, subject, problem or "", key)
+
+
+def _bind(cfg: DaemonConfig, running: DaemonConfig | None) -> Finding | None:
+    """http.bind is an address of this machine (a running daemon holds its own port)."""
+    if running is not None and running.http.bind == cfg.http.bind:
+        return None
+    problem = listen_problem(cfg.http.bind, 0)
+    if problem is None:
+        return None
+    return Finding(False, f"http.bind {_name(cfg.http.bind)}", problem, "http.bind")
 
 
 def _models(cfg: DaemonConfig, sandbox: bool, verified: set | None) -> list[Finding]:
@@ -353,6 +409,9 @@ def preflight(
                 Finding(False, f"log.events {cfg.log.events}", "is a folder", "log.events")
             )
     found.append(_token(cfg))
+    bind = _bind(cfg, running)
+    if bind is not None:
+        found.append(bind)
     found += [f for f in (_profile(cfg), _source(cfg)) if f is not None]
     found += _serial(cfg)
     found += _sinks(cfg, create)

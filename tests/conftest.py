@@ -177,3 +177,31 @@ def core_install(tmp_path_factory) -> CoreInstall:
     return CoreInstall(
         venv / "bin" / "python", venv / "bin" / "lucida", info["site"], info["seconds"]
     )
+
+
+def run_cli(*args, timeout: float = 400) -> subprocess.CompletedProcess:
+    """`python -m lucida.tools.cli ARGS` in a subprocess, stopped cleanly on any way out.
+
+    On a timeout, a failed test (pytest-timeout) or Ctrl-C, the command gets SIGTERM first, so
+    `lucida hil` stops its emulated daemon and nosepiece (its SIGTERM handler), then SIGKILL
+    after 30 s; the emulated daemon also dies with the bench (tools/hil/dut.py)."""
+    import signal
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lucida.tools.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

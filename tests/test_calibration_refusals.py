@@ -128,3 +128,32 @@ def test_real_he_target_accepted_and_charuco_refused(tmp_path, capsys):
         ["calibrate", "color-target", "--images", str(board), "--method", "macenko"], capsys
     )
     assert rc == 10 and str(board) in err, err
+
+
+def test_fast_reinhard_follows_the_exact_method_on_real_he():
+    """On every pair of real H&E fields the map the normalizer applies (fitted on the frame's
+    own sample) is within 5 Delta E (tissue mean) of the exact method on every pixel, and it is
+    the closer of the two forms (RGB-affine, OD-affine)."""
+    from lucida.tools.calibrate.color_bench import reinhard_accuracy
+
+    names = ["henorm_example1.png", "henorm_example2.png", "tia_glands.png"]
+    acc = reinhard_accuracy({n: _he(n) for n in names})
+    assert len(acc["pairs"]) == 6
+    for r in acc["pairs"]:
+        assert r["chosen"]["mean_delta_e"] <= 5.0, r
+        best = min(r["rgb_map"]["mean_delta_e"], r["od_map"]["mean_delta_e"])
+        assert r["chosen"]["mean_delta_e"] <= best + 0.05, r
+
+
+def test_reinhard_map_is_refitted_only_when_the_statistics_move():
+    """A still field reuses the fitted colour map; another stain (statistics far off) refits."""
+    target = lab_stats(fallback_tissue(np.random.default_rng(9), (200, 200)))
+    field = fallback_tissue(np.random.default_rng(4), (320, 240))
+    norm = ReinhardNormalizer(target, momentum=0)
+    first = norm(field)
+    for _ in range(5):
+        np.testing.assert_array_equal(norm(field), first)
+    assert norm.fits == 1
+    bluer = np.clip(field.astype(np.int16) + (-25, -10, 30), 0, 255).astype(np.uint8)
+    norm(bluer)
+    assert norm.fits == 2

@@ -228,7 +228,8 @@ def test_live_view_encodes_each_frame_once_whatever_the_number_of_viewers(daemon
     import threading
 
     def watch(viewers: int, frames: int) -> tuple[float, list]:
-        wait_for(lambda: daemon.live.canvas is not None)
+        # a viewer's request starts the preview (it is not composed while nobody watches)
+        wait_for(lambda: daemon.live.want() or daemon.live.canvas is not None)
         seq0, enc0 = daemon.live.seq, daemon.live.encodes
         got = [[] for _ in range(viewers)]
         threads = [

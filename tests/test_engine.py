@@ -158,6 +158,28 @@ def test_engine_applies_manifest_normalization(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(inverted.infer_tile(x), Engine(tiny_bundle).infer_tile(255 - x))
 
 
+@pytest.mark.parametrize("normalization", [None, {"mean": [255.0] * 3, "std": [-1.0] * 3}])
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_tiles_fed_into_the_input_tensor_match_set_tensor(
+    tiny_bundle, tmp_path, normalization, order
+):
+    """A tile written straight into the interpreter's input tensor (a strided view of a wider
+    frame, through the input LUT and colour order) gives the output set_tensor gives."""
+    m = tiny_bundle.manifest.model_dump(mode="json")
+    if normalization:
+        m["normalization"] = normalization
+    m["input"]["color_order"] = order
+    files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
+    e = Engine(write_bundle(tmp_path / "b", m, files))
+    h, w = m["input"]["height"], m["input"]["width"]
+    wide = np.random.default_rng(3).integers(0, 256, (h + 8, w + 40, 3), dtype=np.uint8)
+    tile = wide[5 : 5 + h, 17 : 17 + w]  # rows are strided: not a contiguous array
+    got = e.raw_tile(tile).copy()
+    e.interpreter.set_tensor(e._in["index"], np.ascontiguousarray(e._prepare(tile)))
+    e.interpreter.invoke()
+    np.testing.assert_array_equal(got, e.interpreter.get_tensor(e._out["index"])[0])
+
+
 # -- whole-field inference ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def float_fcn_pair(tmp_path_factory):

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from conftest import run_cli
 from lucida.models import write_bundle
 from lucida.models.bundle import update_manifest
 from lucida.models.registry import SHIPPED_DIR
@@ -31,12 +32,7 @@ TESTS = Path(__file__).resolve().parent
 
 
 def hil(*args, timeout=400) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lucida.tools.cli", "hil", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_cli("hil", *args, timeout=timeout)  # stops the bench and its daemon on failure
 
 
 def shim(mode: str) -> str:

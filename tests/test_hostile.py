@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import daemon_config, replay_frames
+from conftest import daemon_config, replay_frames, run_cli
 from lucida.models import pack_bundle
 from lucida.models.registry import SHIPPED_DIR
 from lucida.runtime.config import ConfigError, parse_config
@@ -277,7 +277,7 @@ def test_disk_hygiene(daemon, tiny_bundle, tmp_path):  # noqa: F811
         conn.close()
     assert wait_for(lambda: not list(incoming.iterdir()), 5)
     # unique snapshot ids, private files
-    assert wait_for(lambda: daemon.live.canvas is not None)
+    assert wait_for(lambda: daemon.live.want() or daemon.live.canvas is not None)
     # a snapshot saves what the eyepiece shows (issue 19): wait for something shown
     assert wait_for(lambda: daemon.shown and daemon.shown["kind"] != "blank")
     a = call(daemon, "POST", "/snapshot")[1]["preview"]
@@ -577,12 +577,7 @@ def _hostile_run(tmp_path, attacks, daemon_cmd=None):
     args = [str(scenario), "--dut", "emulated", "--report", str(out)]
     if daemon_cmd:
         args += ["--daemon-cmd", daemon_cmd]
-    r = subprocess.run(
-        [sys.executable, "-m", "lucida.tools.cli", "hil", *args],
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    r = run_cli("hil", *args, timeout=400)  # stops the bench (and its daemon) on any way out
     report = json.loads((out / "report.json").read_text())
     return r, report["steps"][-1]
 
@@ -602,6 +597,52 @@ def test_hostile_scenario_passes_and_catches_an_open_door(tmp_path):
     assert "private_without_token: refused" in step["message"]
     assert "dns_rebinding: refused" in step["message"]
     assert "header_bomb_pax: refused" not in step["message"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie is dead, only not yet reaped
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_bench_leaves_no_daemon_behind(tmp_path):
+    """SIGKILL the `lucida hil` process (as subprocess.run does on a timeout) while its
+    emulated daemon runs: the daemon, in a session of its own, still goes."""
+    from lucida.tools.hil.scenario import SHIPPED
+
+    spec = yaml.safe_load((SHIPPED / "hostile.yaml").read_text())
+    spec["steps"] = [{"health": {}}, {"soak": {"seconds": 600, "sample_s": 5}}]
+    scenario = tmp_path / "long.yaml"
+    scenario.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "report"
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "lucida.tools.cli", "hil", str(scenario), "--report", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid = None
+    try:
+        events = out / "dut" / "events.jsonl"
+        end = time.monotonic() + 200
+        while pid is None and time.monotonic() < end and bench.poll() is None:
+            time.sleep(0.5)
+            for line in events.read_text().splitlines() if events.exists() else []:
+                e = json.loads(line)
+                pid = e["pid"] if e["event"] == "daemon_ready" else pid
+        assert pid is not None and _alive(pid), "the emulated daemon never came up"
+        bench.kill()
+        bench.wait(10)
+        assert wait_for(lambda: not _alive(pid), 60), f"daemon {pid} outlived its bench"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+        if pid is not None and _alive(pid):  # only the daemon this test started, by its pid
+            os.kill(pid, 9)
 
 
 def test_error_logging_is_one_line_per_kind_per_interval(caplog):

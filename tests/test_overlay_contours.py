@@ -137,3 +137,20 @@ def test_from_mapping_rejects_unknown_keys_and_bad_inputs_are_named():
         ex.extract(np.zeros((4, 4), np.float32), np.eye(2))
     with pytest.raises(OverlayError, match="NaN"):
         ex.extract(np.full((4, 4), np.nan, np.float32), AFFINE)
+
+
+def test_a_heatmap_that_shows_no_change_reuses_its_regions():
+    """Noise inside the anti-flicker dead band changes nothing shown: the regions of the last
+    extraction come back without contour work; a real change is traced again; reset forgets."""
+    yy, xx = np.mgrid[0:34, 0:60]
+    blob = np.exp(-((xx - 30.0) ** 2 + (yy - 17.0) ** 2) / 60.0).astype(np.float32)
+    affine = np.array([[32.0, 0, 15.5], [0, 32.0, 15.5]])
+    ex = ContourExtractor(ContourParams(min_area_um2=0))
+    first = ex.extract(blob, affine, 1.0)
+    noisy = np.clip(blob + np.float32(0.05), 0, 1)  # well inside the 96/255 dead band
+    assert ex.extract(noisy, affine, 1.0) is first and ex.reused == 1
+    moved = np.roll(blob, 12, axis=1)
+    again = ex.extract(moved, affine, 1.0)
+    assert again is not first and again.contours[0][:, 0].mean() > first.contours[0][:, 0].mean()
+    ex.reset()
+    assert ex.extract(moved, affine, 1.0) is not again

@@ -81,6 +81,30 @@ def test_eyepiece_mask_blanks_everything_outside_the_circle():
     assert x >= 160 - 100 and x + w <= 160 + 100 and w >= 130  # square inside the circle
 
 
+@pytest.mark.parametrize("corner", [(-40, -40), (250, 170), (10, 100)])
+def test_eyepiece_mask_holds_for_outlines_anywhere(corner):
+    """Outlines (thick, anti-aliased) crossing the circle anywhere are cut at it, whether the
+    strips outside the circle are all read or only those near the regions; and the same pixels
+    come out either way."""
+    x0, y0 = corner
+    regions = Regions(
+        [*square(x0, y0, x0 + 110, y0 + 90).contours, *square(150, 110, 170, 130).contours]
+    )
+    fast = ARComposer(
+        (320, 240), eyepiece_circle=(160, 120, 100), renderers=[ContourRenderer(GREEN, 7)]
+    )
+    canvas = fast.compose(regions)
+    yy, xx = np.mgrid[0:240, 0:320]
+    assert not canvas[np.hypot(xx - 160, yy - 120) > 101].any()
+
+    class Outline:  # a renderer the composer does not know: every outside strip is read
+        annotate = ContourRenderer(GREEN, 7).annotate
+
+    full = ARComposer((320, 240), eyepiece_circle=(160, 120, 100), renderers=[Outline()])
+    full = full.compose(regions)
+    np.testing.assert_array_equal(canvas, full)
+
+
 def test_blank_is_black_and_compose_returns_a_new_canvas():
     comp = ARComposer((64, 48))
     assert not comp.blank().any()

@@ -375,3 +375,43 @@ def test_window_sink_without_a_display_says_so(monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(OverlayError, match="DISPLAY"):
         WindowSink().open()
+
+
+def test_preview_is_composed_only_while_someone_watches(tiny_bundle):
+    """A live stream nobody watches costs no preview composition and holds no old field; a
+    viewer's request brings fresh frames within a few frames."""
+    import time
+
+    from lucida.overlay.compose import ARComposer, PreviewComposer
+    from lucida.overlay.sinks import JpegStream
+    from lucida.runtime.models import ModelSelector
+    from lucida.runtime.pipeline import Pipeline
+    from lucida.runtime.sources import ReplaySource
+
+    frames = [np.full((96, 128, 3), v, np.uint8) for v in (60, 120, 180)]
+    live = JpegStream()
+    composed = []
+
+    class Counting(PreviewComposer):
+        def compose(self, *a, **kw):
+            composed.append(1)
+            return super().compose(*a, **kw)
+
+    p = Pipeline(
+        ReplaySource(frames, fps=30),
+        ModelSelector(bundle=tiny_bundle, num_threads=1),
+        ar=ARComposer((128, 96)),
+        preview=Counting([]),
+        preview_sinks=[live],
+    )
+    p.start()
+    try:
+        deadline = time.monotonic() + 10
+        while p.stats.counts["displayed"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.stats.counts["displayed"] >= 5  # the eyepiece is drawn all along
+        assert not composed and live.canvas is None and not live.watched
+        got = live.wait_jpeg(-1, timeout=5)  # a viewer asks
+        assert got is not None and got[1][:2] == b"\xff\xd8" and composed
+    finally:
+        p.stop()

@@ -118,7 +118,7 @@ class CheckFailed(ValueError):
 def run_daemon(args) -> int:
     from lucida.runtime.config import load_config
     from lucida.runtime.daemon import Daemon
-    from lucida.runtime.preflight import preflight, ready_lines
+    from lucida.runtime.preflight import check_config, preflight, ready_lines
 
     config = load_config(args.config)
     if args.check:  # the very findings a start and a SIGHUP reload are refused on
@@ -133,7 +133,9 @@ def run_daemon(args) -> int:
             )
         print(f"{args.config}: valid, ready to run")
         return 0
-    daemon = Daemon(config, args.config)
+    verified: set = set()  # refused here, before the daemon opens a file or a device
+    check_config(config, args.config, verified=verified)
+    daemon = Daemon(config, args.config, verified=verified)
     daemon.on_ready = lambda d: print("\n".join(ready_lines(config, d.http.url)), flush=True)
     return daemon.run_forever()
 

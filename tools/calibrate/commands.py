@@ -426,6 +426,11 @@ def register(sub) -> None:
     )
     q.add_argument("--frames", type=int, default=30)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument(
+        "--he",
+        help="folder of real H&E images: also print the fast Reinhard path's error (Delta E) "
+        "against the exact method for each pair (e.g. ../shared/realdata/he)",
+    )
 
     q = add(
         "manual", cmd_manual, "manual registration: nudge circles onto a target slide (ARM-style)"

@@ -100,9 +100,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_bench_color(args) -> int:
-    from lucida.tools.calibrate.color_bench import bench_color
+    from lucida.tools.calibrate.color_bench import bench_color, load_he, reinhard_accuracy
 
+    he = load_he(args.he) if args.he else None  # a bad folder fails before the timing
     res = bench_color(args.frames, args.seed)
+    if he:
+        res["reinhard_accuracy_real_he"] = reinhard_accuracy(he)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
@@ -123,6 +126,20 @@ def cmd_bench_color(args) -> int:
                 f"{c['p99']} ms on one thread, wall p50 {w['p50']} ms; limit {r['limit_ms']} ms "
                 f"(ratio {r['ratio_cpu_p50_to_limit']}); on all 1920x1080 px CPU p50 {f['p50']} ms"
             )
+        acc = res.get("reinhard_accuracy_real_he")
+        if acc:
+            print(
+                "  reinhard fast path vs the exact method on real H&E, tissue Delta E mean / p99:"
+            )
+            for r in acc["pairs"]:
+                print(
+                    f"    {r['source']} -> {r['target']}: chosen {r['form']}: "
+                    + ", ".join(
+                        f"{k} {r[k]['mean_delta_e']} / {r[k]['p99_delta_e']}"
+                        for k in ("chosen", "rgb_map", "od_map")
+                    )
+                )
+            print(f"    worst mean Delta E: {acc['worst_mean_delta_e']}")
         print("PASS" if res["pass"] else "FAIL")
     return 0 if res["pass"] else 1
 

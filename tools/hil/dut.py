@@ -3,7 +3,10 @@
 `EmulatedDut` runs the real daemon as a subprocess (`python -m lucida.tools.cli run`, or a
 `daemon_cmd` of your own: a patched build) on 127.0.0.1 with the virtual microscope as its
 camera and an emulated Olympus nosepiece on a pty as its serial port; it is started, killed
-and restarted the way systemd would (NOTIFY_SOCKET, READY=1). The objective is turned by
+and restarted the way systemd would (NOTIFY_SOCKET, READY=1). It runs in a session of its own
+(a Ctrl-C meant for the bench is not its), and on Linux it is sent SIGTERM when the bench
+process dies however it dies (PR_SET_PDEATHSIG): a killed bench never leaves a daemon behind.
+The objective is turned by
 moving the emulated nosepiece (the daemon follows the serial link) while POST /virtual turns
 the virtual microscope's optics with it; truth comes from the virtual microscope's frames.
 
@@ -17,6 +20,7 @@ images the device replays gives the ground truth; without, only timing and healt
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -27,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -75,6 +80,28 @@ class Dut:
     @property
     def has_truth(self) -> bool:
         return "virtual" in self.capabilities
+
+
+def _die_with_parent():
+    """A preexec_fn that has the child sent SIGTERM when this process dies (Linux), or None.
+
+    Only from the main thread: the kernel sends the signal when the creating *thread* ends."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the bench died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 class EmulatedDut(Dut):
@@ -188,6 +215,7 @@ class EmulatedDut(Dut):
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - one prctl call, no Python locks
         )
         self.starts += 1
         self._wait_ready()

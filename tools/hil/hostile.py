@@ -8,7 +8,9 @@ At the end nothing may be left in the device's incoming/ folder.
 
 Attacks: uploads (crash_model, header_bomb_gnu, header_bomb_pax, member_flood, zip_bomb,
 traversal, truncated, tampered, bad_golden, oversized, empty), requests (malformed,
-private_without_token, dns_rebinding), connections (connection_flood, slow_clients), and on
+private_without_token, dns_rebinding), connections (connection_flood, slow_clients: headers
+trickled; stalled_clients: a body stopping mid-way on every JSON POST endpoint and an upload,
+/live viewers that never read), and on
 an emulated device reload_bad_configs and kill9_mid_deploy.
 """
 
@@ -41,7 +43,18 @@ UPLOADS = (
     "empty",
 )
 REQUESTS = ("malformed", "private_without_token", "dns_rebinding")
-CONNECTIONS = ("connection_flood", "slow_clients")
+CONNECTIONS = ("connection_flood", "slow_clients", "stalled_clients")
+STALL_POSTS = (  # POST endpoints that read a body (JSON, or the bundle upload)
+    "/overlay",
+    "/objective",
+    "/snapshot",
+    "/camera",
+    "/calibration/manual",
+    "/benchmark",
+    "/virtual",
+    "/login",
+    "/models",
+)
 PROCESS = ("reload_bad_configs", "kill9_mid_deploy")
 ATTACKS = UPLOADS + REQUESTS + CONNECTIONS + PROCESS
 
@@ -356,6 +369,70 @@ def slow_clients(b: Bench, n: int = 20) -> tuple[bool, str]:
     return ok, (
         f"{len(closed_at)}/{n} slow clients closed by the daemon, last after "
         f"{worst if worst is None else round(worst, 1)} s (header timeout {limit:g} s)"
+    )
+
+
+def stalled_clients(b: Bench, viewers: int = 2) -> tuple[bool, str]:
+    """A body that stops mid-way on every endpoint of STALL_POSTS (each must be answered 408
+    and closed) and /live viewers that never read (each closed once its writes are held):
+    all within the device's idle timeout plus a margin, the API answering meanwhile."""
+    cl = b.dut.client
+    st0 = b.status()
+    idle = (st0.get("http_limits") or {}).get("idle_timeout_s", 30.0)
+    held0 = (st0.get("http_refused") or {}).get("write_timeout", 0)
+    head = f"Host: {cl._host}:{cl._port}\r\nAuthorization: Bearer {cl.token or ''}\r\n"
+    bodies: dict[str, socket.socket] = {}
+    live = []
+    try:
+        for path in STALL_POSTS:
+            s = socket.create_connection((cl._host, cl._port), timeout=5)
+            s.sendall(
+                f"POST {path} HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
+                'Content-Length: 4000\r\n\r\n{"enabled": tr'.encode()
+            )
+            s.setblocking(False)
+            bodies[path] = s
+        for _ in range(viewers):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, unread
+            s.settimeout(5)
+            s.connect((cl._host, cl._port))
+            s.sendall(f"GET /live HTTP/1.1\r\n{head}\r\n".encode())
+            live.append(s)
+        t0 = time.monotonic()
+        answers: dict[str, bytes] = {path: b"" for path in bodies}
+        closed: dict[str, float] = {}
+        held = 0
+        while time.monotonic() - t0 < 2 * idle + 15:
+            for path, s in bodies.items():
+                if path in closed:
+                    continue
+                try:
+                    data = s.recv(65536)
+                    answers[path] += data
+                    if not data:
+                        closed[path] = time.monotonic() - t0
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed[path] = time.monotonic() - t0
+            st = b.status()  # the API answers meanwhile (DeviceError otherwise)
+            held = (st.get("http_refused") or {}).get("write_timeout", 0) - held0
+            if len(closed) == len(bodies) and held >= viewers:
+                break
+            time.sleep(0.5)
+    finally:
+        for s in [*bodies.values(), *live]:
+            s.close()
+    status = {p: (a.split(b" ", 2)[1:2] or [b"-"])[0].decode() for p, a in answers.items()}
+    not_408 = {p: c for p, c in status.items() if c != "408" or p not in closed}
+    ok = not not_408 and held >= viewers
+    worst = max(closed.values()) if closed else None
+    return ok, (
+        f"{len(bodies) - len(not_408)}/{len(bodies)} stalled bodies answered 408 and closed, "
+        f"{min(held, viewers)}/{viewers} unread /live viewers closed, last after "
+        f"{worst if worst is None else round(worst, 1)} s (idle timeout {idle:g} s)"
+        + (f"; not refused: {not_408}" if not_408 else "")
     )
 
 
