@@ -6,7 +6,7 @@ GET /live/url): /live (MJPEG of preview mode; ?view=ar: the eyepiece canvas),
 /events?before=I&limit=N (paginated), /results?since=I&truth=1 (display records on the device
 clock, see runtime.results), /snapshots and /snapshots/{id}[/{file}]. Every request's Host
 header must name this daemon (see runtime.http_guard). POST (bearer token required, compared in
-constant time): /snapshot, /overlay, /objective,
+constant time): /snapshot, /overlay, /objective, /task (what the models find),
 /calibration/manual (ARM-style circles and cross, nudged, saved into the profile),
 /models (upload a bundle .tar.gz), /models/{name}/activate, /models/rollback, /benchmark,
 /health (golden check of the running bundle), /virtual (drive a virtual microscope: HIL bench),
@@ -42,6 +42,7 @@ from .requests import (
     OverlayBody,
     RequestError,
     SnapshotBody,
+    TaskBody,
     VirtualBody,
     parse,
 )
@@ -384,6 +385,10 @@ def make_app(daemon) -> web.Application:
         daemon.pipeline.set_objective(body.objective)
         return web.json_response({"objective": body.objective})
 
+    async def task(request):
+        body = parse(TaskBody, await json_body(request))
+        return web.json_response(await in_thread(daemon.set_task, body.task))
+
     async def models(_request):
         return web.json_response(await in_thread(daemon.inventory))
 
@@ -456,6 +461,7 @@ def make_app(daemon) -> web.Application:
             web.get("/snapshots/{sid}/{name}", snapshot_file),
             web.post("/overlay", overlay),
             web.post("/objective", objective),
+            web.post("/task", task),
             web.post("/calibration/manual", calibration_manual),
             web.get("/models", models),
             web.post("/models", upload),

@@ -80,6 +80,19 @@ def apply_opencv(cap, controls: dict) -> dict:
     return out
 
 
+def read_opencv(cap) -> dict:
+    """The controls' values now, read from VideoCapture properties in this module's units
+    (None where the driver answers with a negative value: it does not have the control)."""
+    out = {}
+    for name, (prop, _) in _CV.items():
+        raw = cap.get(prop)
+        out[name] = _CV_BACK.get(name, float)(raw) if raw >= 0 else None
+    return out
+
+
+PICAMERA2_HAS = ("exposure_ms", "gain", "auto_exposure", "fps")  # no colour temperature
+
+
 def picamera2_controls(controls: dict) -> tuple[dict, dict]:
     """(libcamera controls for Picamera2.set_controls, {name: reason} of those it cannot take)."""
     controls = check_controls(controls)

@@ -142,6 +142,8 @@ class Daemon:
     ):
         os.umask(0o077)  # patient images, tokens, logs: private from creation
         self.config, self.config_path = config, config_path
+        if config.log.events:  # the folder --check would create; a start creates it too
+            Path(config.log.events).parent.mkdir(parents=True, exist_ok=True)
         self.events = EventLog(config.log.events)
         self.store = BundleStore(config.state_dir)
         if self.store.swept:
@@ -404,6 +406,9 @@ class Daemon:
             "overlay": p.overlay_enabled,
             "threshold": p.threshold_override,
             "classes_off": sorted(p.classes_off),
+            # the operator's task, kept while the config names the same models.task
+            "task": self.models.task,
+            "config_task": self.config.models.task,
         }
         atomic_write_text(self.settings_file, json.dumps(data, indent=2) + "\n")
 
@@ -422,6 +427,14 @@ class Daemon:
         off = data.get("classes_off")
         if isinstance(off, list) and all(isinstance(n, str) for n in off):
             self.pipeline.classes_off = set(off)
+        task = data.get("task")
+        if (
+            isinstance(task, str)
+            and data.get("config_task") == self.config.models.task
+            and task != self.models.task
+            and task in self.models.tasks()
+        ):
+            self.models.set_task(task)
 
     def _window_keys(self) -> None:
         """Keys pressed in a window sink: "m" starts manual registration; then arrows, +/-,
@@ -634,6 +647,8 @@ class Daemon:
                 "idle_timeout_s": self.config.http.idle_timeout_s,  # also bodies, unread writes
             },
             camera=self.pipeline.source.controls_applied,
+            camera_controls=self.pipeline.source.camera_controls(),
+            task=self.models.task,
         )
         return st
 
@@ -681,6 +696,20 @@ class Daemon:
                 except (ValueError, OSError, RuntimeError) as exc:
                     self.events("error", where="camera controls", message=str(exc))
 
+    def set_task(self, task: str) -> dict:
+        """Switch what the models find (POST /task): every objective resolves its bundle for
+        `task` from now on; the display blanks until the new model's first overlay, as after
+        an objective change. Kept in settings.json (a restart keeps it)."""
+        if task == self.models.task and task in self.models.tasks():
+            active = self.pipeline._active
+            return {"task": task, "model": active.name if active else None}
+        with self._swap_lock:
+            self.models.set_task(task)  # ValueError naming the tasks this device has
+            active = self.pipeline.reload_model()
+        self.save_settings()
+        self.events("task", task=task, model=active.name if active else None)
+        return {"task": task, "model": active.name if active else None}
+
     def camera(self, controls: dict) -> dict:
         """Set camera controls now (POST /camera): per control asked, accepted, read back."""
         from .camera_controls import ControlError
@@ -695,7 +724,8 @@ class Daemon:
     def virtual(self, body: dict) -> dict:
         """Drive the virtual microscope (emulated benches only): stall, unplug, replug,
         objective, tour, hold (keep the stage where it is), hand (move the stage as a hand does:
-        a seeded TourPath of `seconds`, then still; `t0_ns` is its time 0 on the device clock).
+        a seeded TourPath of `seconds`, then still; `t0_ns` is its time 0 on the device clock),
+        focus (turn the focus knob to `defocus_um` um from best focus).
         Returns the device-clock time it happened (t_ns)."""
         from .virtual.scope import VirtualMicroscope
 
@@ -720,6 +750,8 @@ class Daemon:
             scope.set_objective(str(body.get("objective")))
         elif action == "tour":
             out["points"] = self._tour(scope, body)
+        elif action == "focus":  # the focus knob: defocus_um from best focus
+            scope.set_focus(float(body.get("defocus_um", 0.0)))
         elif action == "hold":
             from .virtual.stage import StagePath
 
@@ -736,8 +768,8 @@ class Daemon:
             out["start_um"] = [round(float(v), 3) for v in path.xy[0]]
         else:
             raise ValueError(
-                f"'action' {action!r}: expected stall, unplug, replug, objective, tour, hold "
-                "or hand"
+                f"'action' {action!r}: expected stall, unplug, replug, objective, tour, hold, "
+                "hand or focus"
             )
         out["t_ns"] = time.monotonic_ns()
         self.events("virtual", **{k: v for k, v in body.items() if k != "action"}, action=action)
@@ -777,7 +809,11 @@ class Daemon:
         since = round((time.monotonic_ns() - shown["t_ns"]) / 1e6)
         if shown["kind"] == "overlay":
             return {"showing": "overlay", "reason": None, "since_ms": since}
-        return {"showing": "nothing", "reason": shown.get("reason"), "since_ms": since}
+        reason = shown.get("reason")
+        if reason != "camera lost" and self.pipeline.camera_stalled():  # e.g. blanked as
+            # "overlay too old" first, then no frame came for stall_timeout_ms
+            reason = "camera stalled"
+        return {"showing": "nothing", "reason": reason, "since_ms": since}
 
     def software(self) -> dict:
         """Versions of what computed an overlay: lucida, Python, NumPy, the interpreter."""
@@ -801,6 +837,7 @@ class Daemon:
             self.models.pin(bundle, engine)
             self.store.set_active(bundle)
             self.pipeline.reload_model()
+        self.save_settings()  # the bundle's task is the one chosen now
         self.events("model_activated", model=bundle.name, sha256=bundle.sha256())
         return {
             "ok": True,

@@ -28,7 +28,8 @@ def describe(folder: Path, where: str) -> dict:
 
 
 def inventory(selector, store, objectives, running: dict | None = None) -> dict:
-    """{task, running, objectives: {objective: bundle name or None}, bundles: [...], deployed}.
+    """{task, tasks: {task: {objective: bundle name or None}}, running, objectives (the task
+    running now's), bundles: [...], deployed}.
 
     selector: runtime.models.ModelSelector; store: runtime.store.BundleStore (None on a host);
     objectives: the ones the microscope can show (nosepiece positions and the source's).
@@ -41,17 +42,23 @@ def inventory(selector, store, objectives, running: dict | None = None) -> dict:
     if store is not None and store.bundles.is_dir():
         for folder in sorted(p for p in store.bundles.iterdir() if (p / MANIFEST).is_file()):
             bundles.append(describe(folder, "deployed"))
-    per_objective = {}
-    for obj in sorted(objectives, key=_magnification):
-        b = selector.bundle_for(obj)
-        per_objective[obj] = b.name if b is not None else None
+    ordered = sorted(objectives, key=_magnification)
+    tasks = {}  # every task: the bundle each objective would use for it
+    for task in selector.tasks():
+        found = ((obj, selector.bundle_for(obj, task)) for obj in ordered)
+        tasks[task] = {obj: _bundle_name(b) for obj, b in found}
     return {
         "task": selector.task,
+        "tasks": tasks,
         "running": running or {},
-        "objectives": per_objective,
+        "objectives": {obj: _bundle_name(selector.bundle_for(obj)) for obj in ordered},
         "bundles": bundles,
         "deployed": store.state() if store is not None else {},
     }
+
+
+def _bundle_name(bundle) -> str | None:
+    return bundle.name if bundle is not None else None
 
 
 def _magnification(objective: str) -> float:

@@ -125,10 +125,18 @@ class ModelSelector:
             for e in self._engines.values():
                 e.close()
 
-    def _resolve(self, objective: str | None) -> tuple[Bundle, object] | None:
-        """(bundle, contour parameters) for this objective, or None; builds nothing."""
+    def _resolve(
+        self, objective: str | None, task: str | None = None
+    ) -> tuple[Bundle, object] | None:
+        """(bundle, contour parameters) for this objective and task (default: the task chosen
+        now), or None; builds nothing. A pinned bundle serves its own task only."""
+        task = self.task if task is None else task
         pinned = self.pinned
-        if pinned is not None and (objective is None or objective in pinned.manifest.objectives):
+        if (
+            pinned is not None
+            and pinned.manifest.task == task
+            and (objective is None or objective in pinned.manifest.objectives)
+        ):
             return pinned, pinned.manifest.contours
         if self.bundle is not None:
             m = self.bundle.manifest
@@ -138,7 +146,7 @@ class ModelSelector:
         if objective is None:
             return None
         try:
-            resolved = self.registry.resolve(self.task, objective)
+            resolved = self.registry.resolve(task, objective)
         except ValueError as exc:
             log.info("no model at %s: %s", objective, exc)
             return None
@@ -150,10 +158,29 @@ class ModelSelector:
         found = self._resolve(objective)
         return None if found is None else ActiveModel.of(self.engine(found[0]), found[1])
 
-    def bundle_for(self, objective: str | None) -> Bundle | None:
-        """The bundle `for_objective` would run at this objective, without building an engine."""
-        found = self._resolve(objective)
+    def bundle_for(self, objective: str | None, task: str | None = None) -> Bundle | None:
+        """The bundle `for_objective` would run at this objective (for `task`, default the one
+        chosen now), without building an engine."""
+        found = self._resolve(objective, task)
         return None if found is None else found[0]
+
+    def tasks(self) -> list[str]:
+        """The tasks this selector can run: the registry's bundles' and the pinned one's."""
+        found = {m.task for _, m in self.registry.manifests().values()} if self.registry else set()
+        for b in (self.bundle, self.pinned):
+            if b is not None:
+                found.add(b.manifest.task)
+        return sorted(found)
+
+    def set_task(self, task: str) -> None:
+        """Resolve bundles for `task` from now on (the pipeline's reload_model applies it)."""
+        if task not in self.tasks():
+            raise ValueError(
+                f"task {task!r}: no model for it on this device; expected one of "
+                f"{', '.join(self.tasks()) or 'none'}"
+            )
+        with self._lock:
+            self.task = task
 
     def preload(self, objectives) -> list[str]:
         """Build the engines for these objectives now, so a turn of the nosepiece is instant;
@@ -190,11 +217,13 @@ class ModelSelector:
             return dict(self.placement)
 
     def pin(self, bundle: Bundle, engine: Engine | None = None) -> None:
-        """Run `bundle` (already loaded and checked as `engine`, if given) wherever it applies."""
+        """Run `bundle` (already loaded and checked as `engine`, if given) wherever it applies;
+        its task becomes the task chosen now."""
         with self._lock:
             if engine is not None:
                 self._keep(bundle.name, engine)
             self.pinned = bundle
+            self.task = bundle.manifest.task
 
     def rebuild(self, engine: Engine) -> Engine:
         """A new engine for `engine`'s bundle (new interpreter, Edge TPU delegate reopened; the

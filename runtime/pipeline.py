@@ -614,9 +614,7 @@ class Pipeline:
         while not self._stop.is_set():
             res = self.results.take(timeout_s=self.display_interval_s)
             now = time.monotonic_ns()
-            stalled = not self._source_ok or (
-                self._last_capture_ns and now - self._last_capture_ns > self.stall_timeout_ns
-            )
+            stalled = self.camera_stalled(now)
             last = self.last_result if self._showing_overlay else None
             if res is None:
                 if stalled and self._showing_overlay:
@@ -868,10 +866,17 @@ class Pipeline:
         t.start()
         self._threads.append(t)
 
+    def camera_stalled(self, now_ns: int | None = None) -> bool:
+        """No camera, or no frame for longer than stall_timeout_ms (the display is blank)."""
+        now_ns = time.monotonic_ns() if now_ns is None else now_ns
+        last = self._last_capture_ns
+        return not self._source_ok or bool(last and now_ns - last > self.stall_timeout_ns)
+
     def _safety_status(self) -> dict:
         st = self.motion.last
         return {
             "blank_reason": self.blank_reason,
+            "camera_stalled": self.camera_stalled(),
             "motion_speed_um_s": None if st is None else round(min(st.speed_um_s, 1e9), 1),
             "motion_confidence": None if st is None else round(st.confidence, 3),
             "blank_speed_um_s": round(self.motion.blank_speed_um_s, 1),

@@ -93,6 +93,13 @@ class VirtualBody(_Body):
     ] = "tumour"
     dwell_s: Annotated[Finite, Field(gt=0, le=3600)] = 3.0
     seed: StrictInt = Field(default=0, ge=0, le=2**31)
+    defocus_um: Annotated[Finite, Field(ge=-100, le=100)] = 0.0  # action "focus"
+
+
+class TaskBody(_Body):
+    """POST /task: what the models find ("lymph"); one of the tasks of the bundles held."""
+
+    task: str = Field(min_length=1, max_length=64)
 
 
 class LoginBody(_Body):

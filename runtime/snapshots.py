@@ -244,7 +244,7 @@ def capture(daemon, case_id: str | None = None, comment: str | None = None):
             "width": src.width,
             "height": src.height,
             "fps": src.fps,
-            "controls": getattr(pipe.source, "controls", lambda: {})(),
+            "controls": pipe.source.camera_controls(),  # exposure_ms, gain, ... now
         },
         "software": daemon.software(),
     }

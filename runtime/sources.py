@@ -18,7 +18,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .camera_controls import apply_opencv, check_controls, picamera2_controls, read_picamera2
+from .camera_controls import (
+    CONTROLS,
+    PICAMERA2_HAS,
+    apply_opencv,
+    check_controls,
+    picamera2_controls,
+    read_opencv,
+    read_picamera2,
+)
 from .frame import Frame
 
 log = logging.getLogger(__name__)
@@ -59,6 +67,11 @@ class FrameSource(ABC):
         """Apply camera controls (runtime.camera_controls names and units); returns per control
         what was asked, whether the camera took it and the value read back."""
         raise SourceError(f"{self.name}: this source has no camera controls")
+
+    def camera_controls(self) -> dict:
+        """{control: value now (None: unknown)} for the controls this source has; {} for none
+        (the operator page shows only these)."""
+        return {}
 
 
 class _Pacer:
@@ -165,6 +178,16 @@ class OpenCVSource(FrameSource):
         self.controls_applied = {**(self.controls_applied or {}), **apply_opencv(cap, controls)}
         return self.controls_applied
 
+    def camera_controls(self) -> dict:
+        """A camera device (an index or /dev/video*) has them; a file, URL or pipeline has not."""
+        spec = self.spec
+        if not (isinstance(spec, int) or str(spec).startswith("/dev/video")):
+            return {}
+        cap = self._cap
+        if cap is None:
+            return {n: self.controls.get(n) for n in CONTROLS}
+        return read_opencv(cap)
+
     def open(self) -> None:
         api = cv2.CAP_GSTREAMER if isinstance(self.spec, str) and "!" in self.spec else cv2.CAP_ANY
         cap = cv2.VideoCapture(self.spec, api)
@@ -267,6 +290,12 @@ class PiCameraSource(FrameSource):
             for n, v in controls.items()
         }
         return self.controls_applied
+
+    def camera_controls(self) -> dict:
+        """exposure, gain, auto exposure and frame rate (libcamera takes no colour temperature);
+        the values last read back."""
+        read = self.controls_applied or {}
+        return {n: (read.get(n) or {}).get("read") for n in PICAMERA2_HAS}
 
     def flush(self) -> None:
         """Wait for a frame that started exposing after now, so none older than the request is used."""

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +118,65 @@ def tpu_bundle(tiny_bundle, tmp_path):
     files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
     files["edgetpu.tflite"] = files["cpu.tflite"]
     return write_bundle(tmp_path / "tpu", m, files)
+
+
+@dataclass(frozen=True)
+class CoreInstall:
+    """`pip install camera-lucida` (no extras) in a fresh venv: its python, lucida, site-packages."""
+
+    python: Path
+    lucida: Path
+    site: str
+    seconds: float  # how long venv + pip took (noisy: shared CI machine)
+
+    def run(self, *args, cwd=None, timeout=300):
+        """`lucida ARGS` in the fresh venv: (returncode, stdout, stderr)."""
+        r = subprocess.run(
+            [str(self.lucida), *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+            env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+        )
+        return r.returncode, r.stdout, r.stderr
+
+
+@pytest.fixture(scope="session")
+def core_install(tmp_path_factory) -> CoreInstall:
+    """The repo installed non-editable, core install only, into a new venv: once per test session
+    (pytest-xdist workers share it through a lock file in the session's temp folder)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    venv, done = root / "core-venv", root / "core-venv.json"
+    with open(root / "core-venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            shutil.rmtree(venv, ignore_errors=True)
+            t0 = time.monotonic()
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+            env.pop("PYTHONPATH", None)
+            r = subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(TESTS.parent)],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+            site = subprocess.check_output(
+                [
+                    str(venv / "bin" / "python"),
+                    "-c",
+                    "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                ],
+                text=True,
+            ).strip()
+            done.write_text(json.dumps({"site": site, "seconds": time.monotonic() - t0}))
+    info = json.loads(done.read_text())
+    return CoreInstall(
+        venv / "bin" / "python", venv / "bin" / "lucida", info["site"], info["seconds"]
+    )
 
 
 def run_cli(*args, timeout: float = 400) -> subprocess.CompletedProcess:

@@ -81,6 +81,19 @@ def test_readme_config_checks_then_starts_and_says_where_the_page_is(tmp_path):
     assert json.loads(events[-1])["event"] == "daemon_stop"
 
 
+def test_a_start_without_check_creates_the_log_folder(tmp_path, monkeypatch):
+    """`lucida run` straight away (no --check first) must not end in "[Errno 2] ... events.jsonl"."""
+    from lucida.runtime.config import load_config
+    from lucida.runtime.daemon import Daemon
+
+    monkeypatch.chdir(tmp_path)
+    d = Daemon(load_config(ROOT / "examples" / "virtual.yaml"))
+    d.events("hello")
+    d.events.close()
+    lines = (tmp_path / "lucida-state/log/events.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["event"] == "hello"
+
+
 def _reroot(text: str, root: Path) -> str:
     """The Pi example with /etc, /var under `root` (devices under /dev are left as they are)."""
     return re.sub(r"(?<=[\s{:\"])/(etc|var)/", lambda m: f"{root}/{m.group(1)}/", text)

@@ -401,7 +401,11 @@ def test_every_malformed_request_is_a_4xx_and_changes_nothing(daemon):  # noqa: 
     code, _ = call(daemon, "GET", "/events", token=None, headers={"Authorization": b"Bearer \xff"})
     assert code == 403
     after = call(daemon, "GET", "/status")[1]
-    assert (after["objective"], after["overlay"]) == (before["objective"], before["overlay"])
+    assert (after["objective"], after["overlay"], after["task"]) == (
+        before["objective"],
+        before["overlay"],
+        before["task"],
+    )
     assert daemon.manual is None and daemon.pipeline.ar_override is None  # NaN never started it
     n0 = daemon.pipeline.stats.counts["displayed"]
     assert wait_for(lambda: daemon.pipeline.stats.counts["displayed"] > n0 + 3)

@@ -1,6 +1,7 @@
 """The operator page in headless Chromium against a loopback daemon: DOM and screenshots.
 
-Set LUCIDA_PAGE_SHOTS=DIR to keep the screenshots (docs/operator-*.jpg come from here).
+Set LUCIDA_PAGE_SHOTS=DIR to keep the screenshots (docs/operator-*.jpg are the same four views of
+`lucida run` on examples/virtual.yaml, see docs/operator.md).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from test_daemon import call, daemon, wait_for  # noqa: F401  (fixture)
 from test_live_page import chromium
 
-WIDTHS = {1366: 900, 768: 1400}
+WIDTHS = {1366: 860, 768: 1700}
 
 
 def dom(daemon, tmp_path, width=1366, hash_=""):  # noqa: F811
@@ -49,6 +50,7 @@ def test_page_has_big_choices_plain_labels_and_research_label(daemon, tmp_path):
     tasks = html.split('id="tasks"')[1].split("</fieldset>")[0]
     assert 'aria-pressed="true"' in tasks and ">test<" in tasks  # the task running now
     assert 'id="classes" hidden' in html  # single-class model: no class boxes
+    assert 'id="camera" hidden' in html  # a folder of images has no camera controls
     assert 'data-layout="side"' in html
     assert '<div class="banner' not in html  # drawing: nothing to explain
 

@@ -124,6 +124,7 @@ class VirtualMicroscope(FrameSource):
         # Turret: turning towards `_target` since sim time `_move_from_t` (s).
         self._target = objective
         self._move_from_t = -math.inf
+        self.focus_offset_um = 0.0  # the focus knob: added to the stage path's focus error (um)
 
     # -- source interface ---------------------------------------------------------------------
     def open(self) -> None:
@@ -193,8 +194,9 @@ class VirtualMicroscope(FrameSource):
             mask = np.zeros((h, w), bool)
         else:
             view, mask = self._field_of_view(obj, stage.x_um, stage.y_um)
-            if abs(stage.defocus_um) > 0.25:  # out of focus: blur ~ defocus x NA-ish / px
-                view = cv2.GaussianBlur(view, (0, 0), 0.4 * abs(stage.defocus_um) / s + 0.1)
+            defocus = stage.defocus_um + self.focus_offset_um
+            if abs(defocus) > 0.25:  # out of focus: blur ~ defocus x NA-ish / px
+                view = cv2.GaussianBlur(view, (0, 0), 0.4 * abs(defocus) / s + 0.1)
             image = self._cam.apply(view, (stage.vx_um_s / s, stage.vy_um_s / s))
         meta = {
             "truth_mask": mask,
@@ -293,6 +295,17 @@ class VirtualMicroscope(FrameSource):
             for n, v in controls.items()
         }
         return self.controls_applied
+
+    def camera_controls(self) -> dict:
+        """exposure, gain and frame rate: the camera model's values now."""
+        cam = self.camera
+        return {"exposure_ms": cam.exposure_ms, "gain": cam.gain, "fps": cam.fps}
+
+    def set_focus(self, defocus_um: float) -> None:
+        """Turn the focus knob: `defocus_um` (um) from best focus, on top of the path's drift."""
+        if not math.isfinite(defocus_um) or abs(defocus_um) > 100:
+            raise ScopeError(f"defocus must be within +-100 um, got {defocus_um!r}")
+        self.focus_offset_um = float(defocus_um)
 
     def set_path(self, path: StagePath) -> None:
         """Follow `path` from now on (its time 0 is now)."""
