@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -40,28 +39,6 @@ from .sources import FrameSource, SourceError
 from .stats import percentiles_ms
 
 log = logging.getLogger(__name__)
-SWITCH_INTERVAL_S = 0.0001  # GIL switch interval while the loop runs (Python's default: 5 ms)
-
-
-_switch_lock = threading.Lock()
-_switch_users = [0, 0.005]  # running loops, the interpreter's interval before the first
-
-
-def _short_switch_interval(on: bool) -> None:
-    """The first running loop sets SWITCH_INTERVAL_S; the last one to stop restores what the
-    interpreter had (several loops in one process, e.g. tests, start and stop in any order)."""
-    with _switch_lock:
-        if on:
-            if _switch_users[0] == 0:
-                _switch_users[1] = sys.getswitchinterval()
-                sys.setswitchinterval(min(_switch_users[1], SWITCH_INTERVAL_S))
-            _switch_users[0] += 1
-        elif _switch_users[0] > 0:
-            _switch_users[0] -= 1
-            if _switch_users[0] == 0:
-                sys.setswitchinterval(_switch_users[1])
-
-
 def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | None:
     """Camera pixel size from the nominal magnification ("10x" -> 1.0 um/px): a fallback only."""
     try:
@@ -283,19 +260,12 @@ class Pipeline:
         self._infer_p99_ms: float | None = None
         self._in_motion = False
         self._shown_track_ns = 0
-        self._short_switch = False  # this loop holds the short GIL switch interval
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
         # the stages already run in parallel; OpenCV's own pool would add wake-ups and spinning
         # beside them (bench pipeline: "other" CPU ms per frame), so OpenCV runs single-threaded
         cv2.setNumThreads(1)
-        # the stages hand work over through the GIL: a stage whose C call returned (invoke(),
-        # an OpenCV call) must not wait out the default 5 ms switch interval while another
-        # stage runs Python (bench pipeline: the model idles between tiles); restored in stop()
-        if not self._short_switch:
-            self._short_switch = True
-            _short_switch_interval(True)
         for s in self.ar_sinks + self.preview_sinks:
             s.open()
         for name, fn in (
@@ -315,9 +285,6 @@ class Pipeline:
         deadline = time.monotonic() + timeout_s
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        if self._short_switch:
-            self._short_switch = False
-            _short_switch_interval(False)
         try:
             self.source.close()
         except Exception as exc:  # a dying camera must not block shutdown

@@ -203,30 +203,3 @@ def test_stage_motion_blanks_and_latest_frame_wins(eager_bundle):
     finally:
         p.stop()
     assert sink.shown and not any(s[1] for s in sink.shown)
-
-
-def test_running_loops_share_a_short_gil_switch_interval_and_restore_it(tiny_bundle):
-    """While any loop runs, Python switches threads every SWITCH_INTERVAL_S (a stage whose C call
-    returned does not wait 5 ms for one running Python); after the last one stops, whatever the
-    order, the interpreter's own interval is back."""
-    import sys
-
-    from lucida.runtime.pipeline import SWITCH_INTERVAL_S
-    from lucida.runtime.sources import ReplaySource
-
-    before = sys.getswitchinterval()
-    frames = [np.full((96, 128, 3), 128, np.uint8)]
-    a, b = (
-        Pipeline(ReplaySource(frames, fps=20), ModelSelector(bundle=tiny_bundle, num_threads=1))
-        for _ in range(2)
-    )
-    a.start()
-    b.start()
-    try:
-        assert sys.getswitchinterval() == pytest.approx(min(before, SWITCH_INTERVAL_S))
-        a.stop()
-        assert sys.getswitchinterval() == pytest.approx(min(before, SWITCH_INTERVAL_S))
-    finally:
-        a.stop()
-        b.stop()
-    assert sys.getswitchinterval() == pytest.approx(before)
