@@ -39,6 +39,8 @@ from .sources import FrameSource, SourceError
 from .stats import percentiles_ms
 
 log = logging.getLogger(__name__)
+
+
 def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | None:
     """Camera pixel size from the nominal magnification ("10x" -> 1.0 um/px): a fallback only."""
     try:
