@@ -39,6 +39,13 @@ def test_version_is_the_package_version(capsys):
     assert capsys.readouterr().out.strip() == f"lucida {cfg['metadata']['version']}"
 
 
+def test_python_dash_m_lucida_runs_the_cli(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "lucida", "--version"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.startswith("lucida "), out.stderr[-1500:]
+
+
 def test_license_file_matches_setup_cfg():
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")

@@ -94,6 +94,17 @@ def test_host_only_commands_name_the_extra(core_install, args, tmp_path):
     assert not list(tmp_path.glob("*/*"))  # stopped before any work
 
 
+def test_python_dash_m_lucida_is_the_lucida_command(core_install, tmp_path):
+    out = subprocess.run(
+        [str(core_install.python), "-m", "lucida", "--version"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.startswith("lucida "), out.stderr[-1500:]
+
+
 @pytest.fixture()
 def he_png(tmp_path) -> Path:
     import cv2
