@@ -702,6 +702,9 @@ class Pipeline:
                 )
             )
         t1, c1 = time.monotonic_ns(), time.thread_time_ns()
+        with self._lock:  # a clear (motion onset, switch) came while drawing: its blank is next
+            if res.generation != self._generation:
+                return
         for sinks, canvas in canvases:
             for s in sinks:
                 s.show(canvas, frame.t_capture_ns)
