@@ -78,6 +78,23 @@ def fake_edgetpu_lib(tmp_path_factory):
     return out
 
 
+@pytest.fixture()
+def fake_tpu_env(fake_edgetpu_lib, tmp_path, monkeypatch):
+    """A function (devices "usb:0,usb:1") -> the delegate's create log: the fake Edge TPU library
+    in place of libedgetpu with those devices present, in pass-through mode, no failures."""
+
+    def use(devices: str) -> Path:
+        log = tmp_path / "delegate.log"
+        monkeypatch.setenv("LUCIDA_EDGETPU_LIB", str(fake_edgetpu_lib))
+        monkeypatch.setenv("FAKE_EDGETPU_LOG", str(log))
+        monkeypatch.setenv("FAKE_EDGETPU_DEVICES", devices)
+        for k in ("FAIL_FIRST", "INVOKE_MS", "FAIL_AFTER", "FAIL_DEVICE"):
+            monkeypatch.delenv(f"FAKE_EDGETPU_{k}", raising=False)
+        return log
+
+    return use
+
+
 def replay_frames(folder: Path, n: int = 4, size: tuple[int, int] = (128, 96)) -> Path:
     """A folder of n random RGB PNG frames (width x height) for a replay source."""
     import cv2

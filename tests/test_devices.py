@@ -21,16 +21,9 @@ from pydantic import ValidationError
 
 
 @pytest.fixture()
-def fake_tpus(fake_edgetpu_lib, tmp_path, monkeypatch):
+def fake_tpus(fake_tpu_env):
     """Three fake devices usb:0..2 in pass-through mode; returns the create log."""
-    log = tmp_path / "delegate.log"
-    monkeypatch.setenv("LUCIDA_EDGETPU_LIB", str(fake_edgetpu_lib))
-    monkeypatch.setenv("FAKE_EDGETPU_LOG", str(log))
-    monkeypatch.setenv("FAKE_EDGETPU_DEVICES", "usb:0,usb:1,usb:2")
-    for k in ("FAKE_EDGETPU_FAIL_FIRST", "FAKE_EDGETPU_INVOKE_MS", "FAKE_EDGETPU_FAIL_AFTER"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.delenv("FAKE_EDGETPU_FAIL_DEVICE", raising=False)
-    return log
+    return fake_tpu_env("usb:0,usb:1,usb:2")
 
 
 def _frame(seed=0, size=(200, 150)):

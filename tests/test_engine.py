@@ -72,13 +72,8 @@ def test_tensorflow_backend_gives_the_same_heatmap(tiny_bundle):
 
 # -- Edge TPU delegate through a real external-delegate library -------------------------------------
 @pytest.fixture()
-def fake_tpu(fake_edgetpu_lib, tmp_path, monkeypatch):
-    log = tmp_path / "delegate.log"
-    monkeypatch.setenv("LUCIDA_EDGETPU_LIB", str(fake_edgetpu_lib))
-    monkeypatch.setenv("FAKE_EDGETPU_LOG", str(log))
-    monkeypatch.setenv("FAKE_EDGETPU_DEVICES", "usb:0")
-    monkeypatch.delenv("FAKE_EDGETPU_FAIL_FIRST", raising=False)
-    return log
+def fake_tpu(fake_tpu_env):
+    return fake_tpu_env("usb:0")
 
 
 def test_delegate_loads_with_device_option(tpu_bundle, fake_tpu):

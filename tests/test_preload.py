@@ -28,15 +28,9 @@ def registry(tiny_bundle, tmp_path):
 
 
 @pytest.fixture()
-def opens(fake_edgetpu_lib, tmp_path, monkeypatch):
+def opens(fake_tpu_env):
     """Four fake devices usb:0..3; returns a function listing the devices opened so far."""
-    log = tmp_path / "delegate.log"
-    monkeypatch.setenv("LUCIDA_EDGETPU_LIB", str(fake_edgetpu_lib))
-    monkeypatch.setenv("FAKE_EDGETPU_LOG", str(log))
-    monkeypatch.setenv("FAKE_EDGETPU_DEVICES", "usb:0,usb:1,usb:2,usb:3")
-    for k in ("FAKE_EDGETPU_FAIL_FIRST", "FAKE_EDGETPU_INVOKE_MS", "FAKE_EDGETPU_FAIL_AFTER"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.delenv("FAKE_EDGETPU_FAIL_DEVICE", raising=False)
+    log = fake_tpu_env("usb:0,usb:1,usb:2,usb:3")
 
     def opened() -> list[str]:
         if not log.exists():

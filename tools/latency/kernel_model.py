@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from lucida.tools.latency.whole_model import fit_nnls
 
 VERSION = 2
 K_NEIGHBOURS = 5
@@ -65,21 +66,11 @@ def shape_vector(s: dict) -> list[float]:
     ]
 
 
-def _nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    from scipy.optimize import nnls
-
-    A = X / y[:, None]
-    norms = np.linalg.norm(A, axis=0)
-    norms[norms == 0] = 1.0
-    b, _ = nnls(A / norms, np.ones_like(y), maxiter=50 * X.shape[1])
-    return b / norms
-
-
 def fit_kind(shapes: list[dict], y: np.ndarray, kind: str) -> dict:
     """One kind's regressor from kernel shapes and labels (ms)."""
     y = np.maximum(np.asarray(y, float), 1e-4)
     X = np.array([linear_terms(kind, s) for s in shapes])
-    coef = _nnls(X, y)
+    coef = fit_nnls(X, y)
     base = np.maximum(X @ coef, 1e-6)
     V = np.array([shape_vector(s) for s in shapes])
     mu, sd = V.mean(axis=0), V.std(axis=0)

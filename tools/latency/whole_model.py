@@ -184,7 +184,7 @@ def design_row(feats: dict, columns: list[str]) -> tuple[np.ndarray, list[str]]:
     return x, sorted(set(unknown))
 
 
-def _fit_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+def fit_nnls(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative least squares on relative error: min sum(((Xb - y) / y)^2), b >= 0."""
     from scipy.optimize import nnls
 
@@ -210,8 +210,8 @@ def fit_kernel_model(
     used = X.any(axis=0)
     cols = [c for c, u in zip(cols, used) if u]
     X = X[:, used]
-    b50 = _fit_nnls(X, np.asarray(p50, float))
-    b90 = _fit_nnls(X, np.asarray(p90, float))
+    b50 = fit_nnls(X, np.asarray(p50, float))
+    b90 = fit_nnls(X, np.asarray(p90, float))
     return {
         "version": PREDICTOR_VERSION,
         "kind": "kernel-sum-nnls",

@@ -124,27 +124,23 @@ def _str(t: Table, slot: int) -> str:
     return t.String(t.Pos + o).decode("utf-8", "replace") if o else ""
 
 
-def _tables(t: Table, slot: int) -> list[Table]:
+def _vector_items(t: Table, slot: int) -> list[int]:
+    """Positions of what a vector of offsets (tables or strings) at `slot` points to."""
     o = _field(t, slot)
     if not o:
         return []
-    start, n = t.Vector(o), t.VectorLen(o)
-    out = []
-    for i in range(n):
-        p = start + 4 * i
-        out.append(Table(t.Bytes, t.Indirect(p)))
-    return out
+    start = t.Vector(o)
+    return [t.Indirect(start + 4 * i) for i in range(t.VectorLen(o))]
+
+
+def _tables(t: Table, slot: int) -> list[Table]:
+    return [Table(t.Bytes, p) for p in _vector_items(t, slot)]
 
 
 def _byte_vectors(t: Table, slot: int) -> list[bytes]:
     """A [string] vector whose strings hold binary data (length-prefixed, not NUL-safe)."""
-    o = _field(t, slot)
-    if not o:
-        return []
-    start, n = t.Vector(o), t.VectorLen(o)
     out = []
-    for i in range(n):
-        p = t.Indirect(start + 4 * i)
+    for p in _vector_items(t, slot):
         length = int.from_bytes(t.Bytes[p : p + 4], "little")
         out.append(bytes(t.Bytes[p + 4 : p + 4 + length]))
     return out
