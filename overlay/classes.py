@@ -66,14 +66,36 @@ class ClassContours:
     """Heatmap (positive map and per-class stack) -> Regions tagged with their class.
 
     One ContourExtractor per class keeps each class's anti-flicker state; `reset()` forgets all.
+    When every class's extractor returned the very regions it returned last time (a still field),
+    so does this: the same Regions object, which the AR composer then need not redraw.
     """
 
     def __init__(self, params: ContourParams | None = None):
         self.params = params or ContourParams()
         self._one = ContourExtractor(self.params)
         self._per: dict[int, ContourExtractor] = {}
+        self._last: tuple[list, Regions] | None = None  # ([(class, its regions)], merged)
+
+    def _tagged(self, parts: list) -> Regions:
+        """The regions of `parts` [(class index, Regions)] tagged with their class; the last
+        result again when every part is the same object as last time."""
+        last = self._last
+        if (
+            last is not None
+            and len(last[0]) == len(parts)
+            and all(k == k0 and r is r0 for (k, r), (k0, r0) in zip(parts, last[0]))
+        ):
+            return last[1]
+        if len(parts) == 1:
+            k, r = parts[0]
+            merged = Regions(r.contours, r.holes, r.areas_px2, r.areas_um2, [k] * len(r))
+        else:
+            merged = Regions.of_classes(parts)
+        self._last = (parts, merged)
+        return merged
 
     def reset(self) -> None:
+        self._last = None
         self._one.reset()
         for ex in self._per.values():
             ex.reset()
@@ -96,8 +118,7 @@ class ClassContours:
             if on is not None and class_ids and k not in on:
                 self._one.reset()
                 return Regions(areas_um2=[] if um_per_px is not None else None, class_ids=[])
-            r = self._one.extract(probs, affine, um_per_px)
-            return Regions(r.contours, r.holes, r.areas_px2, r.areas_um2, [k] * len(r))
+            return self._tagged([(k, self._one.extract(probs, affine, um_per_px))])
         if classes.ndim != 3 or classes.shape[2] != len(class_ids):
             raise OverlayError(
                 f"class stack of shape {classes.shape}: expected HxWx{len(class_ids)} "
@@ -118,4 +139,4 @@ class ClassContours:
                 ex = self._per[k] = ContourExtractor(self.params)
             mine = np.where(owner == j, total, np.float32(0.0)) if len(cols) > 1 else total
             parts.append((k, ex.extract(mine, affine, um_per_px)))
-        return Regions.of_classes(parts)
+        return self._tagged(parts)

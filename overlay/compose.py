@@ -1,6 +1,8 @@
 """The two outputs: AR mode (for the eyepiece micro-display) and preview mode (for a monitor).
 
-Both return a new HxWx3 uint8 RGB canvas on every call (sinks may keep a reference).
+Both return a HxWx3 uint8 RGB canvas that nobody writes into afterwards (sinks may keep a
+reference): a new one whenever what it shows changed; AR mode returns its last canvas again
+when the same regions are drawn the same way (a still field: nothing is redrawn).
 """
 
 from __future__ import annotations
@@ -83,12 +85,14 @@ class ARComposer:
         self.renderers = list(renderers) if renderers is not None else [ContourRenderer()]
         self.set_homography(homography)
         self.set_eyepiece(eyepiece_circle)
+        self.reused = 0  # canvases returned again because nothing they show changed (bench, tests)
 
     def set_homography(self, homography: np.ndarray | None) -> None:
         """Replace the camera px -> display px homography (e.g. after recalibration)."""
         self.homography = _homography(homography)
         self._inverse = np.linalg.inv(self.homography)
         self._scale = None  # camera_px_per_display_px, computed once per homography and viewport
+        self._last = None  # (what was drawn, the canvas): see compose
 
     def set_eyepiece(self, circle: tuple[float, float, float] | None) -> None:
         """Set (cx, cy, r) in display px, or None to show the whole display.
@@ -98,6 +102,7 @@ class ARComposer:
         stays black without being touched.
         """
         w, h = self.display_size
+        self._last = None
         if circle is None:
             self.eyepiece_circle = None
             self._box = (0, 0, w, h)
@@ -165,7 +170,17 @@ class ARComposer:
         heatmap / heatmap_affine: probabilities and their 2x3 cell -> camera px map, for a
         HeatmapRenderer. um_per_px: camera pixel size in um (converted to display px here).
         classes: ClassStyle per drawable class (per-class colours, legend), or None.
+        The last canvas is returned again (not redrawn) when it showed the same `regions` object
+        with the same classes and objective and every renderer draws only the regions (contour
+        outlines, fills): what a still field looks like (the contour cache returns its regions).
         """
+        key = None
+        if all(type(r) in (ContourRenderer, FilledRenderer) for r in self.renderers):
+            key = (objective, classes)
+            last = self._last
+            if last is not None and last[0] is regions and last[1] == key:
+                self.reused += 1
+                return last[2]
         canvas = self.blank()
         bx0, by0, bx1, by1 = self._box
         box = canvas[by0:by1, bx0:bx1]  # renderers draw here, in box coordinates
@@ -187,6 +202,7 @@ class ARComposer:
         for r in self.renderers:
             r.annotate(box, shown, ctx)
         self._apply_eyepiece(box, self._drawn_boxes(shown, objective))
+        self._last = None if key is None else (regions, key, canvas)
         return canvas
 
     def _drawn_boxes(self, shown: Regions, objective: str | None) -> np.ndarray | None:

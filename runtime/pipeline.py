@@ -13,6 +13,7 @@ generation of its capture: a result from before a blank is never drawn after it.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -39,6 +40,9 @@ from .sources import FrameSource, SourceError
 from .stats import percentiles_ms
 
 log = logging.getLogger(__name__)
+# motion compensation moves an overlay by less than this (camera px) not at all: a still field's
+# measured displacement is noise, and an unmoved overlay is not redrawn (ARComposer reuses it)
+MIN_SHIFT_PX = 0.25
 
 
 def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | None:
@@ -665,7 +669,7 @@ class Pipeline:
         shift = self._shift_for(frame, t0)
         if self.ar is not None:
             regions, affine = res.regions, hm.affine
-            if shift is not None:
+            if shift is not None and math.hypot(*shift) >= MIN_SHIFT_PX:
                 regions = regions.warped(np.array([[1, 0, shift[0]], [0, 1, shift[1]], [0, 0, 1]]))
                 affine = affine + np.array([[0, 0, shift[0]], [0, 0, shift[1]]])
             canvases.append(
