@@ -275,7 +275,11 @@ class MultiEngine(Engine):
     def infer_tile(self, tile: np.ndarray) -> np.ndarray:
         return self._run([tile])[0]
 
-    def _infer_tiled(self, img: np.ndarray, w: int, h: int):
+    def input_tensors(self, x):
+        """x as it is: each device's interpreter takes the frame's tiles (Engine.infer_tile)."""
+        return x
+
+    def _infer_tiled(self, img: np.ndarray, w: int, h: int, tensors=None):
         """(positive map, None) stitched from tiles spread over the devices; a model with several
         positive classes (a per-class stack) runs its tiles through Engine's path."""
         o = self.manifest.output

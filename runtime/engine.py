@@ -9,11 +9,12 @@ interpreter is built once.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -36,6 +37,12 @@ KERNELS = {
     "reference": "BUILTIN_REF",
 }
 SATURATED_FRACTION = 0.5  # more input codes than this at the range's ends: a broken normalization
+# memmove called through PYFUNCTYPE keeps the GIL (numpy's copy, like any CFUNCTYPE call, lets it
+# go and must then win it back from the capture and render threads: that wait, not the copy, cost
+# the inference thread about 0.1 ms a tile); for copying a ready input tensor in
+_memmove_keeping_gil = ctypes.PYFUNCTYPE(
+    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+)(ctypes.cast(ctypes.memmove, ctypes.c_void_p).value)
 
 
 class EngineError(ValueError):
@@ -50,12 +57,14 @@ class HealthCheckError(EngineError):
 class ModelInput:
     """A frame resampled to the model's pixel size and padded so whole tiles fit.
 
-    image: model px, RGB uint8; size: (w, h) before padding; frame_size: (w, h) of the frame.
+    image: model px, RGB uint8; size: (w, h) before padding; frame_size: (w, h) of the frame;
+    tensors: each tile's input tensor in plan order, when made ahead (Engine.input_tensors).
     """
 
     image: np.ndarray
     size: tuple
     frame_size: tuple
+    tensors: tuple | None = None
 
 
 @dataclass
@@ -256,7 +265,19 @@ class Engine:
     def _feed(self, tile: np.ndarray) -> None:
         """Write one RGB uint8 tile, normalized and quantized, straight into the interpreter's
         input tensor: one pass over the tile (its rows may be a strided view of the frame), no
-        temporary. The view of the tensor is dropped before invoke(), as the interpreter needs."""
+        temporary; or a tile's ready input tensor (1xHxWxC, from input_tensors), copied in whole
+        while holding the GIL. The view of the tensor is dropped before invoke(), as the
+        interpreter needs."""
+        if tile.ndim == 4:
+            dst = self.interpreter.tensor(self._in["index"])()
+            if tile.dtype != dst.dtype or tile.shape != dst.shape or not tile.flags.c_contiguous:
+                raise EngineError(
+                    f"bundle {self.bundle.name}: an input tensor {tile.dtype} {tile.shape} for "
+                    f"a model input {dst.dtype} {dst.shape}"
+                )
+            _memmove_keeping_gil(dst.ctypes.data, tile.ctypes.data, tile.nbytes)
+            del dst
+            return
         if self._lut is not None and self._lut.dtype == np.float32:
             self.interpreter.set_tensor(self._in["index"], self._prepare(tile))
             return
@@ -369,20 +390,38 @@ class Engine:
                 what,
             )
 
+    def input_tensors(self, x: ModelInput) -> ModelInput:
+        """x with every tile's input tensor made now (normalized, quantized, contiguous, in plan
+        order), so that inference only copies each one in: the pipeline calls this on its
+        capture thread, beside the previous frame's inference. Patch classifiers' tiles are cut
+        as they run (their frame is padded there)."""
+        m = self.manifest
+        if m.output.kind == "class_scores":
+            return x
+        (mw, mh), tw, th = x.size, m.input.width, m.input.height
+        corners = [(0, 0)] if (mw, mh) == (tw, th) else self.plan(mw, mh).tiles
+        tensors = tuple(
+            np.ascontiguousarray(self._prepare(x.image[y0 : y0 + th, x0 : x0 + tw]))
+            for x0, y0, *_ in corners
+        )
+        return replace(x, tensors=tensors)
+
     def infer_input(self, x: ModelInput) -> Heatmap:
-        """Tiles of a resampled frame -> stitched Heatmap over the original frame."""
+        """Tiles of a resampled frame (or their input tensors, when made ahead) -> stitched
+        Heatmap over the original frame."""
         (mw, mh), (fw, fh) = x.size, x.frame_size
         m = self.manifest
         single = len(m.output.positives) == 1
         if (mw, mh) == (m.input.width, m.input.height) and m.output.kind != "class_scores":
             # infer_tile for one positive class: what runtime.devices spreads over its devices
+            tile = x.image if x.tensors is None else x.tensors[0]
             probs, classes = (
-                (self.infer_tile(x.image), None) if single else (self.infer_tile_classes(x.image))
+                (self.infer_tile(tile), None) if single else (self.infer_tile_classes(tile))
             )
         elif m.output.kind == "class_scores":
             probs, classes = self._infer_classes(x.image, mw, mh)
         else:
-            probs, classes = self._infer_tiled(x.image, mw, mh)
+            probs, classes = self._infer_tiled(x.image, mw, mh, x.tensors)
         affine = self._affines.get((fw, fh, mw, mh))
         if affine is None:
             affine = self._affines[(fw, fh, mw, mh)] = self._affine(fw, fh, mw, mh)
@@ -441,29 +480,32 @@ class Engine:
         affine.flags.writeable = False  # shared by every heatmap of this frame size
         return affine
 
-    def _stitched(self, img: np.ndarray, w: int, h: int, run) -> np.ndarray:
-        """run(tile) -> h x w (x K) per tile, stitched over the padded frame and cropped."""
+    def _stitched(self, img: np.ndarray, w: int, h: int, run, tensors=None) -> np.ndarray:
+        """run(tile) -> h x w (x K) per tile, stitched over the padded frame and cropped;
+        tensors: the tiles' input tensors, run instead of the tiles of img when given."""
         plan = self.plan(w, h)  # img is already padded to the plan (resample)
         out = None
         for i, (x0, y0, *_rest) in enumerate(plan.tiles):
-            part = run(img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w])
+            tile = img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w] if tensors is None else None
+            part = run(tile if tensors is None else tensors[i])
             if out is None:
                 shape = (plan.padded_h // plan.cell, plan.padded_w // plan.cell, *part.shape[2:])
                 out = np.empty(shape, part.dtype)
             stitch_into(out, plan, i, part)
         return out[: plan.out_h, : plan.out_w]
 
-    def _infer_tiled(self, img: np.ndarray, w: int, h: int):
-        """Tiles of a padded frame -> (positive map, per-positive-class stack or None)."""
+    def _infer_tiled(self, img: np.ndarray, w: int, h: int, tensors=None):
+        """Tiles of a padded frame (or their input tensors) -> (positive map, per-positive-class
+        stack or None)."""
         k = len(self.manifest.output.positives)
         if k == 1:
-            return self._stitched(img, w, h, self.infer_tile), None
+            return self._stitched(img, w, h, self.infer_tile, tensors), None
 
         def both(tile):
             probs, classes = self.infer_tile_classes(tile)
             return np.concatenate([probs[..., None], classes], axis=-1)
 
-        out = self._stitched(img, w, h, both)
+        out = self._stitched(img, w, h, both, tensors)
         return np.ascontiguousarray(out[..., 0]), np.ascontiguousarray(out[..., 1:])
 
     def _tile_grid(self, img: np.ndarray, w: int, h: int, run) -> np.ndarray:
