@@ -302,6 +302,11 @@ def test_gleason_heatmap_matches_keras_per_class(made, gleason_bundle):
     probs, classes = engine.infer_tile_classes(tile)
     np.testing.assert_allclose(classes, p[..., 1:], atol=0.03)
     np.testing.assert_allclose(probs, p[..., 1:].sum(-1), atol=0.03)
+    # the pipeline's path: every tile's input tensor made ahead gives the same per-class stack
+    x = engine.resample(scene, 1.0)
+    ahead = engine.infer_input(engine.input_tensors(x))
+    np.testing.assert_array_equal(ahead.classes, engine.infer_input(x).classes)
+    np.testing.assert_array_equal(ahead.probs, hm.probs)
 
 
 class CanvasSink:

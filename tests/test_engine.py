@@ -12,7 +12,7 @@ from lucida.models import load_bundle, write_bundle
 from lucida.runtime import backends
 from lucida.runtime.backends import BackendError, select_backend
 from lucida.runtime.edgetpu import list_edge_tpus
-from lucida.runtime.engine import Engine, HealthCheckError
+from lucida.runtime.engine import Engine, EngineError, HealthCheckError
 from lucida.runtime.quant import dequantize, input_lut, is_identity, quantize
 
 
@@ -173,6 +173,39 @@ def test_tiles_fed_into_the_input_tensor_match_set_tensor(
     e.interpreter.set_tensor(e._in["index"], np.ascontiguousarray(e._prepare(tile)))
     e.interpreter.invoke()
     np.testing.assert_array_equal(got, e.interpreter.get_tensor(e._out["index"])[0])
+
+
+@pytest.mark.parametrize("normalization", [None, {"mean": [255.0] * 3, "std": [-1.0] * 3}])
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_input_tensors_made_ahead_give_the_same_heatmap(
+    tiny_bundle, tmp_path, normalization, order
+):
+    """The pipeline's capture thread makes each tile's input tensor ahead (normalized, quantized,
+    colour order applied); inference on those is bit for bit inference on the frame's tiles, for
+    a tiled frame and a frame of exactly one tile."""
+    m = tiny_bundle.manifest.model_dump(mode="json")
+    if normalization:
+        m["normalization"] = normalization
+    m["input"]["color_order"] = order
+    files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
+    e = Engine(write_bundle(tmp_path / "b", m, files))
+    h, w = m["input"]["height"], m["input"]["width"]
+    rng = np.random.default_rng(5)
+    for size in [(h, w), (3 * h + 7, 2 * w + 5)]:
+        x = e.resample(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+        ahead = e.input_tensors(x)
+        assert len(ahead.tensors) == (1 if size == (h, w) else len(e.plan(*x.size).tiles))
+        assert all(t.flags.c_contiguous and t.shape == (1, h, w, 3) for t in ahead.tensors)
+        np.testing.assert_array_equal(e.infer_input(ahead).probs, e.infer_input(x).probs)
+
+
+def test_an_input_tensor_of_the_wrong_shape_is_refused(tiny_bundle):
+    e = Engine(tiny_bundle)
+    h, w = tiny_bundle.manifest.input.height, tiny_bundle.manifest.input.width
+    with pytest.raises(EngineError, match=r"an input tensor uint8 \(1, 4, 4, 3\)"):
+        e.infer_tile(np.zeros((1, 4, 4, 3), np.uint8))
+    with pytest.raises(EngineError, match="an input tensor float32"):
+        e.infer_tile(np.zeros((1, h, w, 3), np.float32))
 
 
 # -- whole-field inference ---------------------------------------------------------------------------

@@ -188,6 +188,22 @@ def test_class_contours_follow_arm_sum_and_toggles():
     assert cc.extract(probs, affine, None, classes=stack, class_ids=(1, 2, 3), enabled=[]).empty
 
 
+def test_class_contours_of_a_still_field_are_the_same_regions_object():
+    """A still field (noise inside the anti-flicker dead band) gives back the very Regions of the
+    last frame, which the AR composer then does not redraw; a switched-off class does not."""
+    probs, stack = _three_blobs()
+    affine = np.array([[4.0, 0, 1.5], [0, 4.0, 1.5]])
+    for classes, ids in ((stack, (1, 2, 3)), (None, (1,))):
+        cc = ClassContours(ContourParams(blur_sigma_px=0, min_area_px2=0))
+        first = cc.extract(probs, affine, None, classes=classes, class_ids=ids)
+        noisy = None if classes is None else np.clip(stack + np.float32(0.02), 0, 1)
+        again = cc.extract(probs + np.float32(0.02), affine, None, classes=noisy, class_ids=ids)
+        assert again is first and not first.empty
+    off = cc.extract(probs, affine, None, classes=None, class_ids=(1,), enabled=[])
+    assert off is not first and off.empty
+    assert cc.extract(probs, affine, None, classes=None, class_ids=(1,)) is not first  # reset
+
+
 def test_each_class_is_drawn_in_its_colour_with_a_legend():
     probs, stack = _three_blobs()
     affine = np.array([[4.0, 0, 1.5], [0, 4.0, 1.5]])

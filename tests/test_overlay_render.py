@@ -113,6 +113,23 @@ def test_blank_is_black_and_compose_returns_a_new_canvas():
     assert a is not b and a.any() and not b.any()
 
 
+def test_ar_canvas_of_unchanged_regions_is_not_redrawn():
+    """The same Regions object drawn the same way (a still field) returns the last canvas; other
+    regions, another objective (line width) or class colours draw a new one; a renderer that
+    draws more than the regions (a HUD with its fps) always draws anew."""
+    comp = ARComposer((64, 48), eyepiece_circle=(32, 24, 30))
+    regions = square(10, 10, 40, 30)
+    a = comp.compose(regions, objective="10x")
+    assert comp.compose(regions, objective="10x") is a and comp.reused == 1
+    assert comp.compose(square(10, 10, 40, 30), objective="10x") is not a
+    b = comp.compose(regions, objective="40x")
+    assert b is not a and comp.compose(regions, objective="40x") is b
+    comp.set_eyepiece((32, 24, 10))
+    assert comp.compose(regions, objective="40x") is not b
+    hud = ARComposer((64, 48), renderers=[ContourRenderer(), HudRenderer()])
+    assert hud.compose(regions, fps=10.0) is not hud.compose(regions, fps=10.0)
+
+
 def test_preview_blends_the_overlay_over_the_camera_frame():
     frame = np.empty((240, 320, 3), np.uint8)
     frame[:] = (230, 150, 200)  # pink, like H&E

@@ -336,6 +336,8 @@ def bench_pipeline(
 
 
 WORST_CASE_KEYS = (
+    "model_bound_fps",
+    "cpu_bound_fps",
     "limit_fps",
     "limited_by",
     "fps",
