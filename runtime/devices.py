@@ -275,18 +275,19 @@ class MultiEngine(Engine):
     def infer_tile(self, tile: np.ndarray) -> np.ndarray:
         return self._run([tile])[0]
 
-    def input_tensors(self, x):
-        """x as it is: each device's interpreter takes the frame's tiles (Engine.infer_tile)."""
-        return x
-
     def _infer_tiled(self, img: np.ndarray, w: int, h: int, tensors=None):
-        """(positive map, None) stitched from tiles spread over the devices; a model with several
-        positive classes (a per-class stack) runs its tiles through Engine's path."""
+        """(positive map, None) stitched from tiles (or their input tensors, made ahead) spread
+        over the devices; a model with several positive classes (a per-class stack) runs its
+        tiles through Engine's path."""
         o = self.manifest.output
         if o.kind != "heatmap" or len(o.positives) > 1:
-            return super()._infer_tiled(img, w, h)
+            return super()._infer_tiled(img, w, h, tensors)
         plan = self.plan(w, h)
-        tiles = [img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w] for x0, y0, *_ in plan.tiles]
+        tiles = (
+            list(tensors)
+            if tensors is not None
+            else [img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w] for x0, y0, *_ in plan.tiles]
+        )
         out = np.empty((plan.padded_h // plan.cell, plan.padded_w // plan.cell), np.float32)
         for i, tile_out in enumerate(self._run(tiles)):
             stitch_into(out, plan, i, tile_out)

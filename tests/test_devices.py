@@ -50,9 +50,12 @@ def test_tiles_are_stitched_identically_on_1_2_and_3_devices(
             for f, w in zip(frames, want):
                 got = multi.infer(f, um_per_px=1.0).probs
                 assert got.dtype == w.dtype and np.array_equal(got, w)  # bit for bit
+            # the pipeline's path: the tiles' input tensors made ahead, spread the same way
+            ahead = multi.input_tensors(multi.resample(frames[0], 1.0))
+            assert np.array_equal(multi.infer_input(ahead).probs, want[0])
             stats = multi.device_stats()
             assert [s["device"] for s in stats] == specs
-            assert sum(s["invokes"] for s in stats) == 36 and multi.cpu_tiles == 0
+            assert sum(s["invokes"] for s in stats) == 48 and multi.cpu_tiles == 0
             assert all(s["state"] == "ok" and s["errors"] == 0 for s in stats)
             assert multi.info.delegate == "edgetpu:" + ",".join(specs)
             multi.close()  # a replaced engine: a frame still running on it finishes
