@@ -153,20 +153,26 @@ def test_engine_applies_manifest_normalization(tiny_bundle, tmp_path):
     np.testing.assert_array_equal(inverted.infer_tile(x), Engine(tiny_bundle).infer_tile(255 - x))
 
 
-@pytest.mark.parametrize("normalization", [None, {"mean": [255.0] * 3, "std": [-1.0] * 3}])
-@pytest.mark.parametrize("order", ["RGB", "BGR"])
-def test_tiles_fed_into_the_input_tensor_match_set_tensor(
-    tiny_bundle, tmp_path, normalization, order
-):
-    """A tile written straight into the interpreter's input tensor (a strided view of a wider
-    frame, through the input LUT and colour order) gives the output set_tensor gives."""
+@pytest.fixture(
+    params=[(None, "RGB"), (None, "BGR"), ("inverted", "RGB"), ("inverted", "BGR")],
+    ids=["identity-RGB", "identity-BGR", "inverted-RGB", "inverted-BGR"],
+)
+def lut_engine(request, tiny_bundle, tmp_path):
+    """The tiny bundle with an input normalization (none, or inverted pixels) and colour order."""
+    normalization, order = request.param
     m = tiny_bundle.manifest.model_dump(mode="json")
     if normalization:
-        m["normalization"] = normalization
+        m["normalization"] = {"mean": [255.0] * 3, "std": [-1.0] * 3}
     m["input"]["color_order"] = order
     files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
-    e = Engine(write_bundle(tmp_path / "b", m, files))
-    h, w = m["input"]["height"], m["input"]["width"]
+    return Engine(write_bundle(tmp_path / "b", m, files))
+
+
+def test_tiles_fed_into_the_input_tensor_match_set_tensor(lut_engine):
+    """A tile written straight into the interpreter's input tensor (a strided view of a wider
+    frame, through the input LUT and colour order) gives the output set_tensor gives."""
+    e = lut_engine
+    h, w = e.manifest.input.height, e.manifest.input.width
     wide = np.random.default_rng(3).integers(0, 256, (h + 8, w + 40, 3), dtype=np.uint8)
     tile = wide[5 : 5 + h, 17 : 17 + w]  # rows are strided: not a contiguous array
     got = e.raw_tile(tile).copy()
@@ -175,21 +181,12 @@ def test_tiles_fed_into_the_input_tensor_match_set_tensor(
     np.testing.assert_array_equal(got, e.interpreter.get_tensor(e._out["index"])[0])
 
 
-@pytest.mark.parametrize("normalization", [None, {"mean": [255.0] * 3, "std": [-1.0] * 3}])
-@pytest.mark.parametrize("order", ["RGB", "BGR"])
-def test_input_tensors_made_ahead_give_the_same_heatmap(
-    tiny_bundle, tmp_path, normalization, order
-):
+def test_input_tensors_made_ahead_give_the_same_heatmap(lut_engine):
     """The pipeline's capture thread makes each tile's input tensor ahead (normalized, quantized,
     colour order applied); inference on those is bit for bit inference on the frame's tiles, for
     a tiled frame and a frame of exactly one tile."""
-    m = tiny_bundle.manifest.model_dump(mode="json")
-    if normalization:
-        m["normalization"] = normalization
-    m["input"]["color_order"] = order
-    files = {n: (tiny_bundle.path / n).read_bytes() for n in m["files"]}
-    e = Engine(write_bundle(tmp_path / "b", m, files))
-    h, w = m["input"]["height"], m["input"]["width"]
+    e = lut_engine
+    h, w = e.manifest.input.height, e.manifest.input.width
     rng = np.random.default_rng(5)
     for size in [(h, w), (3 * h + 7, 2 * w + 5)]:
         x = e.resample(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
