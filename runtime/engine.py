@@ -345,15 +345,15 @@ class Engine:
         return self._plans[key]
 
     def resample(self, rgb: np.ndarray, um_per_px: float | None = None, correct=None) -> ModelInput:
-        """RGB uint8 frame at `um_per_px` -> the model's pixel size, padded so its tiles fit.
+        """RGB uint8 frame at `um_per_px` -> the model's pixel size, corrected and padded so its
+        tiles fit: `finish(resize(rgb, um_per_px), correct)`."""
+        return self.finish(self.resize(rgb, um_per_px), correct)
 
-        Padding is a constant (black) border, cropped off the output again: never a mirror of
-        the tissue (a frame smaller than a tile would become a mosaic of itself). A patch
-        classifier's frame smaller than its tile is scaled up to cover the tile first.
-        correct: RGB uint8 -> RGB uint8 (flat-field, colour normalization), applied after
-        resampling, before padding: at 10x on a 2 um/px model it touches 4x fewer px.
-        The pipeline runs this on its capture thread, beside the previous frame's inference.
-        """
+    def resize(self, rgb: np.ndarray, um_per_px: float | None = None) -> ModelInput:
+        """RGB uint8 frame at `um_per_px` -> the model's pixel size, not yet corrected or padded
+        (the frame itself when the sizes agree). A patch classifier's frame smaller than its tile
+        is scaled up to cover the tile. (The pipeline also measures motion on it: the camera
+        frame is then read from memory once.)"""
         fh, fw = rgb.shape[:2]
         mw, mh = self.model_size(fw, fh, um_per_px)
         m = self.manifest
@@ -366,15 +366,26 @@ class Engine:
             self._log_small(fw, fh, "padded with black; the output is cropped back")
         interp = cv2.INTER_AREA if mw * mh < fw * fh else cv2.INTER_LINEAR
         img = rgb if (mw, mh) == (fw, fh) else cv2.resize(rgb, (mw, mh), interpolation=interp)
-        if correct is not None:
-            img = correct(img)
+        return ModelInput(img, (mw, mh), (fw, fh))
+
+    def finish(self, x: ModelInput, correct=None) -> ModelInput:
+        """A resized frame (resize) corrected and padded so its tiles fit.
+
+        correct: RGB uint8 -> RGB uint8 (flat-field, colour normalization), applied after
+        resampling, before padding: at 10x on a 2 um/px model it touches 4x fewer px.
+        Padding is a constant (black) border, cropped off the output again: never a mirror of
+        the tissue (a frame smaller than a tile would become a mosaic of itself).
+        """
+        img = x.image if correct is None else correct(x.image)
+        m = self.manifest
+        (mw, mh), tw, th = x.size, m.input.width, m.input.height
         if m.output.kind != "class_scores" and (mw, mh) != (tw, th):
             plan = self.plan(mw, mh)
             if (plan.padded_w, plan.padded_h) != (mw, mh):
                 img = cv2.copyMakeBorder(
                     img, 0, plan.padded_h - mh, 0, plan.padded_w - mw, cv2.BORDER_CONSTANT, value=0
                 )
-        return ModelInput(img, (mw, mh), (fw, fh))
+        return replace(x, image=img)
 
     def _log_small(self, fw: int, fh: int, what: str) -> None:
         if not self._small_logged:

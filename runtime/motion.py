@@ -71,13 +71,16 @@ class MotionEstimator:
         self._window: np.ndarray | None = None
         self.last_small: np.ndarray | None = None  # the newest frame's grey copy (focus guard)
 
+    def factors(self, width: int) -> tuple[int, int]:
+        """(stride, scale) for an image `width` px wide: as given, or chosen so that the grey
+        copy is about `width_px` wide."""
+        f = max(1, width // self.width_px)
+        stride = self.stride or max(1, f // 2)
+        return stride, self.scale or max(1, f // stride)
+
     def small(self, rgb: np.ndarray) -> np.ndarray:
         """HxWx3 uint8 -> float32 grey copy (green channel), 1/(stride*scale) the size."""
-        if self.scale is None or self.stride is None:
-            f = max(1, rgb.shape[1] // self.width_px)
-            self.stride = self.stride or max(1, f // 2)
-            self.scale = self.scale or max(1, f // self.stride)
-        st, s = self.stride, self.scale
+        st, s = self.factors(rgb.shape[1])
         g = rgb[::st, ::st, 1]
         h, w = g.shape
         out = cv2.resize(g, (max(16, w // s), max(16, h // s)), interpolation=cv2.INTER_AREA)
@@ -90,8 +93,10 @@ class MotionEstimator:
         """Forget the previous frame (a reopened camera, a new objective)."""
         self._prev = None
 
-    def update(self, rgb: np.ndarray, t_ns: int) -> Motion | None:
-        """The displacement since the previous frame given here (None for the first one)."""
+    def update(self, rgb: np.ndarray, t_ns: int, px_scale: float = 1.0) -> Motion | None:
+        """The displacement since the previous frame given here (None for the first one, or when
+        its grey copy has another size). px_scale: camera px per px of `rgb` (2 for a frame
+        resampled to half size): the Motion is in camera px."""
         cur = self.last_small = self.small(rgb)
         if self._window is None or self._window.shape != cur.shape:
             self._window = cv2.createHanningWindow(cur.shape[::-1], cv2.CV_32F)
@@ -109,7 +114,8 @@ class MotionEstimator:
             if diff <= self.still_diff:
                 return Motion(0.0, 0.0, dt, float(peak))
             return Motion(math.inf, math.inf, dt, 0.0)
-        f = self.stride * self.scale
+        stride, scale = self.factors(rgb.shape[1])
+        f = stride * scale * px_scale
         return Motion(dx * f, dy * f, dt, float(peak))
 
 
@@ -178,9 +184,12 @@ class MotionGate:
             self._still = 0
             self._speed = 0.0
 
-    def update(self, rgb: np.ndarray, t_ns: int, um_per_px: float | None) -> GateState:
-        """Measure this frame against the previous one and decide (capture thread)."""
-        m = self.estimator.update(rgb, t_ns)
+    def update(
+        self, rgb: np.ndarray, t_ns: int, um_per_px: float | None, px_scale: float = 1.0
+    ) -> GateState:
+        """Measure this frame against the previous one and decide (capture thread). um_per_px:
+        the camera's; px_scale: camera px per px of `rgb` (see MotionEstimator.update)."""
+        m = self.estimator.update(rgb, t_ns, px_scale)
         um = um_per_px or 1.0
         with self._lock:
             if m is None:

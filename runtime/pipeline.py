@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # motion compensation moves an overlay by less than this (camera px) not at all: a still field's
 # measured displacement is noise, and an unmoved overlay is not redrawn (ARComposer reuses it)
 MIN_SHIFT_PX = 0.25
+# the motion gate measures on the frame resampled for the model when it is at least this wide
+# (its grey copy then keeps MotionEstimator's 240 px at 2x decimation or more); else on the frame
+MOTION_MIN_WIDTH = 480
 
 
 def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | None:
@@ -503,11 +506,17 @@ class Pipeline:
             self.stats.count("frames_in", frame.t_capture_ns)
             c1 = time.thread_time_ns()
             self.stats.cpu_time("capture", c1 - c0)
-            settled = self._gate(frame)
-            self.stats.cpu_time("motion", time.thread_time_ns() - c1)  # motion, focus, exposure
+            resized = self._resize(frame)
+            c2 = time.thread_time_ns()
+            settled = self._gate(frame, resized and resized.input.image)
+            self.stats.cpu_time("motion", time.thread_time_ns() - c2)  # motion, focus, exposure
             with self._lock:
                 gen = self._generation
-            prepared = self._prepare(frame) if settled is True else None
+            prepared = None
+            if settled is True and resized is not None:
+                prepared = self._preprocess(resized, c2 - c1)
+            elif resized is not None:  # resampled for the gate, not inferred (moving, settling)
+                self.stats.cpu_time("preprocess", c2 - c1)
             self.captured.put((frame, prepared, gen, settled))
 
     def _switch(self, objective: str | None) -> None:
@@ -537,23 +546,10 @@ class Pipeline:
                 self.on_event("error", where="inference", message=str(exc))
                 self.clear("inference error")
 
-    def _preprocess(self, frame: Frame, active: ActiveModel, optics: Optics) -> Prepared:
-        """Flat-field, the model's colour normalization, resampling to the model's pixel size,
-        and each tile's input tensor (the inference thread only copies them in)."""
-        t0, c0 = time.monotonic_ns(), time.thread_time_ns()
-        um = optics.um_per_px or frame.meta.get("um_per_px")
-        # at model px, after resampling (one pass over far fewer px); the display keeps the camera's
-        engine = active.engine
-        x = engine.input_tensors(
-            engine.resample(frame.image, um, _chain(optics.correct, active.normalize))
-        )
-        self.stats.time("preprocess", time.monotonic_ns() - t0)
-        self.stats.cpu_time("preprocess", time.thread_time_ns() - c0)
-        return Prepared(active, optics, x)
-
-    def _prepare(self, frame: Frame) -> Prepared | None:
-        """On the capture thread: preprocess for the model running now, so that the inference
-        thread only feeds the model. None when this frame will not be inferred as it is."""
+    def _resize(self, frame: Frame) -> Prepared | None:
+        """On the capture thread: the frame resampled to the pixel size of the model running
+        now, the first step of preprocessing (the motion gate measures on it too); None when
+        this frame will not be inferred as it is."""
         with self._lock:
             active, optics, objective = self._active, self._optics, self._objective
         if (
@@ -564,7 +560,26 @@ class Pipeline:
             or (self.objective_override or frame.objective) != objective
         ):
             return None
-        return self._preprocess(frame, active, optics)
+        t0 = time.monotonic_ns()
+        um = optics.um_per_px or frame.meta.get("um_per_px")
+        x = active.engine.resize(frame.image, um)
+        self.stats.time("preprocess", time.monotonic_ns() - t0)
+        return Prepared(active, optics, x)
+
+    def _preprocess(self, resized: Prepared, resize_cpu_ns: int = 0) -> Prepared:
+        """Flat-field and the model's colour normalization on the resized frame (a quarter of
+        the pixels at 10x on a 2 um/px model; the display keeps the camera's), padding, and each
+        tile's input tensor (the inference thread only copies them in). resize_cpu_ns: the CPU
+        the resize took, counted with the rest of preprocessing."""
+        t0, c0 = time.monotonic_ns(), time.thread_time_ns()
+        active, optics = resized.active, resized.optics
+        engine = active.engine
+        x = engine.input_tensors(
+            engine.finish(resized.input, _chain(optics.correct, active.normalize))
+        )
+        self.stats.time("preprocess", time.monotonic_ns() - t0)
+        self.stats.cpu_time("preprocess", time.thread_time_ns() - c0 + resize_cpu_ns)
+        return Prepared(active, optics, x)
 
     def _process(
         self, frame: Frame, prepared: Prepared | None = None, gen: int = 0, settled=True
@@ -588,7 +603,11 @@ class Pipeline:
             self.results.put(Result(frame=frame, generation=gen, clear_reason="no overlay"))
             return
         if prepared is None or prepared.active is not active or prepared.optics is not optics:
-            prepared = self._preprocess(frame, active, optics)  # the model changed meanwhile
+            resized = self._resize(frame)  # the model changed meanwhile
+            prepared = None if resized is None else self._preprocess(resized)
+            if prepared is None:
+                self.results.put(Result(frame=frame, generation=gen, clear_reason="no overlay"))
+                return
         engine = active.engine
         epoch = self.watchdog.begin()
         t1, c1, k1 = time.monotonic_ns(), time.thread_time_ns(), engine.host_cpu_offset_ns()
@@ -763,9 +782,11 @@ class Pipeline:
         return watching
 
     # -- safety: motion, overlay age, watchdog -----------------------------------------------
-    def _gate(self, frame: Frame):
+    def _gate(self, frame: Frame, resized: np.ndarray | None = None):
         """On the capture thread: measure the field's motion; blank at a motion onset. Returns
-        True when this frame may be inferred, else the reason it may not."""
+        True when this frame may be inferred, else the reason it may not. resized: the frame at
+        the model's pixel size, measured instead of the frame when at least MOTION_MIN_WIDTH px
+        wide (it is in cache; the camera frame is then read from memory once)."""
         if not self.source.motion_from_image:  # a slideshow of stills (replay): no motion
             return "stage moving" if frame.moving else True
         now = time.monotonic_ns()
@@ -777,7 +798,11 @@ class Pipeline:
             or frame.meta.get("um_per_px")
             or nominal_um_per_px(self.objective_override or frame.objective)
         )
-        st = self.motion.update(frame.image, frame.t_capture_ns, um)
+        image = frame.image
+        if resized is not None and MOTION_MIN_WIDTH <= resized.shape[1] < image.shape[1]:
+            image = resized
+        px_scale = frame.image.shape[1] / image.shape[1]  # camera px per px measured
+        st = self.motion.update(image, frame.t_capture_ns, um, px_scale)
         if st.moving or frame.moving:
             if not self._in_motion:
                 self._in_motion = True
@@ -788,7 +813,7 @@ class Pipeline:
         self._in_motion = False
         if not st.settled:
             return "settling"
-        return self.guard.check(frame.image, self.motion.estimator.last_small) or True
+        return self.guard.check(image, self.motion.estimator.last_small) or True
 
     def _update_limits(self, frame: Frame) -> None:
         """Once a second: the blanking speed and the overlay age limit from measured latency."""

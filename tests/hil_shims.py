@@ -73,7 +73,9 @@ def _open_door() -> None:
 
 
 def _motion_blind() -> None:
-    pipeline.Pipeline._gate = lambda self, frame: "stage moving" if frame.moving else True
+    pipeline.Pipeline._gate = lambda self, frame, resized=None: (
+        "stage moving" if frame.moving else True
+    )
 
 
 MODES = {
