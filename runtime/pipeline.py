@@ -581,6 +581,13 @@ class Pipeline:
         self.stats.cpu_time("preprocess", time.thread_time_ns() - c0 + resize_cpu_ns)
         return Prepared(active, optics, x)
 
+    def model_input(self, frame: Frame, active: ActiveModel, optics: Optics) -> ModelInput:
+        """The frame as `active`'s model takes it with `optics`: resampled, corrected, padded
+        (for a snapshot of what the model saw)."""
+        um = optics.um_per_px or frame.meta.get("um_per_px")
+        engine = active.engine
+        return engine.resample(frame.image, um, _chain(optics.correct, active.normalize))
+
     def _process(
         self, frame: Frame, prepared: Prepared | None = None, gen: int = 0, settled=True
     ) -> None:

@@ -195,7 +195,7 @@ def capture(daemon, case_id: str | None = None, comment: str | None = None):
         raise SnapshotError("the model changed since this overlay was shown: try again")
     frame, hm = result.frame, result.heatmap
     um = optics.um_per_px or frame.meta.get("um_per_px")
-    model_input = pipe._preprocess(frame, active, optics).input
+    model_input = pipe.model_input(frame, active, optics)
     w, h = model_input.size
     draw = dict(heatmap_affine=hm.affine, objective=objective, um_per_px=um, model=result.model)
     images = {

@@ -51,8 +51,8 @@ class RecordingGate(MotionGate):
         super().__init__(*a, **kw)
         self.decisions: list[tuple] = []  # (capture ns, moving, settled, um/s, confidence)
 
-    def update(self, rgb, t_ns, um_per_px):
-        st = super().update(rgb, t_ns, um_per_px)
+    def update(self, rgb, t_ns, um_per_px, px_scale=1.0):
+        st = super().update(rgb, t_ns, um_per_px, px_scale)
         self.decisions.append((t_ns, st.moving, st.settled, st.speed_um_s, st.confidence))
         return st
 
