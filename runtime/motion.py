@@ -2,7 +2,8 @@
 
 `MotionEstimator` finds the frame-to-frame displacement of the field of view by phase
 correlation (cv2.phaseCorrelate) of two small grey copies (the green channel, every 4th
-pixel, area-averaged by 2), with the correlation peak as its confidence.
+pixel of a 1080p frame, area-averaged by 2; of a frame already resampled to half size, every
+2nd), with the correlation peak as its confidence, in camera px.
 `MotionGate` turns displacements into what the display may do: blank at once above the
 blanking speed (um/s, through the calibration's um/px), let the overlay come back only from a
 frame taken after the field settled, and keep the field's track (camera px over time) so an

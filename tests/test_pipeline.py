@@ -131,24 +131,23 @@ def test_overlay_is_drawn_and_timed(loop):
 
 
 def test_a_model_on_the_cpu_gets_cores_of_its_own(loop):
-    """The inference thread runs on cores the capture and render threads never use (they share
-    the rest), so they cannot preempt an invoke; /status says which."""
+    """The inference thread is bound to cores of its own; the capture and render threads may run
+    anywhere (bound to one core, a busy machine starved the display); /status says where."""
     p, _, sink = loop
     allowed = os.sched_getaffinity(0)
     if len(allowed) < 2:
         pytest.skip("one core: nothing to split")
     assert _overlay_visible(sink)
     cores = {t.name.removeprefix("lucida-"): os.sched_getaffinity(t.native_id) for t in p._threads}
-    assert cores["infer"] and cores["capture"] and not cores["infer"] & cores["capture"]
-    assert cores["infer"] | cores["capture"] == allowed and cores["render"] == cores["capture"]
+    assert cores["infer"] and cores["infer"] < allowed
+    assert cores["capture"] == cores["render"] == allowed
     assert p.status()["thread_cores"]["infer"] == sorted(cores["infer"])
 
 
 def test_cores_are_split_only_for_a_model_on_the_cpu():
-    assert split_cores(True, 1, {0, 1}) == {"infer": {0}, "capture": {1}, "render": {1}}
-    four = split_cores(True, 3, {0, 1, 2, 3})
-    assert four == {"infer": {0, 1, 2}, "capture": {3}, "render": {3}}
-    assert split_cores(True, 8, {4, 5, 6})["capture"] == {6}  # at least one core is left
+    assert split_cores(True, 1, {0, 1}) == {"infer": {0}, "capture": {0, 1}, "render": {0, 1}}
+    assert split_cores(True, 3, {0, 1, 2, 3})["infer"] == {0, 1, 2}
+    assert split_cores(True, 8, {4, 5, 6})["infer"] == {4, 5}  # at least one core is left
     for on_cpu, cores in ((False, {0, 1}), (True, {2})):  # an accelerator, or a single core
         assert set(map(frozenset, split_cores(on_cpu, 1, cores).values())) == {frozenset(cores)}
 
