@@ -270,6 +270,7 @@ class Pipeline:
         self._infer_p99_ms: float | None = None
         self._in_motion = False
         self._shown_track_ns = 0
+        self._gate_shape: tuple | None = None  # the image the motion gate measured last
         self._cores_allowed = allowed_cores()
         self.thread_cores: dict[str, list[int]] = {}  # stage thread -> the cores it is bound to
 
@@ -809,6 +810,10 @@ class Pipeline:
         if resized is not None and MOTION_MIN_WIDTH <= resized.shape[1] < image.shape[1]:
             image = resized
         px_scale = frame.image.shape[1] / image.shape[1]  # camera px per px measured
+        if image.shape != self._gate_shape:  # another model's size, or the frame itself: focus
+            self._gate_shape = image.shape  # and displacements of the last image do not compare
+            self.guard.reset()
+            self.motion.reset()
         st = self.motion.update(image, frame.t_capture_ns, um, px_scale)
         if st.moving or frame.moving:
             if not self._in_motion:
