@@ -9,7 +9,6 @@ interpreter is built once.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import time
@@ -37,12 +36,19 @@ KERNELS = {
     "reference": "BUILTIN_REF",
 }
 SATURATED_FRACTION = 0.5  # more input codes than this at the range's ends: a broken normalization
-# memmove called through PYFUNCTYPE keeps the GIL (numpy's copy, like any CFUNCTYPE call, lets it
-# go and must then win it back from the capture and render threads: that wait, not the copy, cost
-# the inference thread about 0.1 ms a tile); for copying a ready input tensor in
-_memmove_keeping_gil = ctypes.PYFUNCTYPE(
-    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
-)(ctypes.cast(ctypes.memmove, ctypes.c_void_p).value)
+_MEMMOVE = []  # memmove keeping the GIL, made on first use (_memmove_keeping_gil)
+
+
+def _memmove_keeping_gil(dst: int, src: int, n: int) -> None:
+    """memmove called through ctypes' PYFUNCTYPE, which keeps the GIL: numpy's copy, like any
+    CFUNCTYPE call, lets it go and must then win it back from the capture and render threads
+    (that wait, not the copy, cost the inference thread about 0.1 ms a tile)."""
+    if not _MEMMOVE:
+        import ctypes
+
+        kind = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+        _MEMMOVE.append(kind(ctypes.cast(ctypes.memmove, ctypes.c_void_p).value))
+    _MEMMOVE[0](dst, src, n)
 
 
 class EngineError(ValueError):

@@ -28,7 +28,6 @@ from lucida.overlay.compose import ARComposer, PreviewComposer
 from lucida.overlay.contours import ContourParams
 from lucida.overlay.regions import Regions
 
-from .cores import allowed_cores, pin, split_cores
 from .engine import ModelInput
 from .frame import Frame, Heatmap
 from .guard import FieldGuard
@@ -271,8 +270,6 @@ class Pipeline:
         self._in_motion = False
         self._shown_track_ns = 0
         self._gate_shape: tuple | None = None  # the image the motion gate measured last
-        self._cores_allowed = allowed_cores()
-        self.thread_cores: dict[str, list[int]] = {}  # stage thread -> the cores it is bound to
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
@@ -290,22 +287,8 @@ class Pipeline:
             t = threading.Thread(target=fn, name=f"lucida-{name}", daemon=True)
             t.start()
             self._threads.append(t)
-        self._place_threads(self._active)
         self.on_event("start", source=self.source.name)
         return self
-
-    def _place_threads(self, active: ActiveModel | None) -> None:
-        """Cores per stage thread for the model now running (runtime.cores): a model on the CPU
-        gets its own; with an accelerator, or none, every thread may run anywhere."""
-        engine = active.engine if active is not None else None
-        on_cpu = engine is not None and engine.info.delegate == "cpu"
-        plan = split_cores(on_cpu, engine.num_threads if engine else 1, self._cores_allowed)
-        placed = {}
-        for t in self._threads:
-            role = t.name.removeprefix("lucida-")
-            if role in plan and pin(t.native_id, plan[role]):
-                placed[role] = sorted(plan[role])
-        self.thread_cores = placed
 
     def stop(self, timeout_s: float = 1.0) -> None:
         self._stop.set()
@@ -361,7 +344,6 @@ class Pipeline:
         with self._lock:
             self._active = active
             self._extractor = self._extractor_for(active)
-        self._place_threads(active)
         self.clear(f"model {active.name}")
         self.on_event("model_switch", model=active.name, objective=self._objective)
 
@@ -466,7 +448,6 @@ class Pipeline:
             "classes": self.classes(),
             # several Edge TPUs (runtime.devices): per-device state, invokes, errors, p50/p99
             "devices": getattr(active.engine, "device_stats", lambda: None)() if active else None,
-            "thread_cores": self.thread_cores,
             **self.stats.snapshot(
                 {"drops_capture": self.captured.drops, "drops_result": self.results.drops}
             ),
@@ -529,7 +510,6 @@ class Pipeline:
             if self.ar is not None and self._optics.homography is not None:
                 self.ar.set_homography(self._optics.homography)
             self._extractor = self._extractor_for(active)
-        self._place_threads(active)
         self.motion.reset()
         self.guard.reset()
         self.clear(f"objective {objective}")

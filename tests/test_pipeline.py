@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 from lucida.models import write_bundle
 from lucida.overlay.compose import ARComposer
-from lucida.runtime.cores import split_cores
 from lucida.runtime.frame import Frame
 from lucida.runtime.models import ModelSelector
 from lucida.runtime.pipeline import Pipeline
@@ -128,28 +126,6 @@ def test_overlay_is_drawn_and_timed(loop):
     assert st["model"] == "tiny" and st["objective"] == "10x"
     assert 0 < st["latency_ms_p50"] <= st["latency_ms_p99"]
     assert st["infer_ms_p50"] > 0 and st["fps_in"] > 0
-
-
-def test_a_model_on_the_cpu_gets_cores_of_its_own(loop):
-    """The inference thread is bound to cores of its own; the capture and render threads may run
-    anywhere (bound to one core, a busy machine starved the display); /status says where."""
-    p, _, sink = loop
-    allowed = os.sched_getaffinity(0)
-    if len(allowed) < 2:
-        pytest.skip("one core: nothing to split")
-    assert _overlay_visible(sink)
-    cores = {t.name.removeprefix("lucida-"): os.sched_getaffinity(t.native_id) for t in p._threads}
-    assert cores["infer"] and cores["infer"] < allowed
-    assert cores["capture"] == cores["render"] == allowed
-    assert p.status()["thread_cores"]["infer"] == sorted(cores["infer"])
-
-
-def test_cores_are_split_only_for_a_model_on_the_cpu():
-    assert split_cores(True, 1, {0, 1}) == {"infer": {0}, "capture": {0, 1}, "render": {0, 1}}
-    assert split_cores(True, 3, {0, 1, 2, 3})["infer"] == {0, 1, 2}
-    assert split_cores(True, 8, {4, 5, 6})["infer"] == {4, 5}  # at least one core is left
-    for on_cpu, cores in ((False, {0, 1}), (True, {2})):  # an accelerator, or a single core
-        assert set(map(frozenset, split_cores(on_cpu, 1, cores).values())) == {frozenset(cores)}
 
 
 def test_stalled_camera_blanks_display_within_one_frame_interval(loop):
