@@ -9,6 +9,7 @@ interpreter is built once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -36,19 +37,17 @@ KERNELS = {
     "reference": "BUILTIN_REF",
 }
 SATURATED_FRACTION = 0.5  # more input codes than this at the range's ends: a broken normalization
-_MEMMOVE = []  # memmove keeping the GIL, made on first use (_memmove_keeping_gil)
 
 
-def _memmove_keeping_gil(dst: int, src: int, n: int) -> None:
+@functools.cache
+def _memmove_keeping_gil():
     """memmove called through ctypes' PYFUNCTYPE, which keeps the GIL: numpy's copy, like any
     CFUNCTYPE call, lets it go and must then win it back from the capture and render threads
-    (that wait, not the copy, cost the inference thread about 0.1 ms a tile)."""
-    if not _MEMMOVE:
-        import ctypes
+    (that wait, not the copy, cost the inference thread about 0.1 ms a tile). Made on first use."""
+    import ctypes
 
-        kind = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-        _MEMMOVE.append(kind(ctypes.cast(ctypes.memmove, ctypes.c_void_p).value))
-    _MEMMOVE[0](dst, src, n)
+    kind = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+    return kind(ctypes.cast(ctypes.memmove, ctypes.c_void_p).value)
 
 
 class EngineError(ValueError):
@@ -281,7 +280,7 @@ class Engine:
                     f"bundle {self.bundle.name}: an input tensor {tile.dtype} {tile.shape} for "
                     f"a model input {dst.dtype} {dst.shape}"
                 )
-            _memmove_keeping_gil(dst.ctypes.data, tile.ctypes.data, tile.nbytes)
+            _memmove_keeping_gil()(dst.ctypes.data, tile.ctypes.data, tile.nbytes)
             del dst
             return
         if self._lut is not None and self._lut.dtype == np.float32:
@@ -503,8 +502,10 @@ class Engine:
         plan = self.plan(w, h)  # img is already padded to the plan (resample)
         out = None
         for i, (x0, y0, *_rest) in enumerate(plan.tiles):
-            tile = img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w] if tensors is None else None
-            part = run(tile if tensors is None else tensors[i])
+            if tensors is not None:
+                part = run(tensors[i])
+            else:
+                part = run(img[y0 : y0 + plan.tile_h, x0 : x0 + plan.tile_w])
             if out is None:
                 shape = (plan.padded_h // plan.cell, plan.padded_w // plan.cell, *part.shape[2:])
                 out = np.empty(shape, part.dtype)

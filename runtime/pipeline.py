@@ -75,14 +75,20 @@ class Optics:
     homography: np.ndarray | None = None
     correct: Callable[[np.ndarray], np.ndarray] | None = None
 
+    def um_for(self, frame: Frame) -> float | None:
+        """The frame's pixel size (um): calibration's, else what the source says."""
+        return self.um_per_px or frame.meta.get("um_per_px")
+
 
 @dataclass(frozen=True)
 class Prepared:
-    """A frame made ready for one model under one calibration (see Pipeline._prepare)."""
+    """A frame made ready for one model under one calibration (Pipeline._resize, then
+    _preprocess); cost_ns: (wall, thread CPU) ns spent on it so far."""
 
     active: ActiveModel
     optics: Optics
     input: ModelInput
+    cost_ns: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -496,9 +502,9 @@ class Pipeline:
                 gen = self._generation
             prepared = None
             if settled is True and resized is not None:
-                prepared = self._preprocess(resized, c2 - c1)
+                prepared = self._preprocess(resized)
             elif resized is not None:  # resampled for the gate, not inferred (moving, settling)
-                self.stats.cpu_time("preprocess", c2 - c1)
+                self._count_preprocess(resized.cost_ns)
             self.captured.put((frame, prepared, gen, settled))
 
     def _switch(self, objective: str | None) -> None:
@@ -541,33 +547,36 @@ class Pipeline:
             or (self.objective_override or frame.objective) != objective
         ):
             return None
-        t0 = time.monotonic_ns()
-        um = optics.um_per_px or frame.meta.get("um_per_px")
-        x = active.engine.resize(frame.image, um)
-        self.stats.time("preprocess", time.monotonic_ns() - t0)
-        return Prepared(active, optics, x)
+        t0, c0 = time.monotonic_ns(), time.thread_time_ns()
+        x = active.engine.resize(frame.image, optics.um_for(frame))
+        cost = (time.monotonic_ns() - t0, time.thread_time_ns() - c0)
+        return Prepared(active, optics, x, cost)
 
-    def _preprocess(self, resized: Prepared, resize_cpu_ns: int = 0) -> Prepared:
+    def _preprocess(self, resized: Prepared) -> Prepared:
         """Flat-field and the model's colour normalization on the resized frame (a quarter of
         the pixels at 10x on a 2 um/px model; the display keeps the camera's), padding, and each
-        tile's input tensor (the inference thread only copies them in). resize_cpu_ns: the CPU
-        the resize took, counted with the rest of preprocessing."""
+        tile's input tensor (the inference thread only copies them in). Counted as one
+        preprocessing, resize included."""
         t0, c0 = time.monotonic_ns(), time.thread_time_ns()
         active, optics = resized.active, resized.optics
         engine = active.engine
         x = engine.input_tensors(
             engine.finish(resized.input, _chain(optics.correct, active.normalize))
         )
-        self.stats.time("preprocess", time.monotonic_ns() - t0)
-        self.stats.cpu_time("preprocess", time.thread_time_ns() - c0 + resize_cpu_ns)
-        return Prepared(active, optics, x)
+        wall, cpu = resized.cost_ns
+        cost = (wall + time.monotonic_ns() - t0, cpu + time.thread_time_ns() - c0)
+        self._count_preprocess(cost)
+        return Prepared(active, optics, x, cost)
+
+    def _count_preprocess(self, cost_ns: tuple[int, int]) -> None:
+        self.stats.time("preprocess", cost_ns[0])
+        self.stats.cpu_time("preprocess", cost_ns[1])
 
     def model_input(self, frame: Frame, active: ActiveModel, optics: Optics) -> ModelInput:
         """The frame as `active`'s model takes it with `optics`: resampled, corrected, padded
         (for a snapshot of what the model saw)."""
-        um = optics.um_per_px or frame.meta.get("um_per_px")
-        engine = active.engine
-        return engine.resample(frame.image, um, _chain(optics.correct, active.normalize))
+        correct = _chain(optics.correct, active.normalize)
+        return active.engine.resample(frame.image, optics.um_for(frame), correct)
 
     def _process(
         self, frame: Frame, prepared: Prepared | None = None, gen: int = 0, settled=True
@@ -679,7 +688,7 @@ class Pipeline:
         with self._lock:
             optics, objective, extractor = self._optics, self._objective, self._extractor
             active = self._active
-        um = optics.um_per_px or frame.meta.get("um_per_px")
+        um = optics.um_for(frame)
         styles = active.class_styles(self.classes_off) if active is not None else None
         t0, c0 = time.monotonic_ns(), time.thread_time_ns()  # render stage: contours, drawing
         if res.regions is None:  # a redraw (motion compensation) keeps the regions it had
