@@ -501,7 +501,7 @@ class Pipeline:
             with self._lock:
                 gen = self._generation
             prepared = None
-            if settled is True and resized is not None:
+            if resized is not None and settled is True and not self.turret_moving:
                 prepared = self._preprocess(resized)
             elif resized is not None:  # resampled for the gate, not inferred (moving, settling)
                 self._count_preprocess(resized.cost_ns)
@@ -535,14 +535,13 @@ class Pipeline:
 
     def _resize(self, frame: Frame) -> Prepared | None:
         """On the capture thread: the frame resampled to the pixel size of the model running
-        now, the first step of preprocessing (the motion gate measures on it too); None when
-        this frame will not be inferred as it is."""
+        now, the first step of preprocessing; the motion gate measures on it too, moving or not,
+        so that what it measures keeps its size across a move. None when no model runs now for
+        this frame's objective (or the overlay is off)."""
         with self._lock:
             active, optics, objective = self._active, self._optics, self._objective
         if (
             active is None
-            or frame.moving
-            or self.turret_moving
             or not self.overlay_enabled
             or (self.objective_override or frame.objective) != objective
         ):
