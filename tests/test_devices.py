@@ -178,6 +178,7 @@ def test_a_failing_device_is_rebuilt_and_serves_again(tpu_bundle, fake_tpus, mon
         deadline = time.monotonic() + 10
         while multi.device_stats()[1]["rebuilds"] < 1 and time.monotonic() < deadline:
             multi.infer(_frame(), um_per_px=1.0)
+        multi.close()  # no rebuild may start between the stats and the log read below
         bad = multi.device_stats()[1]
         assert bad["rebuilds"] >= 1 and bad["errors"] >= 1 and bad["state"] != "dropped"
         log = fake_tpus.read_text().splitlines()
