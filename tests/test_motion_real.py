@@ -46,12 +46,11 @@ def _half(frame: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["tia_TCGA-HE-7130.png", "henorm_example1.png"])
-def test_displacements_on_real_tissue_are_measured_within_a_camera_px(name):
+def test_displacements_on_real_tissue_are_measured_within_a_third_of_a_camera_px(name):
     """Steps of a slow and a fast pan, and a still stage with fresh noise and compression in
-    every frame: each displacement measured within 1 camera px (3 % of a fast step), with a
-    confident peak. (Measured: cv2.phaseCorrelate's sub-pixel centroid on the grey copy, one px
-    of which is 8 camera px, pulls towards whole grey px: 3.4 px reads 2.5-2.8, 6 px 6.45;
-    steps of whole grey px are exact.)"""
+    every frame: each displacement measured within 0.3 camera px (1 % of a fast step), with a
+    confident peak. (cv2.phaseCorrelate's 5x5 centroid read 3.4 px as 2.5-2.8 and 6 as 6.45:
+    one grey px is 8 camera px here, and it pulled towards whole grey px.)"""
     cam = RealCamera(name)
     est = MotionEstimator()
     steps = [(0.0, 0.0), (0.0, 0.0), (3.4, -1.3), (3.4, -1.3), (21.7, 9.2), (-30.5, 0.6)]
@@ -60,7 +59,7 @@ def test_displacements_on_real_tissue_are_measured_within_a_camera_px(name):
     for dx, dy in steps:
         x, y, t = x + dx, y + dy, t + FRAME_NS
         m = est.update(_half(cam.frame(x, y)), t, px_scale=2.0)
-        tol = max(1.0, 0.03 * np.hypot(dx, dy))
+        tol = max(0.3, 0.01 * np.hypot(dx, dy))
         # the image content moves against the stage
         assert abs(m.dx_px - -dx) <= tol and abs(m.dy_px - -dy) <= tol, (name, dx, dy, m)
         assert m.confidence >= 0.3, (name, dx, dy, m)
@@ -69,7 +68,7 @@ def test_displacements_on_real_tissue_are_measured_within_a_camera_px(name):
 def test_the_gate_blanks_a_real_pan_and_settles_after_it():
     """At 0.5 um camera px and 30 fps, a 400 um/s pan is above a 100 um/s blanking speed from
     its first frame and the field counts as settled two frames after the stage stops; a 30 um/s
-    drift never blanks and is measured as 15-40 um/s (the sub-pixel pull above: 20-23)."""
+    drift never blanks and is measured within 10 %."""
     cam = RealCamera("tia_TCGA-HE-7130.png", seed=1)
     um = 0.5
     gate = MotionGate(blank_speed_um_s=100.0, settle_frames=2)
@@ -85,7 +84,7 @@ def test_the_gate_blanks_a_real_pan_and_settles_after_it():
     assert all(s.moving for s in pan), pan
     assert pan[0].onset
     assert [s.settled for s in after] == [False, True, True, True], after
-    assert all(15.0 <= s.speed_um_s <= 40.0 for s in drift), drift
+    assert all(abs(s.speed_um_s - 30.0) <= 3.0 for s in drift), drift
 
 
 def test_the_focus_guard_refuses_a_defocused_real_field():
