@@ -72,7 +72,7 @@ class MotionEstimator:
         self.min_confidence = min_confidence
         self.still_diff = still_diff
         self._prev: np.ndarray | None = None  # the previous windowed grey copy
-        self._prev_spectrum: np.ndarray | None = None  # ... and its spectrum (rfft2)
+        self._prev_spectrum: np.ndarray | None = None  # ... and its spectrum (cv2.dft, CCS)
         self._prev_ns = 0
         self._window: np.ndarray | None = None
         self.last_small: np.ndarray | None = None  # the newest frame's grey copy (focus guard)
@@ -107,12 +107,12 @@ class MotionEstimator:
         if self._window is None or self._window.shape != cur.shape:
             self._window = cv2.createHanningWindow(cur.shape[::-1], cv2.CV_32F)
         cur = cv2.multiply(cur, self._window)
-        spectrum = np.fft.rfft2(cur)
+        spectrum = cv2.dft(cur)
         prev, prev_spectrum, prev_ns = self._prev, self._prev_spectrum, self._prev_ns
         self._prev, self._prev_spectrum, self._prev_ns = cur, spectrum, t_ns
         if prev is None or prev.shape != cur.shape:
             return None
-        (dx, dy), peak = phase_correlate(prev_spectrum, spectrum, cur.shape)
+        (dx, dy), peak = phase_correlate(prev_spectrum, spectrum)
         dt = max(1, t_ns - prev_ns) / 1e9
         if not peak >= self.min_confidence:
             level = float(cur.mean()) or 1.0
@@ -125,22 +125,26 @@ class MotionEstimator:
         return Motion(dx * f, dy * f, dt, float(peak))
 
 
-def phase_correlate(
-    before: np.ndarray, after: np.ndarray, shape: tuple[int, int]
-) -> tuple[tuple[float, float], float]:
-    """Phase correlation of two images from their spectra (np.fft.rfft2 of `shape`) ->
-    ((dx, dy) px the content moved from `before` to `after`, peak), the peak being the
-    correlation in the 5x5 px around it (about 1 for the same texture shifted, near 0 for
-    unrelated images), as cv2.phaseCorrelate reports it.
+def phase_correlate(before: np.ndarray, after: np.ndarray) -> tuple[tuple[float, float], float]:
+    """Phase correlation of two images from their spectra (cv2.dft of a float32 image, CCS
+    packed; even width and height) -> ((dx, dy) px the content moved from `before` to `after`,
+    peak), the peak being the correlation in the 5x5 px around it (about 1 for the same texture
+    shifted, near 0 for unrelated images), as cv2.phaseCorrelate reports it.
 
     The fraction of a px comes from the peak and its larger neighbour on each axis: a shift of
     d in (0, 1) px makes them sinc(d) and sinc(1 - d), so d = C(1) / (C(1) + C(0)); when the
     neighbour is on the sinc's negative lobe, d = C(1) / (C(1) - C(0)).
     """
-    h, w = shape
-    cross = before * np.conj(after)
-    cross /= np.maximum(np.abs(cross), 1e-12)
-    surface = np.fft.irfft2(cross, s=shape)
+    cross = cv2.mulSpectrums(before, after, 0, conjB=True)
+    # |cross| in both slots of each (re, im) pair: pairs run along the rows, except in the
+    # first and last columns, where they run down (CCS packing)
+    mag = cv2.sqrt(cv2.mulSpectrums(cross, cross, 0, conjB=True))
+    mag[:, 2:-1:2] = mag[:, 1:-2:2]
+    mag[2:-1:2, 0] = mag[1:-2:2, 0]
+    mag[2:-1:2, -1] = mag[1:-2:2, -1]
+    cv2.divide(cross, cv2.max(mag, 1e-30), dst=cross)
+    surface = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    h, w = surface.shape
     _, _, _, (px, py) = cv2.minMaxLoc(surface)
     rows, cols = (py + np.arange(-2, 3)) % h, (px + np.arange(-2, 3)) % w
     near = surface[np.ix_(rows, cols)]  # the 5x5 px around the peak, wrapped
