@@ -373,20 +373,18 @@ class Engine:
         img = rgb if (mw, mh) == (fw, fh) else cv2.resize(rgb, (mw, mh), interpolation=interp)
         return ModelInput(img, (mw, mh), (fw, fh))
 
-    def finish(self, x: ModelInput, correct=None, pad: bool = True) -> ModelInput:
+    def finish(self, x: ModelInput, correct=None) -> ModelInput:
         """A resized frame (resize) corrected and padded so its tiles fit.
 
         correct: RGB uint8 -> RGB uint8 (flat-field, colour normalization), applied after
         resampling, before padding: at 10x on a 2 um/px model it touches 4x fewer px.
         Padding is a constant (black) border, cropped off the output again: never a mirror of
         the tissue (a frame smaller than a tile would become a mosaic of itself).
-        pad=False leaves the padding to input_tensors, which fills it per tile (one pass over
-        the image fewer).
         """
         img = x.image if correct is None else correct(x.image)
         m = self.manifest
         (mw, mh), tw, th = x.size, m.input.width, m.input.height
-        if pad and m.output.kind != "class_scores" and (mw, mh) != (tw, th):
+        if m.output.kind != "class_scores" and (mw, mh) != (tw, th):
             plan = self.plan(mw, mh)
             if (plan.padded_w, plan.padded_h) != (mw, mh):
                 img = cv2.copyMakeBorder(
@@ -411,32 +409,18 @@ class Engine:
     def input_tensors(self, x: ModelInput) -> ModelInput:
         """x with every tile's input tensor made now (normalized, quantized, contiguous, in plan
         order), so that inference only copies each one in: the pipeline calls this on its
-        capture thread, beside the previous frame's inference. x may be unpadded (finish with
-        pad=False): a tile reaching past the image gets the black padding's codes there.
-        Patch classifiers' tiles are cut as they run (their frame is padded there)."""
+        capture thread, beside the previous frame's inference. Patch classifiers' tiles are cut
+        as they run (their frame is padded there)."""
         m = self.manifest
         if m.output.kind == "class_scores":
             return x
         (mw, mh), tw, th = x.size, m.input.width, m.input.height
         corners = [(0, 0)] if (mw, mh) == (tw, th) else self.plan(mw, mh).tiles
-        tensors = tuple(self._tile_tensor(x.image, x0, y0) for x0, y0, *_ in corners)
+        tensors = tuple(
+            np.ascontiguousarray(self._prepare(x.image[y0 : y0 + th, x0 : x0 + tw]))
+            for x0, y0, *_ in corners
+        )
         return replace(x, tensors=tensors)
-
-    def _tile_tensor(self, img: np.ndarray, x0: int, y0: int) -> np.ndarray:
-        """The input tensor (1xHxWxC) of the tile at (x0, y0) px of img, black past its edge."""
-        m = self.manifest
-        tw, th = m.input.width, m.input.height
-        part = img[y0 : y0 + th, x0 : x0 + tw]
-        h, w = part.shape[:2]
-        if (h, w) == (th, tw):
-            return np.ascontiguousarray(self._prepare(part))
-        black = self._prepare(np.zeros((1, 1, 3), np.uint8))[0, 0, 0]  # codes of a black px
-        tensor = np.empty((1, th, tw, black.shape[-1]), black.dtype)
-        tensor[0, h:] = black
-        tensor[0, :h, w:] = black
-        if h and w:
-            tensor[0, :h, :w] = self._prepare(part)[0]
-        return tensor
 
     def infer_input(self, x: ModelInput) -> Heatmap:
         """Tiles of a resampled frame (or their input tensors, when made ahead) -> stitched

@@ -560,7 +560,7 @@ class Pipeline:
         active, optics = resized.active, resized.optics
         engine = active.engine
         x = engine.input_tensors(
-            engine.finish(resized.input, _chain(optics.correct, active.normalize), pad=False)
+            engine.finish(resized.input, _chain(optics.correct, active.normalize))
         )
         wall, cpu = resized.cost_ns
         cost = (wall + time.monotonic_ns() - t0, cpu + time.thread_time_ns() - c0)
