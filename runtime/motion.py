@@ -90,7 +90,7 @@ class MotionEstimator:
         g = rgb[::st, ::st, 1]
         h, w = g.shape
         out = cv2.resize(g, (max(16, w // s), max(16, h // s)), interpolation=cv2.INTER_AREA)
-        # cv2.phaseCorrelate is off by half a px on odd sizes: crop to a multiple of 16
+        # the packed spectra need even sizes, and the FFT is fastest on them: a multiple of 16
         h, w = out.shape
         y0, x0 = (h % 16) // 2, (w % 16) // 2
         return out[y0 : y0 + h - h % 16, x0 : x0 + w - w % 16].astype(np.float32)
