@@ -26,6 +26,10 @@ def test_one_run_measures_a_still_field_and_the_new_field_worst_case(lymph_m):
     # unrelated fields cannot (its fields jump), so its gate costs nothing
     assert r["cpu_ms_per_frame"]["motion"] > 10 * worst["cpu_ms_per_frame"]["motion"]
     assert r["tiles_per_frame"] == 4 and r["delegate"] == "cpu"
+    # the machine's speed before and after, so that runs on a shared machine can be compared
+    before, after = r["host_gauge_ms"]
+    assert 0 < before < 50 and 0 < after < 50
+    assert r["host_steady"] == (abs(after / before - 1) <= 0.15)
 
 
 def test_the_simulated_edge_tpu_run_says_it_is_a_simulation(lymph_m):

@@ -39,6 +39,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
 from lucida.calibration.flatfield import FlatField, FrameCorrector
 from lucida.models import Bundle, load_bundle
@@ -150,6 +151,24 @@ def _invoke_cpu_ns(engine) -> int:
     """CPU time spent inside invoke() so far, on every device's interpreter of this engine."""
     slots = getattr(engine, "slots", [])
     return engine.invoke_cpu_ns + sum(s.engine.invoke_cpu_ns for s in slots if s.engine)
+
+
+def _host_gauge_ms(frames: list[np.ndarray]) -> float:
+    """The machine's speed now: median thread CPU ms of halving a 1080p frame (cv2.resize,
+    INTER_AREA, what the capture thread does first), over three passes of `frames` (each read
+    from memory, as a camera's frames are). A shared machine's speed drifts by 20-30 % over
+    minutes; runs compare only at a similar gauge."""
+    h, w = frames[0].shape[:2]
+    times = []
+    for _ in range(3):
+        for f in frames:
+            c = time.thread_time_ns()
+            cv2.resize(f, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+            times.append(time.thread_time_ns() - c)
+    return round(float(np.median(times)) / 1e6, 3)
+
+
+HOST_DRIFT = 0.15  # the gauge moving more than this during a run: the machine's speed changed
 
 
 def _loadavg() -> str:
@@ -284,12 +303,18 @@ def bench_pipeline(
     }
     if sim_edgetpu_ms is None:
         models = ModelSelector(bundle=bundle, num_threads=threads or pipeline_threads())
-        still = measure(models, _still_field(8, objective), um, seconds, objective, camera=True)
+        field = _still_field(8, objective)
+        gauge = [_host_gauge_ms(field)]
+        still = measure(models, field, um, seconds, objective, camera=True)
         worst = measure(models, frames, um, seconds, objective, camera=False)
+        gauge.append(_host_gauge_ms(field))
         return {
             **head,
             "threads": models.num_threads,
             "scene": f"still field, {NOISE_DN:g} DN sensor noise per frame, through the motion gate",
+            # before and after the run: what the CPU figures are relative to
+            "host_gauge_ms": gauge,
+            "host_steady": bool(abs(gauge[1] / gauge[0] - 1) <= HOST_DRIFT),
             **still,
             "new_field": {
                 "scene": "a different field in every frame (worst case: no cache helps)",
