@@ -159,6 +159,7 @@ def _host_gauge_ms(frames: list[np.ndarray]) -> float:
     from memory, as a camera's frames are). A shared machine's speed drifts by 20-30 % over
     minutes; runs compare only at a similar gauge."""
     h, w = frames[0].shape[:2]
+    np.ones(64 << 20, np.uint8)  # written over the caches: every frame then comes from memory
     times = []
     for _ in range(3):
         for f in frames:
@@ -301,6 +302,7 @@ def bench_pipeline(
         "objective": objective,
         "frame": f"{SIZE[0]}x{SIZE[1]}",
     }
+    cv2.setNumThreads(1)  # as the pipeline runs (Pipeline.start), the gauge too
     if sim_edgetpu_ms is None:
         models = ModelSelector(bundle=bundle, num_threads=threads or pipeline_threads())
         field = _still_field(8, objective)
