@@ -132,8 +132,7 @@ def phase_correlate(before: np.ndarray, after: np.ndarray) -> tuple[tuple[float,
     shifted, near 0 for unrelated images), as cv2.phaseCorrelate reports it.
 
     The fraction of a px comes from the peak and its larger neighbour on each axis: a shift of
-    d in (0, 1) px makes them sinc(d) and sinc(1 - d), so d = C(1) / (C(1) + C(0)); when the
-    neighbour is on the sinc's negative lobe, d = C(1) / (C(1) - C(0)).
+    d in (0, 1) px makes them sinc(d) and sinc(1 - d), so d = C(1) / (C(1) + C(0)).
     """
     cross = cv2.mulSpectrums(before, after, 0, conjB=True)
     # |cross| in both slots of each (re, im) pair: pairs run along the rows, except in the
@@ -159,13 +158,12 @@ def phase_correlate(before: np.ndarray, after: np.ndarray) -> tuple[tuple[float,
 
 
 def _fraction(left: float, centre: float, right: float) -> float:
-    """Sub-px offset (-1..1) of a sinc-shaped peak from its samples left of, at and right of
-    the highest one (Foroosh, Zerubia and Berthod 2002)."""
+    """Sub-px offset (-0.5..0.5) of a sinc-shaped peak from its samples left of, at and right
+    of the highest one (Foroosh, Zerubia and Berthod 2002)."""
     side, sign = (right, 1.0) if right >= left else (left, -1.0)
-    for den in (side + centre, side - centre):
-        if den != 0 and 0.0 <= side / den <= 1.0:
-            return sign * side / den
-    return 0.0
+    if side <= 0.0:  # no neighbour on the peak's side of the sinc: the peak is on its sample
+        return 0.0
+    return sign * side / (side + centre)
 
 
 def blank_speed_um_s(

@@ -75,6 +75,22 @@ def test_sub_pixel_displacements_are_not_pulled_to_whole_grey_pixels(dx, dy):
     assert m.confidence > 0.5
 
 
+def test_a_still_field_with_sensor_noise_reads_still():
+    """Frames of one field, each with its own 3 DN noise: the displacement stays under the
+    gate's noise floor for its confidence, so the gate reads the stage as still and settles."""
+    field = _texture(seed=4, size=(1080, 1920)).astype(np.float32)
+    rng = np.random.default_rng(1)
+    gate = MotionGate(blank_speed_um_s=20.0)
+    for i in range(5):
+        noisy = np.clip(field + rng.normal(0, 3.0, field.shape), 0, 255).astype(np.uint8)
+        st = gate.update(noisy, i * 33_000_000, 0.5)
+    assert st.speed_um_s == 0.0 and st.settled and not st.moving
+    x, y = st.position_px
+    assert abs(x) < MotionGate.noise_px(st.confidence) and abs(y) < MotionGate.noise_px(
+        st.confidence
+    )
+
+
 def test_blanking_speed_follows_pixel_size_and_latency():
     # 4 display px, display px = camera px, 1 um/px, 100 ms latency -> 40 um/s
     assert blank_speed_um_s(4, 1.0, 1.0, 0.1) == pytest.approx(40.0)
