@@ -179,6 +179,8 @@ def test_malformed_uploads_are_refused_while_frames_keep_coming(daemon, tiny_bun
     assert not list(Path("/tmp").glob("evil.txt"))
 
 
+@pytest.mark.alone  # display gap <= 120 ms over a hot swap: a TensorFlow test process beside it
+# on 2 cores made 173 ms (fresh-clone CI, 2026-11-30; 209 ms once in session 4); alone it passes
 def test_deploy_hot_swap_and_rollback(daemon, tiny_bundle, tmp_path):
     assert wait_for(lambda: daemon.pipeline.stats.counts["displayed"] > 3)
     v2 = tmp_path / "v2"
