@@ -85,17 +85,20 @@ def _weighted(
     lab8: np.ndarray, weight8: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(mean, std) 3-vectors in 8-bit Lab units, weighted by the tissue weight (`weight8`,
-    HxW uint8, computed when None), and the tissue fraction (mean weight, 0..1)."""
-    px = lab8.reshape(-1, 3).astype(np.float64)
+    HxW uint8, computed when None), and the tissue fraction (mean weight, 0..1).
+
+    Sums of w * x and w * x^2 in OpenCV calls, a handful per frame where NumPy took a dozen:
+    both products are exact in float32 (at most 255^3 < 2^24) and the sums run in float64."""
     w8 = tissue_weight(lab8) if weight8 is None else weight8
-    w = w8.reshape(-1).astype(np.float64) / 255.0
-    total = float(w.sum())
+    total = cv2.sumElems(w8)[0]
     if total <= 0:
-        return px.mean(axis=0), px.std(axis=0), 0.0
-    mean = (w @ px) / total
-    d = px - mean
-    std = np.sqrt((w @ (d * d)) / total)
-    return mean, std, total / len(w)
+        mean, std = cv2.meanStdDev(lab8)
+        return mean[:, 0], std[:, 0], 0.0
+    wx = cv2.multiply(lab8, cv2.merge([w8, w8, w8]), dtype=cv2.CV_32F)
+    mean = np.array(cv2.sumElems(wx)[:3]) / total
+    mean_sq = np.array(cv2.sumElems(cv2.multiply(wx, lab8, dtype=cv2.CV_32F))[:3]) / total
+    std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+    return mean, std, total / 255.0 / w8.size
 
 
 MIN_TISSUE = 0.05  # tissue fraction a colour target must be measured on
