@@ -56,6 +56,15 @@ def nominal_um_per_px(objective: str | None, um_at_1x: float = 10.0) -> float | 
         return None
 
 
+def single_threaded_opencv() -> None:
+    """OpenCV single-threaded, as the pipeline runs it (and the benches, to measure that): the
+    stages already run in parallel and the output decoder spreads large outputs over its own
+    threads. OpenCV's pool beside them adds wake-ups and spinning (bench pipeline: "other" CPU
+    ms per frame) and, called from two decoder threads at once, made a 21-class 513x513 softmax
+    decode 1.9x slower (2.85 against 1.53 ms, one-off probe)."""
+    cv2.setNumThreads(1)
+
+
 def _chain(first, second):
     """RGB -> RGB: `first` then `second` (either may be None; None when both are)."""
     if first is None or second is None:
@@ -279,9 +288,7 @@ class Pipeline:
 
     # -- control (any thread) --------------------------------------------------------------------
     def start(self) -> Pipeline:
-        # the stages already run in parallel; OpenCV's own pool would add wake-ups and spinning
-        # beside them (bench pipeline: "other" CPU ms per frame), so OpenCV runs single-threaded
-        cv2.setNumThreads(1)
+        single_threaded_opencv()
         for s in self.ar_sinks + self.preview_sinks:
             s.open()
         for name, fn in (

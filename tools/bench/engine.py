@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import time
 
-import cv2
 import numpy as np
 
 
@@ -37,12 +36,10 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
     """
     from lucida.runtime.engine import Engine
     from lucida.runtime.outputs import OutputDecoder
+    from lucida.runtime.pipeline import single_threaded_opencv
     from lucida.runtime.stats import percentiles_ms
 
-    # as the daemon runs it (Pipeline.start): OpenCV single-threaded, the decoder's bands
-    # spread over its own threads. OpenCV's pool, called from two threads at once, made a
-    # 21-class 513x513 softmax decode 1.9x slower (2.85 against 1.53 ms, one-off probe)
-    cv2.setNumThreads(1)
+    single_threaded_opencv()  # as the daemon runs the engine
     engine = Engine(bundle, device="cpu", num_threads=threads)
     raw = engine.interpreter
     i, o = raw.get_input_details()[0], raw.get_output_details()[0]

@@ -46,7 +46,7 @@ from lucida.models import Bundle, load_bundle
 from lucida.models.bundle import write_bundle
 from lucida.overlay.compose import ARComposer
 from lucida.runtime.models import ModelSelector, pipeline_threads
-from lucida.runtime.pipeline import Optics, Pipeline, nominal_um_per_px
+from lucida.runtime.pipeline import Optics, Pipeline, nominal_um_per_px, single_threaded_opencv
 from lucida.runtime.sources import ReplaySource
 from lucida.runtime.stats import percentiles_ms
 
@@ -302,7 +302,7 @@ def bench_pipeline(
         "objective": objective,
         "frame": f"{SIZE[0]}x{SIZE[1]}",
     }
-    cv2.setNumThreads(1)  # as the pipeline runs (Pipeline.start), the gauge too
+    single_threaded_opencv()  # as the pipeline runs, the host gauge too
     if sim_edgetpu_ms is None:
         models = ModelSelector(bundle=bundle, num_threads=threads or pipeline_threads())
         field = _still_field(8, objective)
