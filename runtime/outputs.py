@@ -21,9 +21,12 @@ buffer: nothing keeps a reference to it after a call returns.
 
 from __future__ import annotations
 
+import ctypes
+import importlib.machinery
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,6 +40,32 @@ _BAND = 1 << 18
 _EXP_SAFE = 80.0  # |x| below this keeps exp(x) finite in float32 for sums of many classes
 _EXP_SAFE64 = 700.0  # the same for float64; wider code ranges take the exact float path
 _POOL: ThreadPoolExecutor | None = None  # shared by every decoder: bands of one output in parallel
+
+
+_KERNEL_OFF = "LUCIDA_NATIVE_DECODE"  # "0": always the NumPy path (A/B benches, ruling it out)
+
+
+def _load_kernel():
+    """The compiled softmax kernel (runtime/softmax_kernel.c, built by the install where a C
+    compiler exists), or None: then the NumPy path decodes, to the same float32 rounding."""
+    if os.environ.get(_KERNEL_OFF) == "0":
+        return None
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = Path(__file__).with_name("_softmax_kernel" + suffix)
+        if path.is_file():
+            try:
+                fn = ctypes.CDLL(str(path)).softmax_positive
+            except (OSError, AttributeError):
+                return None
+            p = ctypes.c_void_p
+            i32 = ctypes.c_int32
+            fn.argtypes = [p, ctypes.c_int64, i32, p, p, i32, p, p]
+            fn.restype = None
+            return fn
+    return None
+
+
+_KERNEL = _load_kernel()
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -68,7 +97,7 @@ class OutputDecoder:
         self.dtype = quant.dtype
         self.eight_bit = quant.dtype in ("uint8", "int8") and spec.kind != "class_map"
         self.q = (quant.scale, quant.zero_point) if self.eight_bit else None
-        self._lut = self._exp = None
+        self._lut = self._exp = self._kernel = None
         if self.eight_bit and self.activation != "softmax":
             codes = np.arange(256, dtype=np.uint8).view(
                 np.int8 if self.dtype == "int8" else np.uint8
@@ -87,11 +116,19 @@ class OutputDecoder:
             # or two positions per row of a (n/2, 2C) view times this (2C, 2) block of ones
             self._pair = np.kron(np.eye(2, dtype=dt), self._ones)
             self._ones_k = np.ones((len(self.positives), 1), np.float32)
+            # the compiled kernel takes the float32 table (every scale with s * 255 < 80)
+            self._kernel = _KERNEL if dt is np.float32 else None
+            self._pos32 = np.asarray(self.positives, np.int32)
         if spec.kind == "class_map":  # tables over class index; the last row: out of range
             onehot = np.zeros((self.channels + 1, len(self.positives)), np.float32)
             onehot[list(self.positives), np.arange(len(self.positives))] = 1.0
             self._onehot = onehot
             self._pos_table = onehot.sum(axis=1)
+
+    @property
+    def compiled(self) -> bool:
+        """True when this softmax output decodes in the compiled kernel (softmax_kernel.c)."""
+        return self._kernel is not None
 
     # -- the per-frame path ----------------------------------------------------------------------
     def positive(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -170,6 +207,18 @@ class OutputDecoder:
         classes, stack (r*n, K) float32, written in place."""
         c = self.channels
         n = codes.size // c
+        if self._kernel is not None:  # lookups, sums and divides in one pass, GIL released
+            self._kernel(
+                codes.ctypes.data,
+                n,
+                c,
+                self._exp.ctypes.data,
+                self._pos32.ctypes.data,
+                len(self._pos32),
+                probs.ctypes.data,
+                None if stack is None else stack.ctypes.data,
+            )
+            return
         scratch = self._scratch.__dict__
         if scratch.get("size", 0) < n:  # one block per thread, reused: no page faults per call
             scratch["size"] = n

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from lucida.models.manifest import OutputSpec, TensorQuant
@@ -80,6 +82,74 @@ def test_softmax_large_output_in_parallel_bands_is_exact(scale, threads, dtype, 
     np.testing.assert_allclose(
         dec.positive(small)[0], p[:3, :7][..., positives].sum(-1), rtol=1e-6, atol=2e-7
     )
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+@pytest.mark.parametrize("positives", [[15], [1, 2, 5], list(range(1, 21))])
+def test_compiled_softmax_kernel_decodes_as_the_numpy_path(dtype, positives, monkeypatch):
+    """The compiled kernel (where the install built it) and the NumPy path give the same
+    positive map and stack for a DeepLab-sized output, to float32 rounding, over both threads."""
+    from lucida.runtime import outputs
+
+    if outputs._KERNEL is None:
+        pytest.skip("no compiled softmax kernel in this install (no C compiler)")
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    raw = rng.integers(info.min, info.max + 1, (60, 513, 21)).astype(dtype)
+    spec = OutputSpec(kind="heatmap", channels=21, activation="softmax", positive_classes=positives)
+    quant = TensorQuant(dtype=dtype, scale=0.11, zero_point=0)
+    compiled = OutputDecoder(spec, quant, threads=2)
+    assert compiled.compiled
+    monkeypatch.setattr(outputs, "_KERNEL", None)
+    numpy_path = OutputDecoder(spec, quant, threads=2)
+    assert not numpy_path.compiled
+    (p1, s1), (p0, s0) = compiled.positive(raw), numpy_path.positive(raw)
+    np.testing.assert_allclose(p1, p0, rtol=2e-6, atol=1e-7)
+    if len(positives) > 1:
+        np.testing.assert_allclose(s1, s0, rtol=2e-6, atol=1e-7)
+    assert p1.max() <= 1.0
+
+
+def test_make_test_builds_the_compiled_kernel_where_a_compiler_exists():
+    """`make test` installs the repo with its C part: a machine with a compiler decodes softmax
+    outputs in the compiled kernel (the figures in README are taken with it)."""
+    import shutil
+
+    from lucida.runtime import outputs
+
+    if not (shutil.which("cc") or shutil.which("gcc")) or os.environ.get(outputs._KERNEL_OFF):
+        pytest.skip("no C compiler here, or the kernel switched off on purpose")
+    assert outputs._KERNEL is not None, "pip install -e . built no runtime/_softmax_kernel*.so"
+
+
+def test_an_install_without_a_c_compiler_goes_on_without_the_kernel(tmp_path):
+    """The compiled part is optional: with the compiler failing, the build still succeeds and
+    ships no kernel (the decoder then runs in NumPy): a plain pip install works on any device."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-temp",
+            str(tmp_path / "t"),
+            "--build-lib",
+            str(tmp_path / "lib"),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CC": "false"},
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "_softmax_kernel" in r.stderr  # the warning names what was left out
+    assert not list((tmp_path / "lib").rglob("_softmax_kernel*"))
 
 
 def test_softmax_keeps_no_reference_to_the_output_once_decoded():

@@ -81,6 +81,11 @@ def bench_engine(bundle, runs: int = 200, threads: int | None = None) -> dict:
         "runs": runs,
         "output": f"{m.output.kind} {[int(v) for v in o['shape']]} {np.dtype(o['dtype']).name} "
         f"{m.output.activation}",
+        # softmax outputs: decoded by the compiled kernel (runtime/softmax_kernel.c, built where
+        # the install found a C compiler) or by the NumPy path (LUCIDA_NATIVE_DECODE=0 forces it)
+        "softmax_decode": ("compiled" if engine.decoder.compiled else "numpy")
+        if m.output.activation == "softmax"
+        else None,
         **r,
         **e,
         **d,
