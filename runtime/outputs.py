@@ -208,6 +208,9 @@ class OutputDecoder:
         c = self.channels
         n = codes.size // c
         if self._kernel is not None:  # lookups, sums and divides in one pass, GIL released
+            arrays = (codes, probs) if stack is None else (codes, probs, stack)
+            if not all(a.flags.c_contiguous for a in arrays):  # the kernel walks raw memory
+                raise ValueError("softmax kernel: bands must be C-contiguous")
             self._kernel(
                 codes.ctypes.data,
                 n,
