@@ -24,11 +24,9 @@ buffer: nothing keeps a reference to it after a call returns.
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -52,19 +50,14 @@ def _load_kernel():
     compiler exists), or None: then the NumPy path decodes, to the same float32 rounding."""
     if os.environ.get(_KERNEL_OFF) == "0":
         return None
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = Path(__file__).with_name("_softmax_kernel" + suffix)
-        if path.is_file():
-            try:
-                fn = ctypes.CDLL(str(path)).softmax_positive
-            except (OSError, AttributeError):
-                return None
-            p = ctypes.c_void_p
-            i32 = ctypes.c_int32
-            fn.argtypes = [p, ctypes.c_int64, i32, p, p, i32, p, p]
-            fn.restype = None
-            return fn
-    return None
+    try:  # NumPy finds the file by the interpreter's extension suffix
+        fn = np.ctypeslib.load_library("_softmax_kernel", __file__).softmax_positive
+    except (OSError, AttributeError):
+        return None
+    p, i32 = ctypes.c_void_p, ctypes.c_int32
+    fn.argtypes = [p, ctypes.c_int64, i32, p, p, i32, p, p]
+    fn.restype = None
+    return fn
 
 
 _KERNEL = _load_kernel()
